@@ -1,0 +1,129 @@
+"""Creation functions: tensors from data, constants and random numbers (one seeded generator)."""
+import numpy as np
+
+from . import dtypes
+from .graph import leaf_node
+from .kernels import backend
+from .ops import Spec
+from .tensor import Tensor
+
+_RNG = [np.random.default_rng()]
+
+
+def manual_seed(seed):
+    """Seed gtnumba's random generator (randn, rand, dropout masks, weight init)."""
+    _RNG[0] = np.random.default_rng(int(seed))
+
+
+def generator():
+    return _RNG[0]
+
+
+def _infer_dtype(arr):
+    if arr.dtype.kind == "f":
+        return dtypes.float64 if arr.dtype == np.float64 else dtypes.float32
+    if arr.dtype.kind in "iu":
+        return dtypes.int64 if arr.dtype.itemsize > 4 or arr.dtype.kind == "u" else dtypes.as_dtype(arr.dtype)
+    if arr.dtype.kind == "b":
+        return dtypes.bool_
+    raise TypeError(f"tensor: cannot make a tensor from data of dtype {arr.dtype}")
+
+
+def array_node(data, dtype, op):
+    """A leaf node holding `data` (array, nested list, scalar or Tensor) as `dtype`."""
+    if isinstance(data, Tensor):
+        data = data.numpy()
+    if isinstance(data, (list, tuple)) and any(isinstance(d, Tensor) for d in data):
+        data = [d.numpy() if isinstance(d, Tensor) else d for d in data]
+    arr = np.asarray(data)
+    if isinstance(data, (list, tuple, float, int, bool)) and arr.dtype == np.float64:
+        arr = arr.astype(np.float32)    # Python floats default to float32, as in PyTorch
+    dt = dtypes.as_dtype(dtype, op) if dtype is not None else _infer_dtype(arr)
+    arr = np.ascontiguousarray(arr, dtype=dt)
+    return leaf_node(backend.to_backend(arr), Spec(arr.shape, dt))
+
+
+def _make(arr, dtype, requires_grad, op):
+    t = Tensor._wrap(array_node(arr, dtype, op))
+    if requires_grad:
+        t.requires_grad = True
+    return t
+
+
+def tensor(data, dtype=None, requires_grad=False):
+    return _make(data, dtype, requires_grad, "tensor")
+
+
+def from_numpy(array, requires_grad=False):
+    if not isinstance(array, np.ndarray):
+        raise TypeError(f"from_numpy: expected a numpy.ndarray, got {type(array).__name__}")
+    return _make(array, None, requires_grad, "from_numpy")
+
+
+def _shape(op, shape):
+    shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+    try:
+        shape = tuple(int(d) for d in shape)
+    except (TypeError, ValueError):
+        raise TypeError(f"{op}: shape must be ints, got {shape!r}") from None
+    if any(d < 0 for d in shape):
+        raise ValueError(f"{op}: negative dimension in shape {shape}")
+    return shape
+
+
+def _float_dtype(op, dtype):
+    dt = dtypes.as_dtype(dtype, op)
+    if not dtypes.is_float(dt):
+        raise TypeError(f"{op}: random values need a floating-point dtype, got {dt}")
+    return dt
+
+
+def randn(*shape, dtype=None, requires_grad=False):
+    dt = _float_dtype("randn", dtype)
+    return _make(generator().standard_normal(_shape("randn", shape)).astype(dt), dt, requires_grad, "randn")
+
+
+def rand(*shape, dtype=None, requires_grad=False):
+    dt = _float_dtype("rand", dtype)
+    return _make(generator().random(_shape("rand", shape)).astype(dt), dt, requires_grad, "rand")
+
+
+def randint(low, high, shape, dtype=None):
+    return _make(generator().integers(low, high, _shape("randint", (shape,))), dtype or dtypes.int64, False, "randint")
+
+
+def full(shape, fill_value, dtype=None, requires_grad=False):
+    shape = _shape("full", (shape,) if isinstance(shape, int) else tuple(shape))
+    dt = dtypes.as_dtype(dtype, "full")
+    return _make(np.full(shape, fill_value, dtype=dt), dt, requires_grad, "full")
+
+
+def zeros(*shape, dtype=None, requires_grad=False):
+    return full(_shape("zeros", shape), 0, dtype, requires_grad)
+
+
+def ones(*shape, dtype=None, requires_grad=False):
+    return full(_shape("ones", shape), 1, dtype, requires_grad)
+
+
+def zeros_like(t, dtype=None, requires_grad=False):
+    return full(t.shape, 0, dtype or t.dtype, requires_grad)
+
+
+def ones_like(t, dtype=None, requires_grad=False):
+    return full(t.shape, 1, dtype or t.dtype, requires_grad)
+
+
+def arange(start, stop=None, step=1, dtype=None, requires_grad=False):
+    if stop is None:
+        start, stop = 0, start
+    if step == 0:
+        raise ValueError("arange: step must not be zero")
+    values = (start, stop, step)
+    if dtype is None:
+        dtype = dtypes.float32 if any(isinstance(v, float) for v in values) else dtypes.int64
+    return _make(np.arange(start, stop, step), dtype, requires_grad, "arange")
+
+
+def eye(n, m=None, dtype=None):
+    return _make(np.eye(n, m), dtypes.as_dtype(dtype, "eye"), False, "eye")

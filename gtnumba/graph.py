@@ -1,0 +1,79 @@
+"""The lazy graph: nodes recorded by the eager API, and the registry of pending ones.
+
+A node is pending until the executor gives it a value.  Computation edges (`inputs`) are dropped
+once a node has a value and no backward pass can need them, so the graph never outgrows what the
+live tensors can still reach.
+"""
+import itertools
+import threading
+import weakref
+
+from .ops.registry import OPS
+
+
+_SEQ = itertools.count()
+
+
+class Node:
+    __slots__ = ("op", "attrs", "inputs", "specs", "value", "requires_grad", "leaf",
+                 "owner", "n_tensors", "released", "seq", "__weakref__")
+
+    def __init__(self, op, attrs, inputs, specs, requires_grad=False, value=None):
+        self.op = op                  # op name in the table, or "leaf" for a stored value
+        self.attrs = attrs            # hashable tuple of (key, value)
+        self.inputs = inputs          # tuple of Nodes
+        self.specs = specs            # tuple of Spec, one per output
+        self.value = value            # array (or tuple of arrays) once computed
+        self.requires_grad = requires_grad
+        self.leaf = False             # an autograd leaf: backward accumulates into owner.grad
+        self.owner = None             # weakref to the Tensor whose .grad a leaf feeds
+        self.n_tensors = 0            # live Tensor objects wrapping this node
+        self.released = False         # backward already ran through it (its graph is freed)
+        self.seq = next(_SEQ)         # creation order: gives plans a canonical node order
+        if value is None:
+            PENDING.add(self)
+
+    @property
+    def shape(self):
+        return self.specs[0].shape
+
+    @property
+    def dtype(self):
+        return self.specs[0].dtype
+
+    @property
+    def row(self):
+        return OPS[self.op]
+
+    def set_value(self, value):
+        self.value = value
+        if not self.requires_grad or self.released:
+            self.inputs = ()
+
+    def __repr__(self):
+        return f"Node({self.op}, {self.shape}, {self.dtype}, {'done' if self.value is not None else 'pending'})"
+
+
+def leaf_node(array, spec, requires_grad=False):
+    node = Node("leaf", (), (), (spec,), requires_grad=requires_grad, value=array)
+    node.leaf = requires_grad
+    return node
+
+
+# Pending nodes, held weakly: a node nobody can reach is never computed.
+PENDING = weakref.WeakSet()
+
+# Past this many pending nodes the API materializes on its own, so a loop that never reads a
+# value (nothing distributed or lazy in the user's mind) does not grow the graph forever.
+AUTO_FLUSH_NODES = 20000
+
+
+class _GradMode(threading.local):
+    enabled = True
+
+
+GRAD_MODE = _GradMode()
+
+
+def grad_enabled():
+    return GRAD_MODE.enabled

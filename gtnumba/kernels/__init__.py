@@ -1,0 +1,1 @@
+"""Kernels: the code that touches array memory, one module per backend (never imports dask)."""

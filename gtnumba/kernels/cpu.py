@@ -1,0 +1,266 @@
+"""CPU kernels: one function per op row of the table, NumPy arrays in, NumPy arrays out.
+
+Kernels never write into their inputs (shape ops return views that alias them).  Outputs are
+always ndarrays, never NumPy scalars, so plans see one value type.
+"""
+import math
+
+import numba
+import numpy as np
+
+from . import cpu_fused
+
+
+def _arr(x):
+    return x if isinstance(x, np.ndarray) else np.asarray(x)
+
+
+# ---- elementwise -------------------------------------------------------------------------
+def binary(ufunc):
+    def kernel(a, b):
+        return _arr(ufunc(a, b))
+    kernel.__name__ = ufunc.__name__
+    return kernel
+
+
+def unary(ufunc):
+    def kernel(x):
+        return _arr(ufunc(x))
+    kernel.__name__ = ufunc.__name__
+    return kernel
+
+
+def div(a, b):
+    return _arr(np.true_divide(a, b))
+
+
+def power(a, b):
+    return _arr(np.power(a, b))
+
+
+def relu(x):
+    return _arr(np.maximum(x, x.dtype.type(0)))
+
+
+def sigmoid(x):
+    # 1/(1+exp(-x)) overflows exp for large negative x; this form stays finite everywhere
+    e = np.exp(-np.abs(x))
+    return _arr(np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False))
+
+
+@numba.vectorize(["float32(float32)", "float64(float64)"], cache=True)
+def _gelu(x):
+    return 0.5 * x * (1.0 + math.erf(x * 0.7071067811865476))
+
+
+@numba.vectorize(["float32(float32, float32)", "float64(float64, float64)"], cache=True)
+def _gelu_backward(x, g):
+    cdf = 0.5 * (1.0 + math.erf(x * 0.7071067811865476))
+    pdf = math.exp(-0.5 * x * x) * 0.3989422804014327
+    return g * (cdf + x * pdf)
+
+
+def gelu(x):
+    return _arr(_gelu(x))
+
+
+def gelu_backward(x, g):
+    return _arr(_gelu_backward(x, g))
+
+
+def clamp(x, lo, hi):
+    return _arr(np.clip(x, lo, hi))
+
+
+def where(c, a, b):
+    return _arr(np.where(c, a, b))
+
+
+def cast(x, dtype):
+    return x.astype(dtype)
+
+
+def alias(x):
+    return x
+
+
+def select(values, index):
+    return values[index]
+
+
+# ---- reductions --------------------------------------------------------------------------
+def reduce_sum(x, axes, keepdims):
+    return _arr(np.sum(x, axis=axes, keepdims=keepdims))
+
+
+def reduce_max(x, axes, keepdims):
+    return _arr(np.max(x, axis=axes, keepdims=keepdims))
+
+
+def reduce_min(x, axes, keepdims):
+    return _arr(np.min(x, axis=axes, keepdims=keepdims))
+
+
+def argmax(x, axis, keepdims):
+    return _arr(np.argmax(x, axis=axis, keepdims=keepdims)).astype(np.int64, copy=False)
+
+
+def argmin(x, axis, keepdims):
+    return _arr(np.argmin(x, axis=axis, keepdims=keepdims)).astype(np.int64, copy=False)
+
+
+# ---- shape -------------------------------------------------------------------------------
+def reshape(x, shape):
+    return x.reshape(shape)
+
+
+def permute(x, axes):
+    return x.transpose(axes)
+
+
+def expand(x, shape):
+    return np.broadcast_to(x, shape)
+
+
+def concat(*xs, axis):
+    return np.concatenate(xs, axis=axis)
+
+
+# ---- indexing ----------------------------------------------------------------------------
+def _index(spec, arrays):
+    out = []
+    for item in spec:
+        kind = item[0]
+        if kind == "int":
+            out.append(item[1])
+        elif kind == "slice":
+            out.append(slice(*item[1:]))
+        elif kind == "none":
+            out.append(None)
+        elif kind == "ellipsis":
+            out.append(Ellipsis)
+        else:
+            out.append(arrays[item[1]])
+    return tuple(out)
+
+
+def _check_bounds(shape, spec, arrays):
+    """Array indices are data: check them here, naming the op, instead of reading stray memory."""
+    dims = [d for d in shape]
+    axis = 0
+    ell = sum(1 for it in spec if it[0] != "none" and it[0] != "ellipsis")
+    for item in spec:
+        if item[0] == "ellipsis":
+            axis += len(dims) - ell
+            continue
+        if item[0] == "none":
+            continue
+        if item[0] == "array" and arrays[item[1]].size:
+            idx = arrays[item[1]]
+            lo, hi = int(idx.min()), int(idx.max())
+            if lo < -dims[axis] or hi >= dims[axis]:
+                bad = hi if hi >= dims[axis] else lo
+                raise IndexError(f"index: index {bad} is out of bounds for axis {axis} "
+                                 f"with size {dims[axis]} (tensor shape {tuple(shape)})")
+        axis += 1
+
+
+def index(x, *arrays, spec):
+    _check_bounds(x.shape, spec, arrays)
+    return _arr(x[_index(spec, arrays)])
+
+
+def index_backward(g, *arrays, spec, shape):
+    out = np.zeros(shape, dtype=g.dtype)
+    idx = _index(spec, arrays)
+    if arrays:
+        np.add.at(out, idx, g)
+    else:
+        out[idx] = g
+    return out
+
+
+def setitem(x, value, *arrays, spec):
+    _check_bounds(x.shape, spec, arrays)
+    out = np.array(x, copy=True)
+    out[_index(spec, arrays)] = value
+    return out
+
+
+# ---- linear algebra ----------------------------------------------------------------------
+def matmul(a, b):
+    return np.matmul(a, b)
+
+
+# ---- fused (NumPy would take several passes) ---------------------------------------------
+def _rows(x, axis):
+    """Move `axis` last and flatten the rest: the 2-D row view the fused kernels work on."""
+    moved = np.moveaxis(x, axis, -1)
+    return np.ascontiguousarray(moved).reshape(-1, x.shape[axis]), moved.shape
+
+
+def _unrows(y2, moved_shape, axis):
+    return np.moveaxis(y2.reshape(moved_shape), -1, axis)
+
+
+def softmax(x, axis):
+    rows, shape = _rows(x, axis)
+    return _unrows(cpu_fused.softmax_rows(rows), shape, axis)
+
+
+def softmax_backward(y, g, axis):
+    yr, shape = _rows(y, axis)
+    gr, _ = _rows(g, axis)
+    return _unrows(cpu_fused.softmax_rows_backward(yr, gr), shape, axis)
+
+
+def log_softmax(x, axis):
+    rows, shape = _rows(x, axis)
+    return _unrows(cpu_fused.log_softmax_rows(rows), shape, axis)
+
+
+def log_softmax_backward(y, g, axis):
+    yr, shape = _rows(y, axis)
+    gr, _ = _rows(g, axis)
+    return _unrows(cpu_fused.log_softmax_rows_backward(yr, gr), shape, axis)
+
+
+def cross_entropy(x, labels):
+    return cpu_fused.cross_entropy_rows(np.ascontiguousarray(x), np.ascontiguousarray(labels))
+
+
+def cross_entropy_backward(x, labels, lse, g):
+    return cpu_fused.cross_entropy_rows_backward(
+        np.ascontiguousarray(x), np.ascontiguousarray(labels), lse, np.ascontiguousarray(g))
+
+
+def layer_norm(x, w, b, eps):
+    rows = np.ascontiguousarray(x).reshape(-1, x.shape[-1])
+    y, mean, rstd = cpu_fused.layernorm_rows(rows, np.ascontiguousarray(w), np.ascontiguousarray(b), eps)
+    return y.reshape(x.shape), mean.reshape(x.shape[:-1]), rstd.reshape(x.shape[:-1])
+
+
+def layer_norm_backward(x, w, mean, rstd, g):
+    n = x.shape[-1]
+    gx, gw, gb = cpu_fused.layernorm_rows_backward(
+        np.ascontiguousarray(x).reshape(-1, n), np.ascontiguousarray(w),
+        np.ascontiguousarray(mean).reshape(-1), np.ascontiguousarray(rstd).reshape(-1),
+        np.ascontiguousarray(g).reshape(-1, n))
+    return gx.reshape(x.shape), gw, gb
+
+
+# ---- optimizer updates (fused: one pass over each parameter) -----------------------------
+def sgd_update(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first_step):
+    out_p, out_buf = np.empty_like(p), np.empty_like(p)
+    cpu_fused.sgd_update(np.ascontiguousarray(p).reshape(-1), np.ascontiguousarray(g).reshape(-1),
+                         np.ascontiguousarray(buf).reshape(-1), out_p.reshape(-1), out_buf.reshape(-1),
+                         float(lr), momentum, dampening, weight_decay, nesterov, first_step)
+    return out_p, out_buf
+
+
+def adam_update(p, g, m, v, lr, step, beta1, beta2, eps, weight_decay, decoupled):
+    out_p, out_m, out_v = np.empty_like(p), np.empty_like(p), np.empty_like(p)
+    flat = [np.ascontiguousarray(a).reshape(-1) for a in (p, g, m, v)]
+    cpu_fused.adam_update(*flat, out_p.reshape(-1), out_m.reshape(-1), out_v.reshape(-1),
+                          float(lr), beta1, beta2, eps, weight_decay, int(step), decoupled)
+    return out_p, out_m, out_v

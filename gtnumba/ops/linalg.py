@@ -1,0 +1,28 @@
+"""Matrix product rows.  1-D operands are promoted to 2-D by the API, so rows see N-D >= 2."""
+import numpy as np
+
+from ..kernels import cpu
+from .registry import Spec, defop
+from .shapes import broadcast_shapes
+
+
+def _matmul_infer(attrs, a, b):
+    if len(a.shape) < 2 or len(b.shape) < 2:
+        raise ValueError(f"matmul: operands must be at least 2-D here, got {a.shape} and {b.shape}")
+    if a.shape[-1] != b.shape[-2]:
+        raise ValueError(f"matmul: shapes {a.shape} and {b.shape} do not match "
+                         f"({a.shape[-1]} != {b.shape[-2]} on the contracted dim)")
+    batch = broadcast_shapes("matmul", a.shape[:-2], b.shape[:-2])
+    return Spec(batch + (a.shape[-2], b.shape[-1]), np.promote_types(a.dtype, b.dtype))
+
+
+def _matmul_grad(c):
+    a, b = c.x
+    return (c.g @ b.swap_last() if c.needs[0] else None,
+            a.swap_last() @ c.g if c.needs[1] else None)
+
+
+defop("matmul", _matmul_infer, np.matmul, kernels={"cpu": cpu.matmul}, grad=_matmul_grad,
+      sample=lambda rng: [((rng.standard_normal((3, 4)), rng.standard_normal((4, 5))), {}),
+                          ((rng.standard_normal((2, 3, 4)), rng.standard_normal((4, 2))), {}),
+                          ((rng.standard_normal((2, 1, 3, 4)), rng.standard_normal((3, 4, 5))), {})])

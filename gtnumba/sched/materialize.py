@@ -1,0 +1,36 @@
+"""Materialization: every live pending tensor is computed in one plan."""
+from ..graph import PENDING
+from ..kernels import backend
+from .executor import run_plan
+from .plan import build_plan, describe, pending_order
+
+_CACHE = {}
+_CACHE_LIMIT = 256
+STATS = {"plans_built": 0, "plans_reused": 0, "runs": 0}
+
+
+def materialize(extra=()):
+    """Compute every pending node that a live tensor (or `extra`) can reach."""
+    roots = [n for n in list(PENDING) if n.value is None and n.n_tensors > 0]
+    roots += [n for n in extra if n.value is None]
+    if not roots:
+        return
+    order = pending_order(roots)
+    key, leaves = describe(order)
+    name = backend.current()
+    plan = _CACHE.get((name, key))
+    if plan is None:
+        plan = build_plan(key, name)
+        STATS["plans_built"] += 1
+        if len(_CACHE) >= _CACHE_LIMIT:
+            _CACHE.pop(next(iter(_CACHE)))
+        _CACHE[(name, key)] = plan
+    else:
+        STATS["plans_reused"] += 1
+    STATS["runs"] += 1
+    values = run_plan(plan, [n.value for n in leaves])
+    first = plan.n_leaves
+    for slot, value in values.items():
+        order[slot - first].set_value(value)
+    for node in order:
+        PENDING.discard(node)

@@ -1,0 +1,102 @@
+"""Turn the pending part of the graph into a plan: kernel steps in order, with buffer frees.
+
+A plan depends only on the graph's structure (ops, attributes, shapes, dtypes, edges, which
+values must outlive the plan), so it is cached under that structure and the second identical
+training step does no planning.
+"""
+from dataclasses import dataclass
+
+from ..ops.registry import OPS
+
+
+@dataclass
+class Step:
+    kernel: object
+    ins: tuple
+    out: int
+    attrs: dict
+    frees: tuple      # slots whose last use is this step and whose value is not kept
+
+
+@dataclass
+class Plan:
+    n_leaves: int
+    n_slots: int
+    steps: list
+    keep: tuple       # slots whose values are stored back on their nodes
+
+
+def pending_order(roots):
+    """Pending nodes reachable from roots, inputs before users, in a canonical order."""
+    order, seen = [], set()
+    for root in sorted(roots, key=lambda n: n.seq):
+        stack = [(root, False)]
+        while stack:
+            node, expanded = stack.pop()
+            if expanded:
+                order.append(node)
+                continue
+            if id(node) in seen or node.value is not None:
+                continue
+            seen.add(id(node))
+            stack.append((node, True))
+            for inp in reversed(node.inputs):
+                if inp.value is None and id(inp) not in seen:
+                    stack.append((inp, False))
+    return order
+
+
+def kept_nodes(order):
+    """Nodes whose values must outlive the plan: wrapped by a live tensor, or saved for backward."""
+    keep = {id(n) for n in order if n.n_tensors > 0}
+    stack = [n for n in order if n.n_tensors > 0]
+    while stack:
+        node = stack.pop()
+        if not node.requires_grad or node.released:
+            continue
+        for inp in node.inputs:
+            if inp.value is None and id(inp) not in keep:
+                keep.add(id(inp))
+                stack.append(inp)
+    return keep
+
+
+def describe(order):
+    """(structure key, leaf nodes) of a pending order: what a cached plan is looked up by."""
+    slot, leaves, key = {}, [], []
+    for node in order:
+        for inp in node.inputs:
+            if inp.value is not None and id(inp) not in slot:
+                slot[id(inp)] = len(leaves)
+                leaves.append(inp)
+    keep = kept_nodes(order)
+    for i, node in enumerate(order):
+        slot[id(node)] = len(leaves) + i
+    key.append(tuple((n.specs, type(n.value).__name__) for n in leaves))
+    for node in order:
+        key.append((node.op, node.attrs, tuple(slot[id(i)] for i in node.inputs),
+                    node.specs, id(node) in keep))
+    return tuple(key), leaves
+
+
+def build_plan(key, backend):
+    leaf_part, node_part = key[0], key[1:]
+    n_leaves = len(leaf_part)
+    last_use = {}
+    for i, (_, _, ins, _, _) in enumerate(node_part):
+        for s in ins:
+            last_use[s] = i
+    kept = {n_leaves + i for i, entry in enumerate(node_part) if entry[4]}
+    steps = []
+    for i, (op, attrs, ins, _, _) in enumerate(node_part):
+        row = OPS[op]
+        kernel = row.kernels.get(backend)
+        assert kernel is not None, f"op {op} has no {backend} kernel"
+        frees = tuple(sorted({s for s in ins if last_use[s] == i and s >= n_leaves and s not in kept}))
+        steps.append(Step(kernel, ins, n_leaves + i, dict(attrs), frees))
+    # values never used by a later step and not kept (dead code) are dropped right away
+    for i, step in enumerate(steps):
+        slot = n_leaves + i
+        if slot not in last_use and slot not in kept:
+            step.frees = step.frees + (slot,)
+    return Plan(n_leaves, n_leaves + len(node_part), steps, tuple(sorted(kept)))

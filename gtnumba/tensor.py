@@ -1,0 +1,482 @@
+"""Tensor: the eager-looking handle on a lazy graph node, and `apply`, which records an op.
+
+Every op checks shapes and dtypes at the call (the op table's rule) and records a node; values
+are computed only when something needs them (`numpy()`, `item()`, `print`, `bool()`).
+"""
+import math
+import weakref
+
+import numpy as np
+
+from . import dtypes
+from .graph import AUTO_FLUSH_NODES, GRAD_MODE, PENDING, Node, leaf_node
+from .kernels import backend
+from .ops import OPS, Spec
+from .ops.shapes import normalize_axes, normalize_axis, resolve_reshape
+from .sched import materialize
+
+
+def _attrs_key(attrs):
+    return tuple(sorted(attrs.items()))
+
+
+def as_node(value, like=None):
+    """A Tensor's node, or a constant leaf for a Python/NumPy scalar or array."""
+    if isinstance(value, Tensor):
+        return value._node
+    if isinstance(value, (bool, int, float, np.number, np.bool_)):
+        dtype = dtypes.scalar_dtype(value, like.dtype) if like is not None else dtypes.as_dtype(None)
+        return constant(np.asarray(value, dtype=dtype))
+    if isinstance(value, (np.ndarray, list, tuple)):
+        from .creation import array_node
+        return array_node(value, None, "operand")
+    raise TypeError(f"expected a Tensor, a number or an array, got {type(value).__name__}")
+
+
+def constant(array):
+    dtype = dtypes.as_dtype(array.dtype)
+    return leaf_node(backend.to_backend(np.asarray(array, dtype=dtype)), Spec(tuple(array.shape), dtype))
+
+
+def apply(op, *inputs, **attrs):
+    """Record `op` on `inputs`; returns a Tensor (or a tuple of Tensors for multi-output ops)."""
+    row = OPS[op]
+    like = next((i for i in inputs if isinstance(i, Tensor)), None)
+    nodes = tuple(as_node(i, like) for i in inputs)
+    specs = row.infer(attrs, *[n.specs[0] if len(n.specs) == 1 else n.specs for n in nodes])
+    multi = isinstance(specs, tuple)
+    requires_grad = GRAD_MODE.enabled and row.differentiable and any(n.requires_grad for n in nodes)
+    node = Node(op, _attrs_key(attrs), nodes, specs if multi else (specs,), requires_grad)
+    if len(PENDING) > AUTO_FLUSH_NODES:
+        materialize()
+    return outputs(node) if multi else Tensor._wrap(node)
+
+
+def outputs(node):
+    """One Tensor per output of a multi-output node (each a `select` of it)."""
+    outs = []
+    for i, spec in enumerate(node.specs):
+        sel = Node("select", (("index", i),), (node,), (spec,), node.requires_grad)
+        outs.append(Tensor._wrap(sel))
+    return tuple(outs)
+
+
+class Tensor:
+    __slots__ = ("_node", "grad", "__weakref__")
+    __array_priority__ = 1000   # so ndarray <op> Tensor defers to Tensor's reflected operator
+
+    def __init__(self, data, dtype=None, requires_grad=False):
+        from .creation import array_node
+        self._node = None
+        self.grad = None
+        self._bind(array_node(data, dtype, "tensor"))
+        if requires_grad:
+            self.requires_grad = True
+
+    @classmethod
+    def _wrap(cls, node):
+        t = object.__new__(cls)
+        t._node, t.grad = None, None
+        t._bind(node)
+        return t
+
+    @classmethod
+    def _wrap_array(cls, array):
+        return cls._wrap(constant(array))
+
+    def _bind(self, node):
+        if self._node is not None:
+            self._node.n_tensors -= 1
+        node.n_tensors += 1
+        self._node = node
+
+    def __del__(self):
+        node = getattr(self, "_node", None)
+        if node is not None:
+            node.n_tensors -= 1
+
+    # ---- properties ------------------------------------------------------------------------
+    @property
+    def shape(self):
+        return self._node.shape
+
+    @property
+    def ndim(self):
+        return len(self._node.shape)
+
+    @property
+    def dtype(self):
+        return self._node.dtype
+
+    def size(self, axis=None):
+        return self.shape if axis is None else self.shape[normalize_axis("size", axis, self.ndim)]
+
+    def numel(self):
+        return math.prod(self.shape)
+
+    def dim(self):
+        return self.ndim
+
+    @property
+    def requires_grad(self):
+        return self._node.requires_grad
+
+    @requires_grad.setter
+    def requires_grad(self, flag):
+        node = self._node
+        if not flag:
+            if node.requires_grad and not node.leaf:
+                raise RuntimeError("requires_grad: can only be turned off on leaf tensors; use detach()")
+            node.requires_grad, node.leaf, node.owner = False, False, None
+            return
+        if not dtypes.is_float(self.dtype):
+            raise TypeError(f"requires_grad: only floating-point tensors can require gradients, "
+                            f"got {self.dtype} of shape {self.shape}")
+        if node.requires_grad and not node.leaf:
+            return
+        if node.value is None:
+            # a pending result becomes a leaf of its own: cut it from the graph that made it
+            self._bind(apply("alias", self)._node)
+            node = self._node
+        node.requires_grad, node.leaf, node.owner = True, True, weakref.ref(self)
+
+    def requires_grad_(self, flag=True):
+        self.requires_grad = flag
+        return self
+
+    @property
+    def is_leaf(self):
+        return self._node.leaf or not self._node.requires_grad
+
+    @property
+    def data(self):
+        return self.detach()
+
+    @data.setter
+    def data(self, other):
+        self._assign(other if isinstance(other, Tensor) else Tensor(other), "data")
+
+    # ---- values ----------------------------------------------------------------------------
+    def _value(self):
+        if self._node.value is None:
+            materialize(extra=(self._node,))
+        return backend.to_host(self._node.value)
+
+    def numpy(self):
+        return np.array(self._value(), copy=True)
+
+    def item(self):
+        if self.numel() != 1:
+            raise ValueError(f"item: only a tensor with one element can be converted to a Python "
+                             f"number, got shape {self.shape}")
+        return self._value().reshape(()).item()
+
+    def tolist(self):
+        return self._value().tolist()
+
+    def __float__(self):
+        return float(self.item())
+
+    def __int__(self):
+        return int(self.item())
+
+    def __index__(self):
+        if self.dtype.kind not in "iu":
+            raise TypeError(f"__index__: only integer tensors can be used as an index, got {self.dtype}")
+        return int(self.item())
+
+    def __bool__(self):
+        if self.numel() != 1:
+            raise ValueError(f"bool: the truth value of a tensor with shape {self.shape} is ambiguous")
+        return bool(self.item())
+
+    def __len__(self):
+        if not self.shape:
+            raise TypeError("len() of a 0-d tensor")
+        return self.shape[0]
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def __array__(self, dtype=None, copy=None):
+        arr = self._value()
+        return arr.astype(dtype) if dtype is not None else np.array(arr, copy=True)
+
+    def __repr__(self):
+        body = np.array2string(self._value(), separator=", ", prefix="tensor(")
+        extra = "" if self.dtype == dtypes.float32 else f", dtype={self.dtype}"
+        grad = ", requires_grad=True" if self.requires_grad else ""
+        return f"tensor({body}{extra}{grad})"
+
+    __str__ = __repr__
+    __hash__ = object.__hash__
+
+    # ---- autograd ----------------------------------------------------------------------------
+    def detach(self):
+        return apply("alias", self) if self._node.value is None else Tensor._wrap(
+            leaf_node(self._node.value, self._node.specs[0]))
+
+    def backward(self, gradient=None, retain_graph=False):
+        from .functions import run_backward
+        run_backward(self, gradient, retain_graph)
+
+    # ---- in-place (functional underneath: the tensor is re-pointed at a new node) ------------
+    def _check_inplace(self, op):
+        if GRAD_MODE.enabled and self._node.leaf and self._node.requires_grad:
+            raise RuntimeError(f"{op}: a leaf tensor that requires grad (shape {self.shape}) cannot be "
+                               f"modified in place outside gt.no_grad()")
+
+    def _assign(self, result, op):
+        self._check_inplace(op)
+        if result.shape != self.shape:
+            raise ValueError(f"{op}: result of shape {result.shape} cannot be stored in place into a "
+                             f"tensor of shape {self.shape}")
+        if result.dtype != self.dtype:
+            if dtypes.is_float(result.dtype) and not dtypes.is_float(self.dtype):
+                raise TypeError(f"{op}: result dtype {result.dtype} cannot be stored in place into {self.dtype}")
+            result = result.astype(self.dtype)
+        was_leaf = self._node.leaf and self._node.requires_grad
+        node = result._node
+        if was_leaf:
+            if node.n_tensors > 1 or node.value is not None:
+                node = apply("alias", result)._node   # do not turn a shared node into our leaf
+            node.requires_grad, node.leaf, node.owner = True, True, weakref.ref(self)
+        self._bind(node)
+        return self
+
+    def __iadd__(self, other):
+        return self._assign(self + other, "__iadd__")
+
+    def __isub__(self, other):
+        return self._assign(self - other, "__isub__")
+
+    def __imul__(self, other):
+        return self._assign(self * other, "__imul__")
+
+    def __itruediv__(self, other):
+        return self._assign(self / other, "__itruediv__")
+
+    def zero_(self):
+        from .creation import zeros
+        return self._assign(zeros(self.shape, dtype=self.dtype), "zero_")
+
+    def fill_(self, value):
+        from .creation import full
+        return self._assign(full(self.shape, value, dtype=self.dtype), "fill_")
+
+    def copy_(self, src):
+        src = src if isinstance(src, Tensor) else Tensor(np.asarray(src), dtype=self.dtype)
+        from .ops.shapes import broadcast_shapes
+        if broadcast_shapes("copy_", src.shape, self.shape) != self.shape:
+            raise ValueError(f"copy_: cannot copy a tensor of shape {src.shape} into shape {self.shape}")
+        return self._assign(src.expand(self.shape) if src.shape != self.shape else src, "copy_")
+
+    def __setitem__(self, key, value):
+        from .indexing import parse_index
+        self._check_inplace("__setitem__")
+        spec, arrays = parse_index(self, key)
+        value = value if isinstance(value, Tensor) else Tensor._wrap(as_node(value, self))
+        if value.dtype != self.dtype:
+            value = value.astype(self.dtype)
+        self._assign(apply("setitem", self, value, *arrays, spec=spec), "__setitem__")
+
+    def __getitem__(self, key):
+        from .indexing import parse_index
+        spec, arrays = parse_index(self, key)
+        return apply("index", self, *arrays, spec=spec)
+
+    # ---- arithmetic ----------------------------------------------------------------------------
+    def __add__(self, o): return apply("add", self, o)
+    def __radd__(self, o): return apply("add", o, self)
+    def __sub__(self, o): return apply("sub", self, o)
+    def __rsub__(self, o): return apply("sub", o, self)
+    def __mul__(self, o): return apply("mul", self, o)
+    def __rmul__(self, o): return apply("mul", o, self)
+    def __truediv__(self, o): return apply("div", self, o)
+    def __rtruediv__(self, o): return apply("div", o, self)
+    def __pow__(self, o): return apply("pow", self, o)
+    def __rpow__(self, o): return apply("pow", o, self)
+    def __neg__(self): return apply("neg", self)
+    def __pos__(self): return self
+    def __abs__(self): return apply("abs", self)
+    def __eq__(self, o): return apply("eq", self, o)
+    def __ne__(self, o): return apply("ne", self, o)
+    def __lt__(self, o): return apply("lt", self, o)
+    def __le__(self, o): return apply("le", self, o)
+    def __gt__(self, o): return apply("gt", self, o)
+    def __ge__(self, o): return apply("ge", self, o)
+
+    def __matmul__(self, o):
+        from .functions import matmul
+        return matmul(self, o)
+
+    def __rmatmul__(self, o):
+        from .functions import matmul
+        return matmul(o, self)
+
+    # ---- elementwise methods ---------------------------------------------------------------
+    def exp(self): return apply("exp", self)
+    def log(self): return apply("log", self)
+    def sqrt(self): return apply("sqrt", self)
+    def abs(self): return apply("abs", self)
+    def sign(self): return apply("sign", self)
+    def relu(self): return apply("relu", self)
+    def sigmoid(self): return apply("sigmoid", self)
+    def tanh(self): return apply("tanh", self)
+    def gelu(self): return apply("gelu", self)
+
+    def clamp(self, min=None, max=None):
+        lo = None if min is None else float(min)
+        hi = None if max is None else float(max)
+        return apply("clamp", self, lo=lo, hi=hi)
+
+    clip = clamp
+
+    def astype(self, dtype):
+        dtype = dtypes.as_dtype(dtype, "astype")
+        return self if dtype == self.dtype else apply("cast", self, dtype=dtype)
+
+    def to(self, dtype):
+        return self.astype(dtype)
+
+    def float(self): return self.astype(dtypes.float32)
+    def double(self): return self.astype(dtypes.float64)
+    def long(self): return self.astype(dtypes.int64)
+    def int(self): return self.astype(dtypes.int32)
+    def bool(self): return self.astype(dtypes.bool_)
+
+    def softmax(self, axis=-1, dim=None):
+        from .functions import softmax
+        return softmax(self, axis if dim is None else dim)
+
+    def log_softmax(self, axis=-1, dim=None):
+        from .functions import log_softmax
+        return log_softmax(self, axis if dim is None else dim)
+
+    # ---- reductions --------------------------------------------------------------------------
+    def _axes(self, op, axis, dim):
+        return normalize_axes(op, axis if dim is None else dim, self.ndim)
+
+    def sum(self, axis=None, keepdims=False, dim=None, keepdim=None):
+        axes = self._axes("sum", axis, dim)
+        return apply("sum", self, axes=axes, keepdims=bool(keepdim if keepdim is not None else keepdims))
+
+    def mean(self, axis=None, keepdims=False, dim=None, keepdim=None):
+        axes = self._axes("mean", axis, dim)
+        count = math.prod(self.shape[a] for a in axes)
+        if count == 0:
+            raise ValueError(f"mean: cannot average over an empty axis (shape {self.shape}, axes {axes})")
+        x = self if dtypes.is_float(self.dtype) else self.astype(dtypes.float32)
+        return x.sum(axes, keepdims=keepdims, keepdim=keepdim) * (1.0 / count)
+
+    def var(self, axis=None, keepdims=False, ddof=0, dim=None, keepdim=None, unbiased=None, correction=None):
+        axes = self._axes("var", axis, dim)
+        ddof = correction if correction is not None else (int(unbiased) if unbiased is not None else ddof)
+        count = math.prod(self.shape[a] for a in axes)
+        if count - ddof <= 0:
+            raise ValueError(f"var: {count} elements over axes {axes} of shape {self.shape} leave no "
+                             f"degrees of freedom with ddof={ddof}")
+        centered = self - self.mean(axes, keepdims=True)
+        keep = keepdim if keepdim is not None else keepdims
+        return (centered * centered).sum(axes, keepdims=keep) * (1.0 / (count - ddof))
+
+    def std(self, *args, **kw):
+        return self.var(*args, **kw).sqrt()
+
+    def max(self, axis=None, keepdims=False, dim=None, keepdim=None):
+        axes = self._axes("max", axis, dim)
+        return apply("max", self, axes=axes, keepdims=bool(keepdim if keepdim is not None else keepdims))
+
+    def min(self, axis=None, keepdims=False, dim=None, keepdim=None):
+        axes = self._axes("min", axis, dim)
+        return apply("min", self, axes=axes, keepdims=bool(keepdim if keepdim is not None else keepdims))
+
+    def argmax(self, axis=None, keepdims=False, dim=None, keepdim=None):
+        return self._arg("argmax", axis if dim is None else dim, keepdim if keepdim is not None else keepdims)
+
+    def argmin(self, axis=None, keepdims=False, dim=None, keepdim=None):
+        return self._arg("argmin", axis if dim is None else dim, keepdim if keepdim is not None else keepdims)
+
+    def _arg(self, op, axis, keepdims):
+        axis = None if axis is None else normalize_axis(op, axis, self.ndim)
+        if axis is None and self.numel() == 0:
+            raise ValueError(f"{op}: cannot take {op} of an empty tensor")
+        return apply(op, self, axis=axis, keepdims=bool(keepdims))
+
+    def sum_to(self, shape):
+        """Sum broadcast dims away so the result has `shape` (how gradients undo broadcasting)."""
+        shape = tuple(shape)
+        if self.shape == shape:
+            return self
+        lead = self.ndim - len(shape)
+        axes = tuple(range(lead)) + tuple(
+            lead + i for i, d in enumerate(shape) if d == 1 and self.shape[lead + i] != 1)
+        out = self.sum(axes) if axes else self
+        return out.reshape(shape) if out.shape != shape else out
+
+    # ---- shape -------------------------------------------------------------------------------
+    def reshape(self, *shape):
+        shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+        shape = resolve_reshape("reshape", self.shape, shape)
+        return self if shape == self.shape else apply("reshape", self, shape=shape)
+
+    view = reshape
+
+    def flatten(self, start_dim=0, end_dim=-1):
+        if self.ndim == 0:
+            return self.reshape(1)
+        s = normalize_axis("flatten", start_dim, self.ndim)
+        e = normalize_axis("flatten", end_dim, self.ndim)
+        return self.reshape(self.shape[:s] + (-1,) + self.shape[e + 1:])
+
+    def unsqueeze(self, axis):
+        if not -self.ndim - 1 <= axis <= self.ndim:
+            raise IndexError(f"unsqueeze: axis {axis} is out of range for a tensor with {self.ndim} dims")
+        axis = axis % (self.ndim + 1)
+        return self.reshape(self.shape[:axis] + (1,) + self.shape[axis:])
+
+    def squeeze(self, axis=None, dim=None):
+        axis = axis if dim is None else dim
+        if axis is None:
+            return self.reshape(tuple(d for d in self.shape if d != 1))
+        axes = normalize_axes("squeeze", axis, self.ndim)
+        return self.reshape(tuple(d for i, d in enumerate(self.shape) if not (i in axes and d == 1)))
+
+    def permute(self, *axes):
+        axes = axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
+        if len(axes) != self.ndim:
+            raise ValueError(f"permute: got {len(axes)} axes {tuple(axes)} for a tensor of shape {self.shape}")
+        axes = tuple(normalize_axis("permute", a, self.ndim) for a in axes)
+        return self if axes == tuple(range(self.ndim)) else apply("permute", self, axes=axes)
+
+    def transpose(self, a=-2, b=-1):
+        a, b = normalize_axis("transpose", a, self.ndim), normalize_axis("transpose", b, self.ndim)
+        axes = list(range(self.ndim))
+        axes[a], axes[b] = axes[b], axes[a]
+        return self.permute(*axes)
+
+    def swap_last(self):
+        return self.transpose(-2, -1) if self.ndim >= 2 else self
+
+    @property
+    def T(self):
+        return self.swap_last()
+
+    @property
+    def mT(self):
+        return self.swap_last()
+
+    def expand(self, *shape):
+        shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+        lead = len(shape) - self.ndim
+        if lead < 0:
+            raise ValueError(f"expand: cannot expand shape {self.shape} to fewer dims {tuple(shape)}")
+        shape = tuple(self.shape[i - lead] if d == -1 and i >= lead else d for i, d in enumerate(shape))
+        return self if shape == self.shape else apply("expand", self, shape=shape)
+
+    def broadcast_to(self, shape):
+        return self.expand(shape)
+
+    def split(self, split_size_or_sections, axis=0, dim=None):
+        from .functions import split
+        return split(self, split_size_or_sections, axis if dim is None else dim)
