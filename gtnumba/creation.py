@@ -39,7 +39,7 @@ def array_node(data, dtype, op):
     if isinstance(data, (list, tuple, float, int, bool)) and arr.dtype == np.float64:
         arr = arr.astype(np.float32)    # Python floats default to float32, as in PyTorch
     dt = dtypes.as_dtype(dtype, op) if dtype is not None else _infer_dtype(arr)
-    arr = np.ascontiguousarray(arr, dtype=dt)
+    arr = np.asarray(arr, dtype=dt, order="C")
     return leaf_node(backend.to_backend(arr), Spec(arr.shape, dt))
 
 

@@ -47,7 +47,8 @@ class Node:
 
     def set_value(self, value):
         self.value = value
-        if not self.requires_grad or self.released:
+        # backward never walks past a leaf, nor through a node without grad or already walked
+        if self.leaf or not self.requires_grad or self.released:
             self.inputs = ()
 
     def __repr__(self):

@@ -52,7 +52,7 @@ def kept_nodes(order):
     stack = [n for n in order if n.n_tensors > 0]
     while stack:
         node = stack.pop()
-        if not node.requires_grad or node.released:
+        if node.leaf or not node.requires_grad or node.released:
             continue
         for inp in node.inputs:
             if inp.value is None and id(inp) not in keep:
