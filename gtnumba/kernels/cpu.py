@@ -48,12 +48,13 @@ def sigmoid(x):
     return _arr(np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False))
 
 
-@numba.vectorize(["float32(float32)", "float64(float64)"], cache=True)
+# no signatures: compiled on first use per dtype, not at import
+@numba.vectorize(cache=True)
 def _gelu(x):
     return 0.5 * x * (1.0 + math.erf(x * 0.7071067811865476))
 
 
-@numba.vectorize(["float32(float32, float32)", "float64(float64, float64)"], cache=True)
+@numba.vectorize(cache=True)
 def _gelu_backward(x, g):
     cdf = 0.5 * (1.0 + math.erf(x * 0.7071067811865476))
     pdf = math.exp(-0.5 * x * x) * 0.3989422804014327
