@@ -36,9 +36,12 @@ def array_node(data, dtype, op):
     if isinstance(data, (list, tuple)) and any(isinstance(d, Tensor) for d in data):
         data = [d.numpy() if isinstance(d, Tensor) else d for d in data]
     arr = np.asarray(data)
-    if isinstance(data, (list, tuple, float, int, bool)) and arr.dtype == np.float64:
-        arr = arr.astype(np.float32)    # Python floats default to float32, as in PyTorch
-    dt = dtypes.as_dtype(dtype, op) if dtype is not None else _infer_dtype(arr)
+    if dtype is not None:
+        dt = dtypes.as_dtype(dtype, op)
+    elif isinstance(data, (list, tuple, float, int, bool)) and arr.dtype == np.float64:
+        dt = dtypes.float32             # Python floats default to float32, as in PyTorch
+    else:
+        dt = _infer_dtype(arr)
     arr = np.asarray(arr, dtype=dt, order="C")
     return leaf_node(backend.to_backend(arr), Spec(arr.shape, dt))
 
