@@ -55,8 +55,10 @@ def apply(op, *inputs, **attrs):
 def outputs(node):
     """One Tensor per output of a multi-output node (each a `select` of it)."""
     outs = []
+    n_grad = OPS[node.op].grad_outputs
     for i, spec in enumerate(node.specs):
-        sel = Node("select", (("index", i),), (node,), (spec,), node.requires_grad)
+        differentiable = n_grad is None or i < n_grad
+        sel = Node("select", (("index", i),), (node,), (spec,), node.requires_grad and differentiable)
         outs.append(Tensor._wrap(sel))
     return tuple(outs)
 

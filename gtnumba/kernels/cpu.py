@@ -48,25 +48,33 @@ def sigmoid(x):
     return _arr(np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False))
 
 
-# no signatures: compiled on first use per dtype, not at import
-@numba.vectorize(cache=True)
-def _gelu(x):
-    return 0.5 * x * (1.0 + math.erf(x * 0.7071067811865476))
+@numba.njit(cache=True)
+def _gelu_flat(x, out):
+    for i in range(x.size):
+        v = x[i]
+        out[i] = 0.5 * v * (1.0 + math.erf(v * 0.7071067811865476))
 
 
-@numba.vectorize(cache=True)
-def _gelu_backward(x, g):
-    cdf = 0.5 * (1.0 + math.erf(x * 0.7071067811865476))
-    pdf = math.exp(-0.5 * x * x) * 0.3989422804014327
-    return g * (cdf + x * pdf)
+@numba.njit(cache=True)
+def _gelu_backward_flat(x, g, out):
+    for i in range(x.size):
+        v = x[i]
+        cdf = 0.5 * (1.0 + math.erf(v * 0.7071067811865476))
+        out[i] = g[i] * (cdf + v * math.exp(-0.5 * v * v) * 0.3989422804014327)
 
 
 def gelu(x):
-    return _arr(_gelu(x))
+    out = np.empty(x.shape, x.dtype)
+    _gelu_flat(np.ascontiguousarray(x).reshape(-1), out.reshape(-1))
+    return out
 
 
 def gelu_backward(x, g):
-    return _arr(_gelu_backward(x, g))
+    shape = np.broadcast_shapes(x.shape, g.shape)
+    out = np.empty(shape, np.promote_types(x.dtype, g.dtype))
+    flat = [np.ascontiguousarray(np.broadcast_to(a, shape), dtype=out.dtype).reshape(-1) for a in (x, g)]
+    _gelu_backward_flat(*flat, out.reshape(-1))
+    return out
 
 
 def clamp(x, lo, hi):

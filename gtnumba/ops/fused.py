@@ -86,7 +86,7 @@ def _ce_samples(rng):
 
 
 defop("cross_entropy", _ce_infer, _ce_ref, kernels={"cpu": cpu.cross_entropy}, grad=_ce_grad,
-      sample=_ce_samples)
+      grad_outputs=1, sample=_ce_samples)
 
 
 def _ce_backward_ref(x, labels, lse, g):
@@ -137,7 +137,8 @@ def _ln_samples(rng):
             ((rng.standard_normal((2, 2, 5)), rng.standard_normal(5), rng.standard_normal(5)), {"eps": 1e-3})]
 
 
-defop("layer_norm", _ln_infer, _ln_ref, kernels={"cpu": cpu.layer_norm}, grad=_ln_grad, sample=_ln_samples)
+defop("layer_norm", _ln_infer, _ln_ref, kernels={"cpu": cpu.layer_norm}, grad=_ln_grad, grad_outputs=1,
+      sample=_ln_samples)
 
 
 def _ln_backward_infer(attrs, x, w, mean, rstd, g):

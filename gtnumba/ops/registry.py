@@ -24,6 +24,9 @@ class OpDef:
     # shard(attrs, *layouts) -> layout: filled in by the multi-worker scheduler
     shard: Optional[Callable] = None
     differentiable: bool = True
+    # multi-output rows: how many leading outputs carry gradients (saved statistics such as
+    # layer norm's mean/rstd do not, as in PyTorch); None means all of them
+    grad_outputs: Optional[int] = None
     # sample(rng) -> list of (inputs, attrs) test cases; tests run every row over them
     sample: Optional[Callable] = None
     # an op whose output aliases its input's storage (views): the executor must not free it early
