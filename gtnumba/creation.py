@@ -29,8 +29,12 @@ def _infer_dtype(arr):
     raise TypeError(f"tensor: cannot make a tensor from data of dtype {arr.dtype}")
 
 
-def array_node(data, dtype, op):
-    """A leaf node holding `data` (array, nested list, scalar or Tensor) as `dtype`."""
+def array_node(data, dtype, op, copy=True):
+    """A leaf node holding `data` (array, nested list, scalar or Tensor) as `dtype`.
+
+    User data is copied: the graph computes later, so a later write to the caller's array must
+    not reach it.  Arrays made here for the purpose (random, full) are handed over with copy=False.
+    """
     if isinstance(data, Tensor):
         data = data.numpy()
     if isinstance(data, (list, tuple)) and any(isinstance(d, Tensor) for d in data):
@@ -38,29 +42,30 @@ def array_node(data, dtype, op):
     arr = np.asarray(data)
     if dtype is not None:
         dt = dtypes.as_dtype(dtype, op)
-    elif isinstance(data, (list, tuple, float, int, bool)) and arr.dtype == np.float64:
+    elif isinstance(data, (list, tuple, float, int, bool)) and not isinstance(data, np.generic) \
+            and arr.dtype == np.float64:
         dt = dtypes.float32             # Python floats default to float32, as in PyTorch
     else:
         dt = _infer_dtype(arr)
-    arr = np.asarray(arr, dtype=dt, order="C")
+    arr = np.array(arr, dtype=dt, order="C", copy=True) if copy else np.asarray(arr, dtype=dt, order="C")
     return leaf_node(backend.to_backend(arr), Spec(arr.shape, dt))
 
 
-def _make(arr, dtype, requires_grad, op):
-    t = Tensor._wrap(array_node(arr, dtype, op))
+def _make(arr, dtype, requires_grad, op, copy=False):
+    t = Tensor._wrap(array_node(arr, dtype, op, copy))
     if requires_grad:
         t.requires_grad = True
     return t
 
 
 def tensor(data, dtype=None, requires_grad=False):
-    return _make(data, dtype, requires_grad, "tensor")
+    return _make(data, dtype, requires_grad, "tensor", copy=True)
 
 
 def from_numpy(array, requires_grad=False):
     if not isinstance(array, np.ndarray):
         raise TypeError(f"from_numpy: expected a numpy.ndarray, got {type(array).__name__}")
-    return _make(array, None, requires_grad, "from_numpy")
+    return _make(array, None, requires_grad, "from_numpy", copy=True)
 
 
 def _shape(op, shape):
