@@ -70,10 +70,9 @@ def from_numpy(array, requires_grad=False):
 
 def _shape(op, shape):
     shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
-    try:
-        shape = tuple(int(d) for d in shape)
-    except (TypeError, ValueError):
-        raise TypeError(f"{op}: shape must be ints, got {shape!r}") from None
+    if not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) for d in shape):
+        raise TypeError(f"{op}: shape must be ints, got {tuple(shape)!r}")
+    shape = tuple(int(d) for d in shape)
     if any(d < 0 for d in shape):
         raise ValueError(f"{op}: negative dimension in shape {shape}")
     return shape

@@ -34,11 +34,10 @@ def matmul(a, b):
     a2 = a.reshape((1,) + a.shape) if a.ndim == 1 else a
     b2 = b.reshape(b.shape + (1,)) if b.ndim == 1 else b
     out = apply("matmul", a2, b2)
-    if b.ndim == 1:
-        out = out.reshape(out.shape[:-1])
-    if a.ndim == 1:
-        out = out.reshape(out.shape[:-2] + out.shape[-1:])
-    return out
+    # 1-D operands were promoted to a matrix: drop the dim each promotion added
+    rows = out.shape[-2:-1] if a.ndim > 1 else ()
+    cols = out.shape[-1:] if b.ndim > 1 else ()
+    return out.reshape(out.shape[:-2] + rows + cols)
 
 
 def where(condition, a, b):
@@ -125,7 +124,11 @@ def split(x, split_size_or_sections, axis=0, dim=None):
             raise ValueError(f"split: chunk size must be positive, got {split_size_or_sections}")
         sizes = [min(split_size_or_sections, n - s) for s in range(0, n, split_size_or_sections)]
     else:
+        if isinstance(split_size_or_sections, (float, str)):
+            raise TypeError(f"split: expected an int chunk size or a list of sizes, got {split_size_or_sections!r}")
         sizes = [int(s) for s in split_size_or_sections]
+        if any(s < 0 for s in sizes):
+            raise ValueError(f"split: sizes {sizes} must not be negative")
         if sum(sizes) != n:
             raise ValueError(f"split: sizes {sizes} do not add up to {n}, the size of axis {axis} of {x.shape}")
     out, start = [], 0
@@ -138,6 +141,8 @@ def split(x, split_size_or_sections, axis=0, dim=None):
 def chunk(x, chunks, axis=0, dim=None):
     x = _t(x)
     axis = normalize_axis("chunk", axis if dim is None else dim, x.ndim)
+    if not isinstance(chunks, int) or chunks <= 0:
+        raise ValueError(f"chunk: number of chunks must be a positive int, got {chunks!r}")
     size = -(-x.shape[axis] // chunks)
     return split(x, size, axis)
 

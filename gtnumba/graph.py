@@ -16,7 +16,7 @@ _SEQ = itertools.count()
 
 class Node:
     __slots__ = ("op", "attrs", "inputs", "specs", "value", "requires_grad", "leaf",
-                 "owner", "n_tensors", "released", "seq", "__weakref__")
+                 "owner", "n_tensors", "released", "seq", "error", "__weakref__")
 
     def __init__(self, op, attrs, inputs, specs, requires_grad=False, value=None):
         self.op = op                  # op name in the table, or "leaf" for a stored value
@@ -30,6 +30,7 @@ class Node:
         self.n_tensors = 0            # live Tensor objects wrapping this node
         self.released = False         # backward already ran through it (its graph is freed)
         self.seq = next(_SEQ)         # creation order: gives plans a canonical node order
+        self.error = None             # the exception its computation raised, re-raised on read
         if value is None:
             PENDING.add(self)
 

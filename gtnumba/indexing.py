@@ -17,7 +17,14 @@ def _slice_item(s):
     return ("slice",) + tuple(None if v is None else _int(v, "a slice bound") for v in (s.start, s.stop, s.step))
 
 
-def _array_items(item, arrays):
+def _check_mask(mask, shape, axis):
+    covered = shape[axis:axis + mask.ndim]
+    if mask.shape != tuple(covered):
+        raise IndexError(f"index: a bool mask of shape {mask.shape} does not match dims {tuple(covered)} "
+                         f"of the tensor of shape {tuple(shape)} at axis {axis}")
+
+
+def _array_items(item, arrays, tensor_shape, spec_so_far):
     """Integer arrays become inputs; a bool mask becomes its nonzero positions (needs its values)."""
     if isinstance(item, Tensor):
         if item.dtype == dtypes.bool_:
@@ -29,6 +36,7 @@ def _array_items(item, arrays):
             return [("array", len(arrays) - 1)]
     arr = np.asarray(item)
     if arr.dtype == np.bool_:
+        _check_mask(arr, tensor_shape, len(spec_so_far))
         items = []
         for positions in np.nonzero(arr):
             arrays.append(Tensor._wrap_array(positions.astype(np.int64)))
@@ -40,7 +48,10 @@ def _array_items(item, arrays):
     return [("array", len(arrays) - 1)]
 
 
-def parse_index(tensor, key):
+def parse_index(tensor, key, check_pending=False):
+    """(spec, index tensors) of `key`.  With check_pending, index tensors still being computed
+    are computed now and bounds-checked: an in-place write must fail at the call, not later
+    when the failure would take the target's value with it."""
     key = key if isinstance(key, tuple) else (key,)
     spec, arrays = [], []
     for item in key:
@@ -57,7 +68,7 @@ def parse_index(tensor, key):
         elif isinstance(item, Tensor) and item.ndim == 0 and item.dtype.kind in "iu":
             spec.append(("int", int(item)))
         elif isinstance(item, (Tensor, list, np.ndarray)):
-            spec.extend(_array_items(item, arrays))
+            spec.extend(_array_items(item, arrays, tensor.shape, [t for t in spec if t[0] != "none"]))
         else:
             raise IndexError(f"index: unsupported index {item!r} for a tensor of shape {tensor.shape}")
     if sum(1 for s in spec if s[0] == "ellipsis") > 1:
@@ -65,6 +76,9 @@ def parse_index(tensor, key):
     consumed = sum(1 for s in spec if s[0] not in ("none", "ellipsis"))
     if consumed > tensor.ndim:
         raise IndexError(f"index: too many indices ({consumed}) for a tensor of shape {tensor.shape}")
+    if check_pending:
+        for a in arrays:
+            a.numpy()
     _check_known_arrays(tensor.shape, spec, arrays)
     return tuple(spec), arrays
 

@@ -38,14 +38,39 @@ def constant(array):
     return leaf_node(backend.to_backend(np.asarray(array, dtype=dtype)), Spec(tuple(array.shape), dtype))
 
 
+def _spec(node):
+    return node.specs[0] if len(node.specs) == 1 else node.specs
+
+
+def _operand_nodes(inputs):
+    """Nodes of the inputs; a Python scalar takes the dtype PyTorch gives it next to the tensors,
+    and an integer tensor next to a float scalar computes in float32, as in PyTorch."""
+    like = next((i for i in inputs if isinstance(i, Tensor)), None)
+    nodes = [as_node(i, like) for i in inputs]
+    scalar_dtypes = {n.dtype for i, n in zip(inputs, nodes) if not isinstance(i, Tensor) and n.specs[0].shape == ()}
+    if like is not None and dtypes.float32 in scalar_dtypes and not dtypes.is_float(like.dtype):
+        nodes = [apply("cast", i, dtype=dtypes.float32)._node if isinstance(i, Tensor)
+                 and not dtypes.is_float(i.dtype) else n for i, n in zip(inputs, nodes)]
+    return tuple(nodes)
+
+
+def _cast_operands(row, attrs, nodes, specs):
+    wanted = row.input_dtypes(attrs, *[_spec(n) for n in nodes], out=specs)
+    return tuple(n if dt is None or n.dtype == dt else apply("cast", Tensor._wrap(n), dtype=dt)._node
+                 for n, dt in zip(nodes, wanted))
+
+
 def apply(op, *inputs, **attrs):
     """Record `op` on `inputs`; returns a Tensor (or a tuple of Tensors for multi-output ops)."""
     row = OPS[op]
-    like = next((i for i in inputs if isinstance(i, Tensor)), None)
-    nodes = tuple(as_node(i, like) for i in inputs)
-    specs = row.infer(attrs, *[n.specs[0] if len(n.specs) == 1 else n.specs for n in nodes])
+    nodes = _operand_nodes(inputs)
+    specs = row.infer(attrs, *[_spec(n) for n in nodes])
+    if row.input_dtypes is not None:
+        nodes = _cast_operands(row, attrs, nodes, specs)
     multi = isinstance(specs, tuple)
-    requires_grad = GRAD_MODE.enabled and row.differentiable and any(n.requires_grad for n in nodes)
+    out_float = all(dtypes.is_float(s.dtype) for s in (specs if multi else (specs,)))
+    requires_grad = (GRAD_MODE.enabled and row.differentiable and out_float
+                     and any(n.requires_grad for n in nodes))
     node = Node(op, _attrs_key(attrs), nodes, specs if multi else (specs,), requires_grad)
     if len(PENDING) > AUTO_FLUSH_NODES:
         materialize()
@@ -162,6 +187,8 @@ class Tensor:
     def _value(self):
         if self._node.value is None:
             materialize(extra=(self._node,))
+        if self._node.value is None:
+            raise self._node.error
         return backend.to_host(self._node.value)
 
     def numpy(self):
@@ -276,7 +303,7 @@ class Tensor:
     def __setitem__(self, key, value):
         from .indexing import parse_index
         self._check_inplace("__setitem__")
-        spec, arrays = parse_index(self, key)
+        spec, arrays = parse_index(self, key, check_pending=True)
         value = value if isinstance(value, Tensor) else Tensor._wrap(as_node(value, self))
         if value.dtype != self.dtype:
             value = value.astype(self.dtype)
@@ -431,7 +458,10 @@ class Tensor:
         e = normalize_axis("flatten", end_dim, self.ndim)
         return self.reshape(self.shape[:s] + (-1,) + self.shape[e + 1:])
 
-    def unsqueeze(self, axis):
+    def unsqueeze(self, axis, dim=None):
+        axis = axis if dim is None else dim
+        if not isinstance(axis, int) or isinstance(axis, bool):
+            raise TypeError(f"unsqueeze: axis must be an int, got {axis!r}")
         if not -self.ndim - 1 <= axis <= self.ndim:
             raise IndexError(f"unsqueeze: axis {axis} is out of range for a tensor with {self.ndim} dims")
         axis = axis % (self.ndim + 1)
@@ -474,6 +504,9 @@ class Tensor:
         if lead < 0:
             raise ValueError(f"expand: cannot expand shape {self.shape} to fewer dims {tuple(shape)}")
         shape = tuple(self.shape[i - lead] if d == -1 and i >= lead else d for i, d in enumerate(shape))
+        if any(not isinstance(d, int) or d < 0 for d in shape):
+            raise ValueError(f"expand: invalid size in {tuple(shape)} for a tensor of shape {self.shape} "
+                             f"(-1 keeps an existing dim; new leading dims need a size)")
         return self if shape == self.shape else apply("expand", self, shape=shape)
 
     def broadcast_to(self, shape):

@@ -215,6 +215,16 @@ def test_gradient_matches_finite_differences(name, i, k):
     ref_out = _tuple(row.reference(*inputs, **attrs))[k]
     assert out.dtype == np.float64
     assert_matches(out.numpy(), ref_out, f"{name}[{k}] float64 forward", rtol=1e-10, atol=1e-10)
+    n_grad = getattr(row, "grad_outputs", None)
+    if n_grad is not None and k >= n_grad:
+        assert not out.requires_grad, f"{name}: output {k} is declared non-differentiable but requires grad"
+        return
+    if k > 0 and not out.requires_grad:
+        # A secondary output of a multi-output row may be declared non-differentiable (as
+        # PyTorch does for layer norm's mean/rstd); then it must not require grad.  What it may
+        # not do is require grad and then silently contribute no (or a wrong) gradient.
+        return
+    assert out.requires_grad, f"{name}: output {k} of a differentiable row does not require grad"
     w = _rng(name, i, k, "weights").standard_normal(out.shape)
     loss = (out * gt.tensor(w, dtype=gt.float64)).sum()
     loss.backward()

@@ -78,7 +78,7 @@ def gelu_backward(x, g):
 
 
 def clamp(x, lo, hi):
-    return _arr(np.clip(x, lo, hi))
+    return _arr(np.clip(x, lo, hi)).astype(x.dtype, copy=False)
 
 
 def where(c, a, b):
@@ -235,7 +235,10 @@ def log_softmax_backward(y, g, axis):
 
 
 def cross_entropy(x, labels):
-    return cpu_fused.cross_entropy_rows(np.ascontiguousarray(x), np.ascontiguousarray(labels))
+    try:
+        return cpu_fused.cross_entropy_rows(np.ascontiguousarray(x), np.ascontiguousarray(labels))
+    except ValueError as e:
+        raise ValueError(f"cross_entropy: {e} (logits shape {x.shape})") from None
 
 
 def cross_entropy_backward(x, labels, lse, g):

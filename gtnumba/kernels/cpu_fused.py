@@ -281,6 +281,9 @@ def _like(a, ref, shape, name):
 
 def _labels(labels, x):
     rows, cols = x.shape
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"labels must be integers, got {labels.dtype}")
     labels = np.ascontiguousarray(labels, dtype=np.int64)
     if labels.shape != (rows,):
         raise ValueError(f"labels must have shape ({rows},), got {labels.shape}")

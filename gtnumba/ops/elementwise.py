@@ -34,6 +34,17 @@ def binary_infer(op, result=None):
     return infer
 
 
+def _to_result(attrs, *specs, out):
+    """Arithmetic computes in its result dtype: bool + bool is 2, int / int is float32."""
+    return (out.dtype,) * len(specs)
+
+
+def _to_common(attrs, a, b, out):
+    """Comparisons compare in the operands' common dtype."""
+    common = dtypes.promote(a.dtype, b.dtype)
+    return (common, common)
+
+
 def _rand(rng, *shape, positive=False):
     x = rng.standard_normal(shape)
     return np.abs(x) + 0.5 if positive else x
@@ -57,14 +68,14 @@ def _unary_samples(positive=False, avoid_zero=False):
 
 
 # ---- binary arithmetic -------------------------------------------------------------------
-defop("add", binary_infer("add"), np.add, kernels={"cpu": cpu.binary(np.add)},
+defop("add", binary_infer("add"), np.add, input_dtypes=_to_result, kernels={"cpu": cpu.binary(np.add)},
       grad=lambda c: (c.g, c.g), sample=_binary_samples())
-defop("sub", binary_infer("sub"), np.subtract, kernels={"cpu": cpu.binary(np.subtract)},
+defop("sub", binary_infer("sub"), np.subtract, input_dtypes=_to_result, kernels={"cpu": cpu.binary(np.subtract)},
       grad=lambda c: (c.g, -c.g), sample=_binary_samples())
-defop("mul", binary_infer("mul"), np.multiply, kernels={"cpu": cpu.binary(np.multiply)},
+defop("mul", binary_infer("mul"), np.multiply, input_dtypes=_to_result, kernels={"cpu": cpu.binary(np.multiply)},
       grad=lambda c: (c.g * c.x[1] if c.needs[0] else None, c.g * c.x[0] if c.needs[1] else None),
       sample=_binary_samples())
-defop("div", binary_infer("div"), np.true_divide, kernels={"cpu": cpu.div},
+defop("div", binary_infer("div"), np.true_divide, input_dtypes=_to_result, kernels={"cpu": cpu.div},
       grad=lambda c: (c.g / c.x[1] if c.needs[0] else None,
                       -c.g * c.out / c.x[1] if c.needs[1] else None),
       sample=_binary_samples(positive_b=True))
@@ -77,7 +88,7 @@ def _pow_grad(c):
     return ga, gb
 
 
-defop("pow", binary_infer("pow"), np.power, kernels={"cpu": cpu.power}, grad=_pow_grad,
+defop("pow", binary_infer("pow"), np.power, input_dtypes=_to_result, kernels={"cpu": cpu.power}, grad=_pow_grad,
       sample=_binary_samples(positive_a=True))
 
 
@@ -88,15 +99,16 @@ def _extremum_grad(c, pick):
     return (c.g * share if c.needs[0] else None, c.g * (1 - share) if c.needs[1] else None)
 
 
-defop("maximum", binary_infer("maximum"), np.maximum, kernels={"cpu": cpu.binary(np.maximum)},
+defop("maximum", binary_infer("maximum"), np.maximum, input_dtypes=_to_result, kernels={"cpu": cpu.binary(np.maximum)},
       grad=lambda c: _extremum_grad(c, lambda a, b: a > b), sample=_binary_samples())
-defop("minimum", binary_infer("minimum"), np.minimum, kernels={"cpu": cpu.binary(np.minimum)},
+defop("minimum", binary_infer("minimum"), np.minimum, input_dtypes=_to_result, kernels={"cpu": cpu.binary(np.minimum)},
       grad=lambda c: _extremum_grad(c, lambda a, b: a < b), sample=_binary_samples())
 
 # ---- comparisons: results never carry gradients -------------------------------------------
 for _name, _ufunc in [("eq", np.equal), ("ne", np.not_equal), ("lt", np.less),
                       ("le", np.less_equal), ("gt", np.greater), ("ge", np.greater_equal)]:
-    defop(_name, binary_infer(_name, dtypes.bool_), _ufunc, kernels={"cpu": cpu.binary(_ufunc)},
+    defop(_name, binary_infer(_name, dtypes.bool_), _ufunc, input_dtypes=_to_common,
+          kernels={"cpu": cpu.binary(_ufunc)},
           differentiable=False, sample=_binary_samples())
 
 
@@ -113,6 +125,7 @@ def _where_grad(c):
 
 
 defop("where", _where_infer, np.where, kernels={"cpu": cpu.where}, grad=_where_grad,
+      input_dtypes=lambda attrs, c, a, b, out: (None, out.dtype, out.dtype),
       sample=lambda rng: [((rng.standard_normal((3, 4)) > 0, rng.standard_normal((3, 4)),
                             rng.standard_normal((1, 4))), {})])
 

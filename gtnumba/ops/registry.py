@@ -24,6 +24,9 @@ class OpDef:
     # shard(attrs, *layouts) -> layout: filled in by the multi-worker scheduler
     shard: Optional[Callable] = None
     differentiable: bool = True
+    # input_dtypes(attrs, *input_specs, out=spec) -> dtype per input (None: leave as is); the API
+    # casts operands first, so kernels see inputs of one dtype and compute in the result dtype
+    input_dtypes: Optional[Callable] = None
     # multi-output rows: how many leading outputs carry gradients (saved statistics such as
     # layer norm's mean/rstd do not, as in PyTorch); None means all of them
     grad_outputs: Optional[int] = None

@@ -10,11 +10,46 @@ STATS = {"plans_built": 0, "plans_reused": 0, "runs": 0}
 
 
 def materialize(extra=()):
-    """Compute every pending node that a live tensor (or `extra`) can reach."""
-    roots = [n for n in list(PENDING) if n.value is None and n.n_tensors > 0]
-    roots += [n for n in extra if n.value is None]
+    """Compute every pending node that a live tensor (or `extra`) can reach.
+
+    If the joint plan fails (bad data, such as a label out of range), each root is computed on
+    its own: the failing ones keep their error, to raise when read, and the rest still compute.
+    """
+    roots = [n for n in list(PENDING) if n.value is None and n.n_tensors > 0 and n.error is None]
+    roots += [n for n in extra if n.value is None and n.error is None]
     if not roots:
         return
+    try:
+        _compute(roots)
+    except Exception as exc:
+        if len(roots) == 1:
+            _fail(roots[0], exc)
+            raise
+        _compute_each(roots, extra)
+
+
+def _compute_each(roots, extra):
+    wanted = {id(n) for n in extra}
+    first = None
+    for root in roots:
+        if root.value is not None:
+            continue
+        try:
+            _compute([root])
+        except Exception as exc:
+            _fail(root, exc)
+            if id(root) in wanted and first is None:
+                first = exc
+    if first is not None:
+        raise first
+
+
+def _fail(node, exc):
+    node.error = exc
+    PENDING.discard(node)
+
+
+def _compute(roots):
     order = pending_order(roots)
     key, leaves = describe(order)
     name = backend.current()
