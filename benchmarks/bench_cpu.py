@@ -132,10 +132,17 @@ def timeit(fn, min_time, min_reps=5, max_reps=100000, warmup=2, batch=1):
     return statistics.median(samples)
 
 
-def time_interleaved(fns, min_time, min_reps=7, max_reps=2000, sample_s=0.005):
-    """Per-call (median, min) seconds of each fn, sampled round-robin so that a busy period of the
-    (shared) machine hits every contender alike. Each sample runs one fn enough times to last
-    ~sample_s, so libraries do not interleave call by call."""
+PAUSE_S = 0.25   # idle gap before each timed block: lets the previous library's threads stop spinning
+
+
+def time_blocks(fns, block_time, rounds=2, min_samples=3, sample_s=0.005, pause=PAUSE_S):
+    """Per-call (median, min) seconds of each fn over all its samples.
+
+    Contenders run in blocks, A B C then C B A in the next round, and so on, so that a busy period
+    of the (shared) machine hits all of them alike; each block is preceded by an idle pause, because
+    a BLAS/OpenMP pool keeps spinning ~0.1 s after its last call (measured: an OpenBLAS matmul slows
+    the next ~0.1 s of PyTorch ops) and would otherwise be charged to the next contender. A sample
+    is a batch of calls lasting ~sample_s (one call when sample_s is 0)."""
     batches = []
     for fn in fns:
         fn()
@@ -145,17 +152,23 @@ def time_interleaved(fns, min_time, min_reps=7, max_reps=2000, sample_s=0.005):
         one = max(time.perf_counter() - t0, 1e-7)
         batches.append(max(1, min(1000, int(sample_s / one))))
     samples = [[] for _ in fns]
-    spent, reps = 0.0, 0
-    while (spent < min_time or reps < min_reps) and reps < max_reps:
-        for i, fn in enumerate(fns):
-            n = batches[i]
-            t0 = time.perf_counter()
-            for _ in range(n):
-                fn()
-            dt = time.perf_counter() - t0
-            samples[i].append(dt / n)
-            spent += dt
-        reps += 1
+    for r in range(rounds):
+        order = list(range(len(fns)))
+        if r % 2:
+            order.reverse()
+        for i in order:
+            fn, n = fns[i], batches[i]
+            time.sleep(pause)
+            fn()                            # one untimed call: caches and thread pools warm again
+            spent, k = 0.0, 0
+            while spent < block_time or k < min_samples:
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    fn()
+                dt = time.perf_counter() - t0
+                samples[i].append(dt / n)
+                spent += dt
+                k += 1
     return [(statistics.median(x), min(x)) for x in samples]
 
 
@@ -284,7 +297,7 @@ def op_cases(rng):
 
 def bench_ops(quick):
     rng = np.random.default_rng(0)
-    min_time = 0.15 if quick else 0.6
+    block = 0.08 if quick else 0.25
     rows = []
     for name, arrays, gfn, nfn, tfn in op_cases(rng):
         gin = [gt.tensor(a) for a in arrays]
@@ -300,7 +313,7 @@ def bench_ops(quick):
             np.testing.assert_allclose(tref.reshape(ref.shape), ref, rtol=2e-3, atol=2e-3, err_msg=name)
             fns.append(lambda: tfn(*tin))
         with section(f"op: {name}"):
-            res = time_interleaved(fns, min_time)
+            res = time_blocks(fns, block)
         (t_gt, m_gt), (t_np, m_np), (t_copy, _) = res[:3]
         t_th, m_th = res[3] if torch is not None else (None, None)
         rows.append({"name": name, "gt": t_gt, "np": t_np, "torch": t_th, "copy": t_copy,
@@ -313,7 +326,7 @@ def bench_ops(quick):
     c = a + b
     c.numpy()
     with section("op: tiny-add split"):
-        (t_record, _), (t_numpy_done, _) = time_interleaved([lambda: a + b, lambda: c.numpy()], min_time)
+        (t_record, _), (t_numpy_done, _) = time_blocks([lambda: a + b, lambda: c.numpy()], block)
     overhead = {"record": t_record, "numpy_of_done": t_numpy_done,
                 "total": next(r["gt"] for r in rows if r["name"].startswith("tiny"))}
     n_prof = 3000
@@ -573,7 +586,7 @@ def what_if(p0, x_np, quick):
         ("SGD in place: g += new, p -= lr*g, g.fill(0)", sgd_inplace),
     ]
     with section("what-if"):
-        res = time_interleaved([f for _, f in cases], 0.5 if quick else 2.0, sample_s=0.02)
+        res = time_blocks([f for _, f in cases], 0.2 if quick else 0.6, sample_s=0.0)
     return [(name, t, m) for (name, _), (t, m) in zip(cases, res)]
 
 
@@ -610,37 +623,38 @@ def bench_step(quick):
         out["loss0"] = (gt_loss0, None)
         print(f"  step-0 loss: gtnumba {gt_loss0:.7f} (torch not installed: no cross-check)")
 
-    # timed steps: gtnumba and PyTorch alternate step by step (the machine may be shared)
-    warm, n = (3, 20) if quick else (5, 40)
+    # timed steps, in blocks: gtnumba, PyTorch, PyTorch, gtnumba, ... (the machine may be shared; a
+    # pause before each block lets the other library's thread pool stop spinning)
+    warm, n, per_block = (3, 20, 5) if quick else (5, 40, 10)
     for _ in range(warm):
         gt_step(P, x, y)
-        if torch is not None:
+    if torch is not None:
+        for _ in range(warm):
             torch_step(TP, tx, ty)
-    waited = wait_idle(0 if quick else 45)
-    out["wait_idle"] = waited
+    out["wait_idle"] = wait_idle(0 if quick else 45)
     plans_before = dict(gt.sched.STATS)
     t_gt, t_th = [], []
-    with section("step: gtnumba vs PyTorch, alternating"):
-        for _ in range(n):
-            t0 = time.perf_counter()
-            gt_step(P, x, y)
-            t_gt.append(time.perf_counter() - t0)
-            if torch is not None:
-                t0 = time.perf_counter()
-                torch_step(TP, tx, ty)
-                t_th.append(time.perf_counter() - t0)
+    contenders = [(lambda: gt_step(P, x, y), t_gt)]
+    if torch is not None:
+        contenders.append((lambda: torch_step(TP, tx, ty), t_th))
+    with section("step: gtnumba vs PyTorch, ABBA blocks"):
+        for r in range(n // per_block):
+            for fn, acc in (contenders if r % 2 == 0 else contenders[::-1]):
+                time.sleep(PAUSE_S)
+                for _ in range(per_block):
+                    t0 = time.perf_counter()
+                    fn()
+                    acc.append(time.perf_counter() - t0)
     out["step_load"] = LOAD_LOG[-1][1]
     plans_after = dict(gt.sched.STATS)
-    out["n_steps"] = n
+    out["n_steps"] = len(t_gt)
     out["gt"], out["gt_min"] = statistics.median(t_gt), min(t_gt)
     out["gt_plans"] = {k: plans_after[k] - plans_before[k] for k in plans_after}
     msg = f"  gtnumba step: median {fmt_t(out['gt'])} (min {fmt_t(out['gt_min'])})"
     if torch is not None:
         out["torch"], out["torch_min"] = statistics.median(t_th), min(t_th)
-        out["paired"] = statistics.median(a / b for a, b in zip(t_gt, t_th))
-        msg += (f"; torch step: median {fmt_t(out['torch'])} (min {fmt_t(out['torch_min'])}); "
-                f"median of paired ratios {out['paired']:.2f}x")
-    print(msg + f"; {n} steps each, other processes used {out['step_load']:.0%} of the CPUs; "
+        msg += f"; torch step: median {fmt_t(out['torch'])} (min {fmt_t(out['torch_min'])})"
+    print(msg + f"; {len(t_gt)} steps each, other processes used {out['step_load']:.0%} of the CPUs; "
           f"plans during timing: {out['gt_plans']}", flush=True)
 
     # no work for gradients nobody asked for: the plan holds no input-sized node; for contrast the
@@ -660,7 +674,7 @@ def bench_step(quick):
             txg.grad = None
         fns += [lambda: torch_step(TP, tx, ty), torch_step_xgrad]
     with section("step: with/without x.requires_grad"):
-        res = time_interleaved(fns, 1.0 if quick else 4.0, min_reps=5, sample_s=0.0)
+        res = time_blocks(fns, 0.3 if quick else 1.0, min_samples=4, sample_s=0.0)
     out["xgrad"] = res
     print(f"  x without / with requires_grad: gtnumba {fmt_t(res[0][0])} / {fmt_t(res[1][0])}"
           + (f"; torch {fmt_t(res[2][0])} / {fmt_t(res[3][0])}" if torch is not None else "")
@@ -715,14 +729,16 @@ def render(info, ops, overhead, step, quick, wall):
       f"{min(shares):.0%} to {max(shares):.0%} of the {os.cpu_count()} CPUs, "
       f"mean {statistics.mean(shares):.0%} (per section at the end). With 2 cores, any other process "
       "competes with the 2 BLAS/OpenMP threads that NumPy and PyTorch start, so medians are inflated "
-      "and noisy; contenders are timed round-robin (interleaved samples) so that load hits them alike, "
-      "and minima are given next to medians.")
+      "and noisy. Contenders are therefore timed in alternating blocks (A B C, C B A, ...) so that load "
+      f"hits them alike, each block after an idle pause of {PAUSE_S} s (a BLAS/OpenMP pool keeps spinning "
+      "~0.1 s after its last call and would slow the next library down), and minima are given next to "
+      "medians.")
     w("")
     w("## Main ops (float32, per call)")
     w("")
     w("gtnumba times include the framework: record the op on existing tensors, plan (structure key, "
       "cache hit), run, and `.numpy()`, which also copies the result (that copy alone: last column). "
-      "NumPy and PyTorch times are the bare eager calls. Medians of interleaved samples; the ratio "
+      "NumPy and PyTorch times are the bare eager calls. Medians over 2 blocks each; the ratio "
       "columns are gtnumba / other (median, and min / min).")
     w("")
     w("| op | gtnumba | NumPy | PyTorch | gt / NumPy | gt / PyTorch | gt / PyTorch (min) | .numpy() copy | other procs |")
@@ -770,7 +786,8 @@ def render(info, ops, overhead, step, quick, wall):
         w(f"Step-0 loss: gtnumba {lo[0]:.7f} (PyTorch not installed: no cross-check).")
     w("")
     th = step.get("torch")
-    w(f"{step['n_steps']} steps each after warm-up, gtnumba and PyTorch alternating step by step "
+    w(f"{step['n_steps']} steps each after warm-up, in blocks of consecutive steps (gtnumba, PyTorch, "
+      "PyTorch, gtnumba, ...) with an idle pause before each block "
       f"(waited {step['wait_idle'][0]:.0f} s for a quieter machine; other processes used "
       f"{step['step_load']:.0%} of the CPUs during the timed steps).")
     w("")
@@ -779,10 +796,8 @@ def render(info, ops, overhead, step, quick, wall):
     w(f"| step, median | {fmt_t(step['gt'])} | {fmt_t(th)} | {ratio(step['gt'], th)} |")
     w(f"| step, min | {fmt_t(step['gt_min'])} | {fmt_t(step.get('torch_min'))} | "
       f"{ratio(step['gt_min'], step.get('torch_min'))} |")
-    if th is not None:
-        w(f"| median of per-step paired ratios | | | {step['paired']:.2f}x |")
     xr = step["xgrad"]
-    w(f"| step, input without requires_grad (interleaved run) | {fmt_t(xr[0][0])} | "
+    w(f"| step, input without requires_grad (second run, blocks) | {fmt_t(xr[0][0])} | "
       f"{fmt_t(xr[2][0]) if th is not None else '-'} | {ratio(xr[0][0], xr[2][0] if th is not None else None)} |")
     w(f"| step, input with requires_grad=True (contrast) | {fmt_t(xr[1][0])} | "
       f"{fmt_t(xr[3][0]) if th is not None else '-'} | {ratio(xr[1][0], xr[3][0] if th is not None else None)} |")
@@ -799,7 +814,7 @@ def render(info, ops, overhead, step, quick, wall):
         w(f"**Goal (step no slower than PyTorch CPU): NOT met.** gtnumba {fmt_t(step['gt'])} per step "
           f"(median) vs PyTorch {fmt_t(th)}: {step['gt'] / th:.2f}x, {fmt_t(step['gt'] - th)} slower "
           f"(min vs min: {fmt_t(step['gt_min'])} vs {fmt_t(step['torch_min'])}, "
-          f"{step['gt_min'] / step['torch_min']:.2f}x; paired ratio {step['paired']:.2f}x). "
+          f"{step['gt_min'] / step['torch_min']:.2f}x). "
           "Where the time goes: below.")
     w("")
     c = step["census"]
@@ -870,7 +885,7 @@ def render(info, ops, overhead, step, quick, wall):
         w(f"| `{r['where']}` | {r['calls']:.0f} | {r['tottime'] * 1e3:.3f} | {r['share']:.1%} |")
     w("")
     w("The step's largest kernels as gtnumba runs them vs the folded / in-place form PyTorch uses "
-      "(plain NumPy, same shapes, same process, interleaved):")
+      "(plain NumPy, same shapes, same process):")
     w("")
     w("| computation | median | min |")
     w("| --- | ---: | ---: |")

@@ -19,16 +19,12 @@ from ..tensor import Tensor
 
 
 def scalar(value, dtype):
-    """A 0-d tensor input for an update op.
-
-    Built from a 0-d ndarray: creation rounds a Python float (or a list of them) to float32 even
-    when dtype=float64 is asked for.  reshape(()) guards against creation ever widening 0-d data.
-    """
-    return _tensor(np.array(value, dtype=dtype), dtype=dtype).reshape(())
+    """A 0-d tensor input for an update op, in the parameter's dtype."""
+    return _tensor(np.array(value, dtype=dtype), dtype=dtype)
 
 
 def zeros_like(p):
-    return _zeros(p.shape, dtype=p.dtype).reshape(p.shape)
+    return _zeros(p.shape, dtype=p.dtype)
 
 
 class _Required:
