@@ -58,14 +58,20 @@ def _make(arr, dtype, requires_grad, op, copy=False):
     return t
 
 
+def _data(t):
+    """Mark user data: on a mesh, auto-sharding splits it along dim 0 (the batch)."""
+    t._node.role = "data"
+    return t
+
+
 def tensor(data, dtype=None, requires_grad=False):
-    return _make(data, dtype, requires_grad, "tensor", copy=True)
+    return _data(_make(data, dtype, requires_grad, "tensor", copy=True))
 
 
 def from_numpy(array, requires_grad=False):
     if not isinstance(array, np.ndarray):
         raise TypeError(f"from_numpy: expected a numpy.ndarray, got {type(array).__name__}")
-    return _make(array, None, requires_grad, "from_numpy", copy=True)
+    return _data(_make(array, None, requires_grad, "from_numpy", copy=True))
 
 
 def _shape(op, shape):

@@ -16,7 +16,8 @@ _SEQ = itertools.count()
 
 class Node:
     __slots__ = ("op", "attrs", "inputs", "specs", "value", "requires_grad", "leaf",
-                 "owner", "n_tensors", "released", "seq", "error", "__weakref__")
+                 "owner", "n_tensors", "released", "seq", "error", "placement", "role",
+                 "__weakref__")
 
     def __init__(self, op, attrs, inputs, specs, requires_grad=False, value=None):
         self.op = op                  # op name in the table, or "leaf" for a stored value
@@ -31,6 +32,8 @@ class Node:
         self.released = False         # backward already ran through it (its graph is freed)
         self.seq = next(_SEQ)         # creation order: gives plans a canonical node order
         self.error = None             # the exception its computation raised, re-raised on read
+        self.placement = None         # a layout the user asked for (gt.shard / gt.replicate)
+        self.role = None              # "data" for user data leaves: auto-sharding splits them
         if value is None:
             PENDING.add(self)
 

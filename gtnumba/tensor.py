@@ -14,6 +14,7 @@ from .kernels import backend
 from .ops import OPS, Spec
 from .ops.shapes import normalize_axes, normalize_axis, resolve_reshape
 from .sched import materialize
+from .sched.mesh import DistValue
 
 
 def _attrs_key(attrs):
@@ -189,7 +190,10 @@ class Tensor:
             materialize(extra=(self._node,))
         if self._node.value is None:
             raise self._node.error
-        return backend.to_host(self._node.value)
+        value = self._node.value
+        if isinstance(value, DistValue):
+            return value.to_host()
+        return backend.to_host(value)
 
     def numpy(self):
         return np.array(self._value(), copy=True)

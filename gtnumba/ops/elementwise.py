@@ -5,6 +5,7 @@ import numpy as np
 
 from .. import dtypes
 from ..kernels import cpu
+from . import sharding
 from .registry import Spec, defop
 from .shapes import broadcast_shapes
 
@@ -69,16 +70,20 @@ def _unary_samples(positive=False, avoid_zero=False):
 
 # ---- binary arithmetic -------------------------------------------------------------------
 defop("add", binary_infer("add"), np.add, input_dtypes=_to_result, kernels={"cpu": cpu.binary(np.add)},
-      grad=lambda c: (c.g, c.g), sample=_binary_samples())
+      grad=lambda c: (c.g, c.g), sample=_binary_samples(),
+      shard=sharding.elementwise("add"))
 defop("sub", binary_infer("sub"), np.subtract, input_dtypes=_to_result, kernels={"cpu": cpu.binary(np.subtract)},
-      grad=lambda c: (c.g, -c.g), sample=_binary_samples())
+      grad=lambda c: (c.g, -c.g), sample=_binary_samples(),
+      shard=sharding.elementwise("add"))
 defop("mul", binary_infer("mul"), np.multiply, input_dtypes=_to_result, kernels={"cpu": cpu.binary(np.multiply)},
       grad=lambda c: (c.g * c.x[1] if c.needs[0] else None, c.g * c.x[0] if c.needs[1] else None),
-      sample=_binary_samples())
+      sample=_binary_samples(),
+      shard=sharding.elementwise("mul"))
 defop("div", binary_infer("div"), np.true_divide, input_dtypes=_to_result, kernels={"cpu": cpu.div},
       grad=lambda c: (c.g / c.x[1] if c.needs[0] else None,
                       -c.g * c.out / c.x[1] if c.needs[1] else None),
-      sample=_binary_samples(positive_b=True))
+      sample=_binary_samples(positive_b=True),
+      shard=sharding.elementwise("div"))
 
 
 def _pow_grad(c):
@@ -89,7 +94,8 @@ def _pow_grad(c):
 
 
 defop("pow", binary_infer("pow"), np.power, input_dtypes=_to_result, kernels={"cpu": cpu.power}, grad=_pow_grad,
-      sample=_binary_samples(positive_a=True))
+      sample=_binary_samples(positive_a=True),
+      shard=sharding.elementwise(None))
 
 
 def _extremum_grad(c, pick):
@@ -100,15 +106,17 @@ def _extremum_grad(c, pick):
 
 
 defop("maximum", binary_infer("maximum"), np.maximum, input_dtypes=_to_result, kernels={"cpu": cpu.binary(np.maximum)},
-      grad=lambda c: _extremum_grad(c, lambda a, b: a > b), sample=_binary_samples())
+      grad=lambda c: _extremum_grad(c, lambda a, b: a > b), sample=_binary_samples(),
+      shard=sharding.elementwise(None))
 defop("minimum", binary_infer("minimum"), np.minimum, input_dtypes=_to_result, kernels={"cpu": cpu.binary(np.minimum)},
-      grad=lambda c: _extremum_grad(c, lambda a, b: a < b), sample=_binary_samples())
+      grad=lambda c: _extremum_grad(c, lambda a, b: a < b), sample=_binary_samples(),
+      shard=sharding.elementwise(None))
 
 # ---- comparisons: results never carry gradients -------------------------------------------
 for _name, _ufunc in [("eq", np.equal), ("ne", np.not_equal), ("lt", np.less),
                       ("le", np.less_equal), ("gt", np.greater), ("ge", np.greater_equal)]:
     defop(_name, binary_infer(_name, dtypes.bool_), _ufunc, input_dtypes=_to_common,
-          kernels={"cpu": cpu.binary(_ufunc)},
+          kernels={"cpu": cpu.binary(_ufunc)}, shard=sharding.elementwise(None),
           differentiable=False, sample=_binary_samples())
 
 
@@ -127,27 +135,37 @@ def _where_grad(c):
 defop("where", _where_infer, np.where, kernels={"cpu": cpu.where}, grad=_where_grad,
       input_dtypes=lambda attrs, c, a, b, out: (None, out.dtype, out.dtype),
       sample=lambda rng: [((rng.standard_normal((3, 4)) > 0, rng.standard_normal((3, 4)),
-                            rng.standard_normal((1, 4))), {})])
+                            rng.standard_normal((1, 4))), {})],
+      shard=sharding.elementwise(None))
 
 # ---- unary math --------------------------------------------------------------------------
 defop("neg", unary_infer("neg", False), np.negative, kernels={"cpu": cpu.unary(np.negative)},
-      grad=lambda c: (-c.g,), sample=_unary_samples())
+      grad=lambda c: (-c.g,), sample=_unary_samples(),
+      shard=sharding.elementwise("linear"))
 defop("abs", unary_infer("abs", False), np.abs, kernels={"cpu": cpu.unary(np.abs)},
-      grad=lambda c: (c.g * c.x[0].sign(),), sample=_unary_samples(avoid_zero=True))
+      grad=lambda c: (c.g * c.x[0].sign(),), sample=_unary_samples(avoid_zero=True),
+      shard=sharding.elementwise(None))
 defop("sign", unary_infer("sign", False), np.sign, kernels={"cpu": cpu.unary(np.sign)},
-      differentiable=False, sample=_unary_samples())
+      differentiable=False, sample=_unary_samples(),
+      shard=sharding.elementwise(None))
 defop("exp", unary_infer("exp"), np.exp, kernels={"cpu": cpu.unary(np.exp)},
-      grad=lambda c: (c.g * c.out,), sample=_unary_samples())
+      grad=lambda c: (c.g * c.out,), sample=_unary_samples(),
+      shard=sharding.elementwise(None))
 defop("log", unary_infer("log"), np.log, kernels={"cpu": cpu.unary(np.log)},
-      grad=lambda c: (c.g / c.x[0],), sample=_unary_samples(positive=True))
+      grad=lambda c: (c.g / c.x[0],), sample=_unary_samples(positive=True),
+      shard=sharding.elementwise(None))
 defop("sqrt", unary_infer("sqrt"), np.sqrt, kernels={"cpu": cpu.unary(np.sqrt)},
-      grad=lambda c: (c.g * 0.5 / c.out,), sample=_unary_samples(positive=True))
+      grad=lambda c: (c.g * 0.5 / c.out,), sample=_unary_samples(positive=True),
+      shard=sharding.elementwise(None))
 defop("relu", unary_infer("relu", False), lambda x: np.maximum(x, 0), kernels={"cpu": cpu.relu},
-      grad=lambda c: (c.g * (c.x[0] > 0).astype(c.g.dtype),), sample=_unary_samples(avoid_zero=True))
+      grad=lambda c: (c.g * (c.x[0] > 0).astype(c.g.dtype),), sample=_unary_samples(avoid_zero=True),
+      shard=sharding.elementwise(None))
 defop("sigmoid", unary_infer("sigmoid"), lambda x: 1 / (1 + np.exp(-x)), kernels={"cpu": cpu.sigmoid},
-      grad=lambda c: (c.g * c.out * (1 - c.out),), sample=_unary_samples())
+      grad=lambda c: (c.g * c.out * (1 - c.out),), sample=_unary_samples(),
+      shard=sharding.elementwise(None))
 defop("tanh", unary_infer("tanh"), np.tanh, kernels={"cpu": cpu.unary(np.tanh)},
-      grad=lambda c: (c.g * (1 - c.out * c.out),), sample=_unary_samples())
+      grad=lambda c: (c.g * (1 - c.out * c.out),), sample=_unary_samples(),
+      shard=sharding.elementwise(None))
 
 _erf = np.vectorize(math.erf, otypes=[np.float64])
 
@@ -161,9 +179,11 @@ def _gelu_backward_reference(x, g):
 
 
 defop("gelu", unary_infer("gelu"), _gelu_reference, kernels={"cpu": cpu.gelu},
-      grad=lambda c: (c.F.apply("gelu_backward", c.x[0], c.g),), sample=_unary_samples())
+      grad=lambda c: (c.F.apply("gelu_backward", c.x[0], c.g),), sample=_unary_samples(),
+      shard=sharding.elementwise(None))
 defop("gelu_backward", binary_infer("gelu_backward"), _gelu_backward_reference,
-      kernels={"cpu": cpu.gelu_backward}, differentiable=False, sample=_binary_samples())
+      kernels={"cpu": cpu.gelu_backward}, differentiable=False, sample=_binary_samples(),
+      shard=sharding.elementwise(None))
 
 
 def _clamp_infer(attrs, x):
@@ -186,10 +206,12 @@ def _clamp_grad(c):
 
 defop("clamp", _clamp_infer, lambda x, lo, hi: np.clip(x, lo, hi), kernels={"cpu": cpu.clamp},
       grad=_clamp_grad, sample=lambda rng: [((rng.standard_normal((4, 5)) * 2,), {"lo": -1.0, "hi": 0.75}),
-                                             ((rng.standard_normal((6,)),), {"lo": None, "hi": 0.2})])
+                                             ((rng.standard_normal((6,)),), {"lo": None, "hi": 0.2})],
+      shard=sharding.elementwise(None))
 defop("logical_and", binary_infer("logical_and", dtypes.bool_), np.logical_and,
       kernels={"cpu": cpu.binary(np.logical_and)}, differentiable=False,
-      sample=lambda rng: [((rng.standard_normal((3, 4)) > 0, rng.standard_normal((4,)) > 0), {})])
+      sample=lambda rng: [((rng.standard_normal((3, 4)) > 0, rng.standard_normal((4,)) > 0), {})],
+      shard=sharding.elementwise(None))
 
 
 def _cast_grad(c):
@@ -199,6 +221,8 @@ def _cast_grad(c):
 
 defop("cast", lambda attrs, x: Spec(x.shape, attrs["dtype"]), lambda x, dtype: x.astype(dtype),
       kernels={"cpu": cpu.cast}, grad=_cast_grad,
-      sample=lambda rng: [((rng.standard_normal((3, 2)),), {"dtype": dtypes.float64})])
+      sample=lambda rng: [((rng.standard_normal((3, 2)),), {"dtype": dtypes.float64})],
+      shard=sharding.elementwise("linear"))
 defop("alias", lambda attrs, x: Spec(x.shape, x.dtype), lambda x: x, kernels={"cpu": cpu.alias},
-      differentiable=False, alias=True, sample=_unary_samples())
+      differentiable=False, alias=True, sample=_unary_samples(),
+      shard=sharding.elementwise("linear"))

@@ -7,6 +7,7 @@ import numpy as np
 
 from .. import dtypes
 from ..kernels import cpu
+from . import sharding
 from .registry import Spec, defop
 
 
@@ -59,6 +60,7 @@ def _index_samples(rng):
 
 
 defop("index", _index_infer, _index_reference, kernels={"cpu": cpu.index}, grad=_index_grad,
+      shard=sharding.index,
       sample=_index_samples)
 
 
@@ -73,7 +75,7 @@ def _index_backward_samples(rng):
 
 
 defop("index_backward", _index_backward_infer, _index_backward_reference,
-      kernels={"cpu": cpu.index_backward}, grad=lambda c: (c.F.apply("index", c.g, *c.x[1:], spec=c.attrs["spec"]),)
+      kernels={"cpu": cpu.index_backward}, shard=sharding.index_backward, grad=lambda c: (c.F.apply("index", c.g, *c.x[1:], spec=c.attrs["spec"]),)
       + (None,) * (len(c.x) - 1), sample=_index_backward_samples)
 
 
@@ -103,7 +105,7 @@ def _setitem_reference(x, value, *arrays, spec):
     return out
 
 
-defop("setitem", _setitem_infer, _setitem_reference, kernels={"cpu": cpu.setitem}, grad=_setitem_grad,
+defop("setitem", _setitem_infer, _setitem_reference, kernels={"cpu": cpu.setitem}, grad=_setitem_grad, shard=sharding.replicated,
       sample=lambda rng: [((rng.standard_normal((4, 3)), rng.standard_normal((3,))),
                            {"spec": (("slice", 1, 3, None),)}),
                           ((rng.standard_normal((4, 3)), rng.standard_normal((2, 3)), np.array([3, 0])),

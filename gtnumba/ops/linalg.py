@@ -2,6 +2,7 @@
 import numpy as np
 
 from ..kernels import cpu
+from . import sharding
 from .registry import Spec, defop
 from .shapes import broadcast_shapes
 
@@ -22,7 +23,7 @@ def _matmul_grad(c):
             a.swap_last() @ c.g if c.needs[1] else None)
 
 
-defop("matmul", _matmul_infer, np.matmul, kernels={"cpu": cpu.matmul}, grad=_matmul_grad,
+defop("matmul", _matmul_infer, np.matmul, kernels={"cpu": cpu.matmul}, grad=_matmul_grad, shard=sharding.matmul,
       sample=lambda rng: [((rng.standard_normal((3, 4)), rng.standard_normal((4, 5))), {}),
                           ((rng.standard_normal((2, 3, 4)), rng.standard_normal((4, 2))), {}),
                           ((rng.standard_normal((2, 1, 3, 4)), rng.standard_normal((3, 4, 5))), {})])

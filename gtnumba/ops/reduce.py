@@ -3,6 +3,7 @@ import numpy as np
 
 from .. import dtypes
 from ..kernels import cpu
+from . import sharding
 from .registry import Spec, defop
 from .shapes import reduced_shape
 
@@ -43,11 +44,11 @@ def _reduce_samples(rng):
 
 
 defop("sum", _reduce_infer("sum"), lambda x, axes, keepdims: np.sum(x, axis=axes, keepdims=keepdims),
-      kernels={"cpu": cpu.reduce_sum}, grad=_sum_grad, sample=_reduce_samples)
+      kernels={"cpu": cpu.reduce_sum}, grad=_sum_grad, shard=sharding.reduction("sum"), sample=_reduce_samples)
 defop("max", _reduce_infer("max"), lambda x, axes, keepdims: np.max(x, axis=axes, keepdims=keepdims),
-      kernels={"cpu": cpu.reduce_max}, grad=_extremum_grad, sample=_reduce_samples)
+      kernels={"cpu": cpu.reduce_max}, grad=_extremum_grad, shard=sharding.reduction("extremum"), sample=_reduce_samples)
 defop("min", _reduce_infer("min"), lambda x, axes, keepdims: np.min(x, axis=axes, keepdims=keepdims),
-      kernels={"cpu": cpu.reduce_min}, grad=_extremum_grad, sample=_reduce_samples)
+      kernels={"cpu": cpu.reduce_min}, grad=_extremum_grad, shard=sharding.reduction("extremum"), sample=_reduce_samples)
 
 
 def _arg_infer(op):
@@ -67,7 +68,7 @@ def _arg_samples(rng):
 
 
 defop("argmax", _arg_infer("argmax"), lambda x, axis, keepdims: np.argmax(x, axis=axis, keepdims=keepdims),
-      kernels={"cpu": cpu.argmax}, differentiable=False, sample=_arg_samples)
+      kernels={"cpu": cpu.argmax}, differentiable=False, shard=sharding.arg_reduction, sample=_arg_samples)
 defop("argmin", _arg_infer("argmin"), lambda x, axis, keepdims: np.argmin(x, axis=axis, keepdims=keepdims),
-      kernels={"cpu": cpu.argmin}, differentiable=False, sample=_arg_samples)
+      kernels={"cpu": cpu.argmin}, differentiable=False, shard=sharding.arg_reduction, sample=_arg_samples)
 

@@ -7,6 +7,7 @@ import numpy as np
 
 from .. import dtypes
 from ..kernels import cpu
+from . import sharding
 from .registry import Spec, defop
 
 
@@ -40,6 +41,7 @@ def _sgd_samples(rng):
 
 
 defop("sgd_update", _sgd_infer, _sgd_ref, kernels={"cpu": cpu.sgd_update}, differentiable=False,
+      shard=sharding.updates,
       sample=_sgd_samples)
 
 
@@ -67,4 +69,5 @@ def _adam_samples(rng):
 
 
 defop("adam_update", _adam_infer, _adam_ref, kernels={"cpu": cpu.adam_update}, differentiable=False,
+      shard=sharding.updates,
       sample=_adam_samples)

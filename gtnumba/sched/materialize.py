@@ -1,7 +1,9 @@
 """Materialization: every live pending tensor is computed in one plan."""
 from ..graph import PENDING
 from ..kernels import backend
+from .distribute import build_dist_plan
 from .executor import run_plan
+from .mesh import DistValue, current_mesh, leaf_layout, split
 from .plan import build_plan, describe, pending_order
 
 _CACHE = {}
@@ -49,23 +51,55 @@ def _fail(node, exc):
     PENDING.discard(node)
 
 
-def _compute(roots):
-    order = pending_order(roots)
-    key, leaves = describe(order)
-    name = backend.current()
-    plan = _CACHE.get((name, key))
+def _cached(cache_key, build):
+    plan = _CACHE.get(cache_key)
     if plan is None:
-        plan = build_plan(key, name)
+        plan = build()
         STATS["plans_built"] += 1
         if len(_CACHE) >= _CACHE_LIMIT:
             _CACHE.pop(next(iter(_CACHE)))
-        _CACHE[(name, key)] = plan
+        _CACHE[cache_key] = plan
     else:
         STATS["plans_reused"] += 1
     STATS["runs"] += 1
-    values = run_plan(plan, [n.value for n in leaves])
-    first = plan.n_leaves
-    for slot, value in values.items():
-        order[slot - first].set_value(value)
+    return plan
+
+
+def _compute(roots):
+    order = pending_order(roots)
+    key, leaves = describe(order)
+    mesh = current_mesh()
+    if mesh is not None:
+        _compute_on_mesh(mesh, order, key, leaves)
+    else:
+        name = backend.current()
+        plan = _cached((name, key), lambda: build_plan(key, name))
+        values = run_plan(plan, [_local(n.value) for n in leaves])
+        first = plan.n_leaves
+        for slot, value in values.items():
+            order[slot - first].set_value(value)
     for node in order:
         PENDING.discard(node)
+
+
+def _local(value):
+    """A value held on a mesh that has since been shut down comes home."""
+    return backend.to_backend(value.to_host()) if isinstance(value, DistValue) else value
+
+
+def _compute_on_mesh(mesh, order, key, leaves):
+    workers, runner = mesh.workers, mesh.runner
+    layouts = tuple(leaf_layout(n, workers) for n in leaves)
+    plan = _cached(("mesh", workers, backend.current(), key, layouts),
+                   lambda: build_dist_plan(key, layouts, workers))
+    leaf_parts = []
+    for node, layout in zip(leaves, layouts):
+        if not isinstance(node.value, DistValue):
+            # placed once: later steps find it on the workers (parameters are not sent again)
+            node.value = DistValue(layout, runner.scatter(split(layout, node.value, workers)), runner)
+        leaf_parts.append(node.value.parts)
+    kept = runner.run(plan, leaf_parts)
+    for i, node in enumerate(order):
+        slot = plan.node_slot[i]
+        if slot in kept:
+            node.set_value(DistValue(plan.layouts[slot], kept[slot], runner))

@@ -1,0 +1,75 @@
+"""The mesh of workers a step runs on, and how values are held across it.
+
+Without a mesh everything runs in-process on one device.  With one, each value is a DistValue:
+its layout plus one part per worker (an array in-process, a Dask future on a cluster).
+"""
+from ..layout import REPLICATE, Partial, Replicate, Shard, even_sizes
+
+_CURRENT = [None]
+
+
+def current_mesh():
+    return _CURRENT[0]
+
+
+def set_mesh(mesh):
+    _CURRENT[0] = mesh
+
+
+class DistValue:
+    __slots__ = ("layout", "parts", "runner")
+
+    def __init__(self, layout, parts, runner):
+        self.layout, self.parts, self.runner = layout, list(parts), runner
+
+    def to_host(self):
+        arrays = [self.runner.fetch(p) for p in self.parts]
+        return assemble(self.layout, arrays)
+
+
+def assemble(layout, arrays):
+    import numpy as np
+    if isinstance(layout, Replicate):
+        return np.asarray(arrays[0])
+    if isinstance(layout, Partial):
+        total = np.array(arrays[0], copy=True)
+        for a in arrays[1:]:
+            total = total + a
+        return total
+    return np.concatenate([np.asarray(a) for a in arrays], axis=layout.dim)
+
+
+def split(layout, array, workers):
+    """The part each worker holds of a host array laid out as `layout`."""
+    if isinstance(layout, Shard):
+        parts = []
+        for start, stop in layout.offsets():
+            index = (slice(None),) * layout.dim + (slice(start, stop),)
+            parts.append(array[index])
+        return parts
+    assert isinstance(layout, Replicate), f"host values cannot be placed as {layout}"
+    return [array] * workers
+
+
+def leaf_layout(node, workers):
+    """Where a leaf lives: its current layout, the user's placement, or the auto-sharding rule
+    (user data batches on Shard(0), everything else replicated)."""
+    if isinstance(node.value, DistValue):
+        return node.value.layout
+    shape = node.shape
+    placement = node.placement
+    if placement is None and node.role == "data" and not node.requires_grad and len(shape) >= 1:
+        placement = Shard(0)
+    if isinstance(placement, Shard):
+        return Shard(placement.dim, even_sizes(shape[placement.dim], workers))
+    return REPLICATE
+
+
+class Mesh:
+    """`workers` workers and the runner that executes blocks on them."""
+
+    def __init__(self, workers, runner):
+        self.workers, self.runner = workers, runner
+
+    def __repr__(self):
+        return f"Mesh({self.workers} workers, {self.runner.name})"
