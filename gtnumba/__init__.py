@@ -3,14 +3,17 @@
     import gtnumba as gt
     from gtnumba import nn
 """
-from . import dtypes
+from . import dtypes, optim, sched  # noqa: F401  (gt.optim, gt.sched)
 from .creation import (arange, eye, from_numpy, full, manual_seed, ones, ones_like, rand, randint, randn,
                        tensor, zeros, zeros_like)
 from .dtypes import bool_, float32, float64, int32, int64
 from .functions import (abs, cat, chunk, clamp, concatenate, enable_grad, exp, gelu, is_grad_enabled, log,
                         log_softmax, logical_and, matmul, maximum, minimum, no_grad, relu, sigmoid, sign,
                         softmax, split, sqrt, stack, tanh, where)
+from .cluster import client, init, performance_report, shutdown
 from .kernels.backend import set_device
+from .layout import Partial, Replicate, Shard
+from .placement import replicate, shard
 from .tensor import Tensor
 
 float = float32      # noqa: A001  (gt.float / gt.long mirror PyTorch's dtype names)
@@ -41,3 +44,8 @@ reshape, permute, transpose, unsqueeze, squeeze, flatten = (
     _shape_fn(n) for n in ("reshape", "permute", "transpose", "unsqueeze", "squeeze", "flatten"))
 
 __version__ = "0.1.0"
+
+import os as _os
+
+if _os.environ.get("GT_AUTO_SHARD") == "1":
+    init()

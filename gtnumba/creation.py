@@ -108,7 +108,12 @@ def randint(low, high, shape, dtype=None):
 def full(shape, fill_value, dtype=None, requires_grad=False):
     shape = _shape("full", (shape,) if isinstance(shape, int) else tuple(shape))
     dt = dtypes.as_dtype(dtype, "full")
-    return _make(np.full(shape, fill_value, dtype=dt), dt, requires_grad, "full")
+    if requires_grad:
+        return _make(np.full(shape, fill_value, dtype=dt), dt, requires_grad, "full")
+    if not isinstance(fill_value, (int, float, bool, np.number, np.bool_)):
+        raise TypeError(f"full: fill value must be a number, got {fill_value!r}")
+    from .tensor import apply
+    return apply("fill", shape=shape, value=dt.type(fill_value).item(), dtype=dt)
 
 
 def zeros(*shape, dtype=None, requires_grad=False):

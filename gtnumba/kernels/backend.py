@@ -1,14 +1,43 @@
 """Which backend runs kernels, chosen in one place, and host <-> backend array transfer.
 
-The CPU backend's arrays are NumPy arrays.  The CUDA backend (next issue) plugs its own
-`to_backend`/`to_host` pair and its own kernel slot name into the same table.
+Backends: "cpu" (NumPy arrays) and "cuda" (Numba device arrays, gtnumba/kernels/cuda).  The
+default is "cuda" when a real CUDA GPU is present (and every op row has a CUDA kernel) and "cpu"
+otherwise; under the CUDA simulator (NUMBA_ENABLE_CUDASIM=1) the default stays "cpu", and "cuda"
+(simulated) must be asked for.
+`GTNUMBA_DEVICE=cpu|cuda` or `gt.set_device(...)` force one.  Each backend's `to_backend` turns a
+host array into its value type and `to_host` a value back into a NumPy array; both accept the
+other backend's values too, so a tensor computed before a device switch can still be read.
 """
 import os
 
 import numpy as np
 
+
+def _host(value):
+    """A NumPy array for a CPU or CUDA value (device arrays are copied to the host)."""
+    if isinstance(value, np.ndarray):
+        return value
+    copy = getattr(value, "copy_to_host", None)
+    return copy() if copy is not None else np.asarray(value)
+
+
+def _cpu_to_backend(array):
+    return np.asarray(_host(array), order="C")
+
+
+def _cuda_to_backend(array):
+    from .cuda import to_device
+    return to_device(array)
+
+
+def _cuda_available():
+    from .cuda import usable
+    return usable()
+
+
 _BACKENDS = {
-    "cpu": {"to_backend": lambda a: np.asarray(a, order="C"), "to_host": np.asarray},
+    "cpu": {"to_backend": _cpu_to_backend, "to_host": _host, "available": lambda: True},
+    "cuda": {"to_backend": _cuda_to_backend, "to_host": _host, "available": _cuda_available},
 }
 _current = None
 
@@ -17,26 +46,48 @@ def available():
     return tuple(_BACKENDS)
 
 
-def register(name, to_backend, to_host):
-    _BACKENDS[name] = {"to_backend": to_backend, "to_host": to_host}
+def register(name, to_backend, to_host, is_available=None):
+    _BACKENDS[name] = {"to_backend": to_backend, "to_host": to_host,
+                       "available": is_available or (lambda: True)}
+
+
+def cuda_complete():
+    """Does every op row have a "cuda" kernel?  (Read lazily: the op table imports this package.)"""
+    from ..ops.registry import OPS
+    return all("cuda" in row.kernels for row in OPS.values())
+
+
+def default():
+    """The backend used when nothing forces one: "cuda" only on a real GPU, and only once every
+    op row has a CUDA kernel (until then a GPU machine keeps working on "cpu"; GTNUMBA_DEVICE=cuda
+    or set_device("cuda") still force it)."""
+    name = os.environ.get("GTNUMBA_DEVICE", "").strip().lower()
+    if name:
+        return name
+    from . import cuda
+    return "cuda" if cuda.gpu_present() and cuda_complete() else "cpu"
 
 
 def current():
     global _current
     if _current is None:
-        _current = _choose(os.environ.get("GTNUMBA_DEVICE", "cpu"))
+        _current = _choose(default())
     return _current
 
 
 def _choose(name):
     if name not in _BACKENDS:
         raise ValueError(f"gtnumba: unknown device {name!r}; available: {sorted(_BACKENDS)}")
+    if not _BACKENDS[name]["available"]():
+        raise RuntimeError(f"gtnumba: device {name!r} is not available here: no CUDA GPU was found "
+                           f"(numba.cuda.is_available() is False); set NUMBA_ENABLE_CUDASIM=1 to run "
+                           f"the CUDA backend in Numba's simulator")
     return name
 
 
 def set_device(name):
     global _current
-    _current = _choose(name)
+    _current = _choose(str(name).strip().lower())
 
 
 def to_backend(array):

@@ -5,6 +5,7 @@ import numpy as np
 
 from .. import dtypes
 from ..kernels import cpu
+from ..kernels import cuda as cuda_kernels
 from . import sharding
 from .registry import Spec, defop
 from .shapes import broadcast_shapes
@@ -69,17 +70,17 @@ def _unary_samples(positive=False, avoid_zero=False):
 
 
 # ---- binary arithmetic -------------------------------------------------------------------
-defop("add", binary_infer("add"), np.add, input_dtypes=_to_result, kernels={"cpu": cpu.binary(np.add)},
+defop("add", binary_infer("add"), np.add, input_dtypes=_to_result, kernels={"cpu": cpu.binary(np.add), "cuda": cuda_kernels.elementwise_kernel("add")},
       grad=lambda c: (c.g, c.g), sample=_binary_samples(),
       shard=sharding.elementwise("add"))
-defop("sub", binary_infer("sub"), np.subtract, input_dtypes=_to_result, kernels={"cpu": cpu.binary(np.subtract)},
+defop("sub", binary_infer("sub"), np.subtract, input_dtypes=_to_result, kernels={"cpu": cpu.binary(np.subtract), "cuda": cuda_kernels.elementwise_kernel("sub")},
       grad=lambda c: (c.g, -c.g), sample=_binary_samples(),
       shard=sharding.elementwise("add"))
-defop("mul", binary_infer("mul"), np.multiply, input_dtypes=_to_result, kernels={"cpu": cpu.binary(np.multiply)},
+defop("mul", binary_infer("mul"), np.multiply, input_dtypes=_to_result, kernels={"cpu": cpu.binary(np.multiply), "cuda": cuda_kernels.elementwise_kernel("mul")},
       grad=lambda c: (c.g * c.x[1] if c.needs[0] else None, c.g * c.x[0] if c.needs[1] else None),
       sample=_binary_samples(),
       shard=sharding.elementwise("mul"))
-defop("div", binary_infer("div"), np.true_divide, input_dtypes=_to_result, kernels={"cpu": cpu.div},
+defop("div", binary_infer("div"), np.true_divide, input_dtypes=_to_result, kernels={"cpu": cpu.div, "cuda": cuda_kernels.elementwise_kernel("div")},
       grad=lambda c: (c.g / c.x[1] if c.needs[0] else None,
                       -c.g * c.out / c.x[1] if c.needs[1] else None),
       sample=_binary_samples(positive_b=True),
@@ -93,7 +94,7 @@ def _pow_grad(c):
     return ga, gb
 
 
-defop("pow", binary_infer("pow"), np.power, input_dtypes=_to_result, kernels={"cpu": cpu.power}, grad=_pow_grad,
+defop("pow", binary_infer("pow"), np.power, input_dtypes=_to_result, kernels={"cpu": cpu.power, "cuda": cuda_kernels.elementwise_kernel("pow")}, grad=_pow_grad,
       sample=_binary_samples(positive_a=True),
       shard=sharding.elementwise(None))
 
@@ -105,10 +106,10 @@ def _extremum_grad(c, pick):
     return (c.g * share if c.needs[0] else None, c.g * (1 - share) if c.needs[1] else None)
 
 
-defop("maximum", binary_infer("maximum"), np.maximum, input_dtypes=_to_result, kernels={"cpu": cpu.binary(np.maximum)},
+defop("maximum", binary_infer("maximum"), np.maximum, input_dtypes=_to_result, kernels={"cpu": cpu.binary(np.maximum), "cuda": cuda_kernels.elementwise_kernel("maximum")},
       grad=lambda c: _extremum_grad(c, lambda a, b: a > b), sample=_binary_samples(),
       shard=sharding.elementwise(None))
-defop("minimum", binary_infer("minimum"), np.minimum, input_dtypes=_to_result, kernels={"cpu": cpu.binary(np.minimum)},
+defop("minimum", binary_infer("minimum"), np.minimum, input_dtypes=_to_result, kernels={"cpu": cpu.binary(np.minimum), "cuda": cuda_kernels.elementwise_kernel("minimum")},
       grad=lambda c: _extremum_grad(c, lambda a, b: a < b), sample=_binary_samples(),
       shard=sharding.elementwise(None))
 
@@ -116,7 +117,7 @@ defop("minimum", binary_infer("minimum"), np.minimum, input_dtypes=_to_result, k
 for _name, _ufunc in [("eq", np.equal), ("ne", np.not_equal), ("lt", np.less),
                       ("le", np.less_equal), ("gt", np.greater), ("ge", np.greater_equal)]:
     defop(_name, binary_infer(_name, dtypes.bool_), _ufunc, input_dtypes=_to_common,
-          kernels={"cpu": cpu.binary(_ufunc)}, shard=sharding.elementwise(None),
+          kernels={"cpu": cpu.binary(_ufunc), "cuda": cuda_kernels.elementwise_kernel(_name)}, shard=sharding.elementwise(None),
           differentiable=False, sample=_binary_samples())
 
 
@@ -132,38 +133,38 @@ def _where_grad(c):
             c.F.where(c.x[0], zero, c.g) if c.needs[2] else None)
 
 
-defop("where", _where_infer, np.where, kernels={"cpu": cpu.where}, grad=_where_grad,
+defop("where", _where_infer, np.where, kernels={"cpu": cpu.where, "cuda": cuda_kernels.elementwise_kernel("where")}, grad=_where_grad,
       input_dtypes=lambda attrs, c, a, b, out: (None, out.dtype, out.dtype),
       sample=lambda rng: [((rng.standard_normal((3, 4)) > 0, rng.standard_normal((3, 4)),
                             rng.standard_normal((1, 4))), {})],
       shard=sharding.elementwise(None))
 
 # ---- unary math --------------------------------------------------------------------------
-defop("neg", unary_infer("neg", False), np.negative, kernels={"cpu": cpu.unary(np.negative)},
+defop("neg", unary_infer("neg", False), np.negative, kernels={"cpu": cpu.unary(np.negative), "cuda": cuda_kernels.elementwise_kernel("neg")},
       grad=lambda c: (-c.g,), sample=_unary_samples(),
       shard=sharding.elementwise("linear"))
-defop("abs", unary_infer("abs", False), np.abs, kernels={"cpu": cpu.unary(np.abs)},
+defop("abs", unary_infer("abs", False), np.abs, kernels={"cpu": cpu.unary(np.abs), "cuda": cuda_kernels.elementwise_kernel("abs")},
       grad=lambda c: (c.g * c.x[0].sign(),), sample=_unary_samples(avoid_zero=True),
       shard=sharding.elementwise(None))
-defop("sign", unary_infer("sign", False), np.sign, kernels={"cpu": cpu.unary(np.sign)},
+defop("sign", unary_infer("sign", False), np.sign, kernels={"cpu": cpu.unary(np.sign), "cuda": cuda_kernels.elementwise_kernel("sign")},
       differentiable=False, sample=_unary_samples(),
       shard=sharding.elementwise(None))
-defop("exp", unary_infer("exp"), np.exp, kernels={"cpu": cpu.unary(np.exp)},
+defop("exp", unary_infer("exp"), np.exp, kernels={"cpu": cpu.unary(np.exp), "cuda": cuda_kernels.elementwise_kernel("exp")},
       grad=lambda c: (c.g * c.out,), sample=_unary_samples(),
       shard=sharding.elementwise(None))
-defop("log", unary_infer("log"), np.log, kernels={"cpu": cpu.unary(np.log)},
+defop("log", unary_infer("log"), np.log, kernels={"cpu": cpu.unary(np.log), "cuda": cuda_kernels.elementwise_kernel("log")},
       grad=lambda c: (c.g / c.x[0],), sample=_unary_samples(positive=True),
       shard=sharding.elementwise(None))
-defop("sqrt", unary_infer("sqrt"), np.sqrt, kernels={"cpu": cpu.unary(np.sqrt)},
+defop("sqrt", unary_infer("sqrt"), np.sqrt, kernels={"cpu": cpu.unary(np.sqrt), "cuda": cuda_kernels.elementwise_kernel("sqrt")},
       grad=lambda c: (c.g * 0.5 / c.out,), sample=_unary_samples(positive=True),
       shard=sharding.elementwise(None))
-defop("relu", unary_infer("relu", False), lambda x: np.maximum(x, 0), kernels={"cpu": cpu.relu},
+defop("relu", unary_infer("relu", False), lambda x: np.maximum(x, 0), kernels={"cpu": cpu.relu, "cuda": cuda_kernels.elementwise_kernel("relu")},
       grad=lambda c: (c.g * (c.x[0] > 0).astype(c.g.dtype),), sample=_unary_samples(avoid_zero=True),
       shard=sharding.elementwise(None))
-defop("sigmoid", unary_infer("sigmoid"), lambda x: 1 / (1 + np.exp(-x)), kernels={"cpu": cpu.sigmoid},
+defop("sigmoid", unary_infer("sigmoid"), lambda x: 1 / (1 + np.exp(-x)), kernels={"cpu": cpu.sigmoid, "cuda": cuda_kernels.elementwise_kernel("sigmoid")},
       grad=lambda c: (c.g * c.out * (1 - c.out),), sample=_unary_samples(),
       shard=sharding.elementwise(None))
-defop("tanh", unary_infer("tanh"), np.tanh, kernels={"cpu": cpu.unary(np.tanh)},
+defop("tanh", unary_infer("tanh"), np.tanh, kernels={"cpu": cpu.unary(np.tanh), "cuda": cuda_kernels.elementwise_kernel("tanh")},
       grad=lambda c: (c.g * (1 - c.out * c.out),), sample=_unary_samples(),
       shard=sharding.elementwise(None))
 
@@ -178,11 +179,11 @@ def _gelu_backward_reference(x, g):
     return g * (0.5 * (1 + _erf(x / math.sqrt(2))) + x * np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi))
 
 
-defop("gelu", unary_infer("gelu"), _gelu_reference, kernels={"cpu": cpu.gelu},
+defop("gelu", unary_infer("gelu"), _gelu_reference, kernels={"cpu": cpu.gelu, "cuda": cuda_kernels.elementwise_kernel("gelu")},
       grad=lambda c: (c.F.apply("gelu_backward", c.x[0], c.g),), sample=_unary_samples(),
       shard=sharding.elementwise(None))
 defop("gelu_backward", binary_infer("gelu_backward"), _gelu_backward_reference,
-      kernels={"cpu": cpu.gelu_backward}, differentiable=False, sample=_binary_samples(),
+      kernels={"cpu": cpu.gelu_backward, "cuda": cuda_kernels.elementwise_kernel("gelu_backward")}, differentiable=False, sample=_binary_samples(),
       shard=sharding.elementwise(None))
 
 
@@ -204,12 +205,12 @@ def _clamp_grad(c):
     return (c.g if inside is None else c.g * inside.astype(c.g.dtype),)
 
 
-defop("clamp", _clamp_infer, lambda x, lo, hi: np.clip(x, lo, hi), kernels={"cpu": cpu.clamp},
+defop("clamp", _clamp_infer, lambda x, lo, hi: np.clip(x, lo, hi), kernels={"cpu": cpu.clamp, "cuda": cuda_kernels.elementwise_kernel("clamp")},
       grad=_clamp_grad, sample=lambda rng: [((rng.standard_normal((4, 5)) * 2,), {"lo": -1.0, "hi": 0.75}),
                                              ((rng.standard_normal((6,)),), {"lo": None, "hi": 0.2})],
       shard=sharding.elementwise(None))
 defop("logical_and", binary_infer("logical_and", dtypes.bool_), np.logical_and,
-      kernels={"cpu": cpu.binary(np.logical_and)}, differentiable=False,
+      kernels={"cpu": cpu.binary(np.logical_and), "cuda": cuda_kernels.elementwise_kernel("logical_and")}, differentiable=False,
       sample=lambda rng: [((rng.standard_normal((3, 4)) > 0, rng.standard_normal((4,)) > 0), {})],
       shard=sharding.elementwise(None))
 
@@ -220,9 +221,9 @@ def _cast_grad(c):
 
 
 defop("cast", lambda attrs, x: Spec(x.shape, attrs["dtype"]), lambda x, dtype: x.astype(dtype),
-      kernels={"cpu": cpu.cast}, grad=_cast_grad,
+      kernels={"cpu": cpu.cast, "cuda": cuda_kernels.elementwise_kernel("cast")}, grad=_cast_grad,
       sample=lambda rng: [((rng.standard_normal((3, 2)),), {"dtype": dtypes.float64})],
       shard=sharding.elementwise("linear"))
-defop("alias", lambda attrs, x: Spec(x.shape, x.dtype), lambda x: x, kernels={"cpu": cpu.alias},
+defop("alias", lambda attrs, x: Spec(x.shape, x.dtype), lambda x: x, kernels={"cpu": cpu.alias, "cuda": cuda_kernels.elementwise_kernel("alias")},
       differentiable=False, alias=True, sample=_unary_samples(),
-      shard=sharding.elementwise("linear"))
+      shard=sharding.placed)

@@ -3,6 +3,7 @@ import numpy as np
 
 from .. import dtypes
 from ..kernels import cpu
+from ..kernels import cuda as cuda_kernels
 from . import sharding
 from .registry import Spec, defop
 from .shapes import reduced_shape
@@ -44,11 +45,11 @@ def _reduce_samples(rng):
 
 
 defop("sum", _reduce_infer("sum"), lambda x, axes, keepdims: np.sum(x, axis=axes, keepdims=keepdims),
-      kernels={"cpu": cpu.reduce_sum}, grad=_sum_grad, shard=sharding.reduction("sum"), sample=_reduce_samples)
+      kernels={"cpu": cpu.reduce_sum, "cuda": cuda_kernels.reduction_kernel("sum")}, grad=_sum_grad, shard=sharding.reduction("sum"), sample=_reduce_samples)
 defop("max", _reduce_infer("max"), lambda x, axes, keepdims: np.max(x, axis=axes, keepdims=keepdims),
-      kernels={"cpu": cpu.reduce_max}, grad=_extremum_grad, shard=sharding.reduction("extremum"), sample=_reduce_samples)
+      kernels={"cpu": cpu.reduce_max, "cuda": cuda_kernels.reduction_kernel("max")}, grad=_extremum_grad, shard=sharding.reduction("extremum"), sample=_reduce_samples)
 defop("min", _reduce_infer("min"), lambda x, axes, keepdims: np.min(x, axis=axes, keepdims=keepdims),
-      kernels={"cpu": cpu.reduce_min}, grad=_extremum_grad, shard=sharding.reduction("extremum"), sample=_reduce_samples)
+      kernels={"cpu": cpu.reduce_min, "cuda": cuda_kernels.reduction_kernel("min")}, grad=_extremum_grad, shard=sharding.reduction("extremum"), sample=_reduce_samples)
 
 
 def _arg_infer(op):
@@ -68,7 +69,7 @@ def _arg_samples(rng):
 
 
 defop("argmax", _arg_infer("argmax"), lambda x, axis, keepdims: np.argmax(x, axis=axis, keepdims=keepdims),
-      kernels={"cpu": cpu.argmax}, differentiable=False, shard=sharding.arg_reduction, sample=_arg_samples)
+      kernels={"cpu": cpu.argmax, "cuda": cuda_kernels.reduction_kernel("argmax")}, differentiable=False, shard=sharding.arg_reduction, sample=_arg_samples)
 defop("argmin", _arg_infer("argmin"), lambda x, axis, keepdims: np.argmin(x, axis=axis, keepdims=keepdims),
-      kernels={"cpu": cpu.argmin}, differentiable=False, shard=sharding.arg_reduction, sample=_arg_samples)
+      kernels={"cpu": cpu.argmin, "cuda": cuda_kernels.reduction_kernel("argmin")}, differentiable=False, shard=sharding.arg_reduction, sample=_arg_samples)
 

@@ -311,5 +311,19 @@ def layer_norm_backward(attrs, layouts, ins, outs):
 
 
 def updates(attrs, layouts, ins, outs):
-    """Optimizer updates run on replicated parameters, states and (all-reduced) gradients."""
+    """Optimizer updates run where the parameter lives: a replicated parameter with replicated
+    (all-reduced) gradient and state, a sharded one (tensor parallel) on its shards."""
+    p = layouts[0]
+    n_tensors = len(outs) + 1              # parameter, gradient, states; then lr/step scalars
+    if isinstance(p, Shard):
+        want = (p,) * n_tensors + (REPLICATE,) * (len(layouts) - n_tensors)
+        return want, (p,) * len(outs)
     return _replicate_all(len(layouts), len(outs))
+
+
+def placed(attrs, layouts, ins, outs):
+    """alias with a `placement` attribute: the user's gt.shard / gt.replicate of a computed value."""
+    target = attrs.get("placement")
+    if target is None or isinstance(target, Shard) and target.sizes is None:
+        return elementwise("linear")(attrs, layouts, ins, outs)
+    return (target,), (target,)

@@ -3,7 +3,7 @@ from ..graph import PENDING
 from ..kernels import backend
 from .distribute import build_dist_plan
 from .executor import run_plan
-from .mesh import DistValue, current_mesh, leaf_layout, split
+from .mesh import DistValue, Mesh, WorkerLost, current_mesh, leaf_layout, set_mesh, split
 from .plan import build_plan, describe, pending_order
 
 _CACHE = {}
@@ -70,7 +70,11 @@ def _compute(roots):
     key, leaves = describe(order)
     mesh = current_mesh()
     if mesh is not None:
-        _compute_on_mesh(mesh, order, key, leaves)
+        try:
+            _compute_on_mesh(mesh, order, key, leaves)
+        except WorkerLost as lost:
+            _carry_on_without(mesh, lost.dead)
+            return _compute(roots)
     else:
         name = backend.current()
         plan = _cached((name, key), lambda: build_plan(key, name))
@@ -96,10 +100,35 @@ def _compute_on_mesh(mesh, order, key, leaves):
     for node, layout in zip(leaves, layouts):
         if not isinstance(node.value, DistValue):
             # placed once: later steps find it on the workers (parameters are not sent again)
-            node.value = DistValue(layout, runner.scatter(split(layout, node.value, workers)), runner)
+            host = node.value
+            node.value = DistValue(layout, runner.scatter(split(layout, host, workers)), runner, host)
         leaf_parts.append(node.value.parts)
     kept = runner.run(plan, leaf_parts)
     for i, node in enumerate(order):
         slot = plan.node_slot[i]
         if slot in kept:
             node.set_value(DistValue(plan.layouts[slot], kept[slot], runner))
+
+
+def _carry_on_without(mesh, dead):
+    """Workers died mid-step: keep going on the survivors.  Every value that lived on the mesh
+    comes back to the host from a surviving replica (parameters, optimizer state) or from the host
+    copy it was placed from (data); the step is then planned again for the smaller mesh."""
+    import gc
+    import warnings
+    from ..graph import Node
+    runner = mesh.runner
+    alive = [i for i, a in enumerate(runner.addresses) if a not in dead]
+    if not alive:
+        set_mesh(None)
+        raise RuntimeError(f"gtnumba: every worker died ({', '.join(dead)}); nothing to carry on with")
+    warnings.warn(f"gtnumba: lost worker(s) {', '.join(dead)}; continuing on {len(alive)}", RuntimeWarning)
+    for obj in gc.get_objects():
+        if type(obj) is Node and isinstance(obj.value, DistValue) and obj.value.runner is runner:
+            host = obj.value.recover(alive)
+            if host is None:
+                obj.value, obj.error = None, RuntimeError("gtnumba: this value was lost with a dead worker")
+            else:
+                obj.value = backend.to_backend(host)
+    new_runner = runner.without(dead)
+    set_mesh(Mesh(new_runner.workers, new_runner))

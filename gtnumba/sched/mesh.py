@@ -16,15 +16,34 @@ def set_mesh(mesh):
     _CURRENT[0] = mesh
 
 
-class DistValue:
-    __slots__ = ("layout", "parts", "runner")
+class WorkerLost(RuntimeError):
+    """Workers of the mesh died while a step ran on them."""
 
-    def __init__(self, layout, parts, runner):
+    def __init__(self, dead):
+        super().__init__(f"gtnumba: lost {len(dead)} worker(s): {', '.join(dead)}")
+        self.dead = list(dead)
+
+
+class DistValue:
+    __slots__ = ("layout", "parts", "runner", "host")
+
+    def __init__(self, layout, parts, runner, host=None):
         self.layout, self.parts, self.runner = layout, list(parts), runner
+        self.host = host          # the host array it was placed from, if any (kept for recovery)
+
+    def recover(self, alive):
+        """A host copy after some workers died: from the host copy or a surviving replica."""
+        if self.host is not None:
+            return self.host
+        if isinstance(self.layout, Replicate) and alive:
+            return assemble(self.layout, self.runner.fetch([self.parts[alive[0]]]))
+        if len(alive) == len(self.parts):
+            return self.to_host()
+        return None
 
     def to_host(self):
-        arrays = [self.runner.fetch(p) for p in self.parts]
-        return assemble(self.layout, arrays)
+        parts = self.parts[:1] if isinstance(self.layout, Replicate) else self.parts
+        return assemble(self.layout, self.runner.fetch(parts))
 
 
 def assemble(layout, arrays):

@@ -38,6 +38,8 @@ def pending_order(roots):
                 continue
             if id(node) in seen or node.value is not None:
                 continue
+            if node.error is not None:
+                raise node.error
             seen.add(id(node))
             stack.append((node, True))
             for inp in reversed(node.inputs):

@@ -53,8 +53,8 @@ class InProcessRunner:
     def scatter(self, parts):
         return parts
 
-    def fetch(self, part):
-        return part
+    def fetch(self, parts):
+        return list(parts)
 
     def run(self, plan, leaf_parts):
         steps = schedule(plan)

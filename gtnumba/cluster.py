@@ -1,0 +1,137 @@
+"""Cluster set-up: start or join a Dask cluster and make its workers gtnumba's mesh.
+
+    gt.init()                      # one worker per visible GPU, or CPU workers without GPUs
+    gt.init(workers=4)             # four CPU worker processes
+    gt.init(scheduler="tcp://host:8786")   # an existing cluster (`dask scheduler` + `dask worker`s)
+
+Environment (as GT code uses it): GT_AUTO_SHARD=1 calls init() on import, GT_SCHEDULER joins a
+cluster, GT_WORKERS sets the CPU worker count, GT_VERBOSE=1 reports what was found and started.
+"""
+import atexit
+import os
+
+from .sched.mesh import Mesh, current_mesh, set_mesh
+
+_STATE = {"client": None, "cluster": None}
+
+
+def visible_gpus():
+    """Real CUDA devices this process can see (none under the CUDA simulator)."""
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+        return []
+    try:
+        from numba import cuda
+        if not cuda.is_available():
+            return []
+        return [f"{i}: {g.name.decode() if isinstance(g.name, bytes) else g.name}" for i, g in enumerate(cuda.gpus)]
+    except Exception:          # no driver, no toolkit: no GPUs
+        return []
+
+
+def _say(verbose, msg):
+    if verbose:
+        print(f"gtnumba: {msg}", flush=True)
+
+
+def init(gpus=None, workers=None, scheduler=None, dashboard=":8787", allow_shared_gpu=False, verbose=None):
+    """Start (or join) a Dask cluster and run every following step on its workers."""
+    from distributed import Client
+    verbose = os.environ.get("GT_VERBOSE") == "1" if verbose is None else verbose
+    shutdown()
+    scheduler = scheduler or os.environ.get("GT_SCHEDULER")
+    if scheduler:
+        client = _join(Client, scheduler)
+        cluster = None
+    else:
+        cluster = _start_cluster(gpus, workers, dashboard, allow_shared_gpu, verbose)
+        client = Client(cluster, set_as_default=True)
+    _STATE.update(client=client, cluster=cluster)
+    addresses = sorted(client.scheduler_info(n_workers=-1)["workers"])
+    if not addresses:
+        shutdown()
+        raise RuntimeError(f"gt.init: the cluster at {scheduler} has no workers")
+    from .sched.dask_runner import DaskRunner
+    set_mesh(Mesh(len(addresses), DaskRunner(client, addresses)))
+    _say(verbose, f"{len(addresses)} workers: {', '.join(addresses)}")
+    _say(verbose, f"dashboard: {client.dashboard_link}")
+    return client
+
+
+def _join(Client, address):
+    try:
+        return Client(address, timeout="10s", set_as_default=True)
+    except (OSError, TimeoutError) as e:
+        raise ConnectionError(f"gt.init: cannot reach a Dask scheduler at {address!r}: {e}") from None
+
+
+def _start_cluster(gpus, workers, dashboard, allow_shared_gpu, verbose):
+    visible = visible_gpus()
+    if gpus is None and workers is None:
+        gpus = len(visible)
+    gpus = gpus or 0
+    if gpus > len(visible) and not (allow_shared_gpu and visible):
+        raise ValueError(f"gt.init: asked for {gpus} GPUs but {len(visible)} are visible"
+                         f"{': ' + '; '.join(visible) if visible else ''}")
+    _say(verbose, f"visible GPUs: {visible or 'none'}")
+    if gpus:
+        return _gpu_cluster(gpus, len(visible), dashboard)
+    from distributed import LocalCluster
+    n = workers or int(os.environ.get("GT_WORKERS", 0)) or os.cpu_count()
+    return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=dashboard,
+                        silence_logs=40)
+
+
+def _gpu_cluster(gpus, n_visible, dashboard):
+    """One Nanny per GPU worker, pinned with CUDA_VISIBLE_DEVICES; no host memory limit, since
+    device arrays would count against it and be spilled."""
+    from distributed import Nanny, Scheduler, SpecCluster
+    specs = {}
+    for i in range(gpus):
+        env = {"CUDA_VISIBLE_DEVICES": str(i % n_visible), "GTNUMBA_DEVICE": "cuda"}
+        specs[f"gpu-{i}"] = {"cls": Nanny, "options": {"nthreads": 1, "env": env, "memory_limit": 0,
+                                                       "resources": {"GPU": 1}}}
+    scheduler = {"cls": Scheduler, "options": {"dashboard_address": dashboard}}
+    return SpecCluster(workers=specs, scheduler=scheduler, silence_logs=40)
+
+
+def client():
+    """The Dask client gtnumba uses (also distributed's default client), or None."""
+    return _STATE["client"]
+
+
+def shutdown():
+    """Leave the cluster (and stop it if gtnumba started it); later steps run in-process."""
+    mesh = current_mesh()
+    set_mesh(None)
+    if mesh is not None:
+        _bring_home()
+    c, cl = _STATE["client"], _STATE["cluster"]
+    _STATE.update(client=None, cluster=None)
+    if c is not None:
+        c.close()
+    if cl is not None:
+        cl.close()
+
+
+def _bring_home():
+    """Values living on the workers come back to this process before the workers go."""
+    import gc
+    from .graph import Node
+    from .kernels import backend
+    from .sched.mesh import DistValue
+    for obj in gc.get_objects():
+        if type(obj) is Node and isinstance(obj.value, DistValue):
+            try:
+                obj.value = backend.to_backend(obj.value.to_host())
+            except Exception:      # a worker already gone: the value is lost with it
+                obj.value = None
+                obj.error = RuntimeError("gtnumba: this value lived on a worker that is gone")
+
+
+atexit.register(shutdown)
+
+
+def performance_report(filename="dask-report.html"):
+    """Dask's performance report around a block of training steps."""
+    from distributed import performance_report as report
+    return report(filename=filename)

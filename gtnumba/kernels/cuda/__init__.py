@@ -1,0 +1,78 @@
+"""The CUDA backend: Numba CUDA kernels behind the op table's "cuda" slots.
+
+Importing this package is cheap and never touches numba.cuda: the op table holds `LazyKernel`
+handles, and the kernel modules (runtime, memory, elementwise, reduction) are imported on the
+first call, so `import gtnumba` costs nothing extra on a machine without a GPU.
+
+Modules:
+    runtime      simulator switch, launch configuration, `jit` wrapper, `launch`, argument checks
+    memory       the device memory pool (CuPy's pool, a caching allocator, or plain device_array)
+    elementwise  one broadcasting kernel template per arity + a scalar device function per op
+    reduction    sum/max/min over any axis set, argmax/argmin, tree-combined in float64/int64
+    ptx          every kernel at the signatures the backend launches, for `compile_ptx` checks
+"""
+import importlib
+
+
+class LazyKernel:
+    """A kernel slot that imports its module on first call (`module.KERNELS[op]`)."""
+    __slots__ = ("module", "op", "_fn", "__name__", "__qualname__")
+
+    def __init__(self, module, op):
+        self.module, self.op, self._fn = module, op, None
+        self.__name__ = self.__qualname__ = f"cuda_{op}"
+
+    def resolve(self):
+        if self._fn is None:
+            mod = importlib.import_module(f"{__name__}.{self.module}")
+            self._fn = mod.KERNELS[self.op]
+        return self._fn
+
+    def __call__(self, *args, **kwargs):
+        fn = self._fn or self.resolve()
+        return fn(*args, **kwargs)
+
+    def __repr__(self):
+        return f"<cuda kernel {self.module}.{self.op}>"
+
+
+def elementwise_kernel(op):
+    """The op table's "cuda" slot of elementwise row `op` (gtnumba.kernels.cuda.elementwise)."""
+    return LazyKernel("elementwise", op)
+
+
+def reduction_kernel(op):
+    """The op table's "cuda" slot of reduction row `op` (gtnumba.kernels.cuda.reduction)."""
+    return LazyKernel("reduction", op)
+
+
+def to_device(array):
+    from .memory import to_device as f
+    return f(array)
+
+
+def to_host(value):
+    from .memory import to_host as f
+    return f(value)
+
+
+def simulator():
+    """True when NUMBA_ENABLE_CUDASIM is on (checked without importing numba.cuda)."""
+    from numba import config
+    return bool(config.ENABLE_CUDASIM)
+
+
+def gpu_present():
+    """True only for a real CUDA GPU (never under the simulator)."""
+    if simulator():
+        return False
+    try:
+        from numba import cuda
+        return bool(cuda.is_available())
+    except Exception:
+        return False
+
+
+def usable():
+    """Can the CUDA backend run here: a real GPU, or the simulator."""
+    return simulator() or gpu_present()

@@ -1,0 +1,189 @@
+"""What every CUDA kernel module shares: the simulator switch, launch configuration, the `jit`
+wrapper, the `launch` helper, argument checks and the broadcast/stride arithmetic.
+
+Values on the CUDA backend are C-contiguous Numba device arrays (in the simulator, its
+FakeCUDAArray).  Kernels see them as flat 1-D arrays and do their own index math from
+(shape, element strides) tuples: tuples are passed by value, cost little to launch and make
+Numba compile one specialization per number of dims.
+
+Launch configuration is module state read at launch time, so tests (and tuning) can lower it:
+`BLOCK` (threads per block of elementwise and thread-per-output kernels), `REDUCE_BLOCK` (most
+threads of a block-per-output reduction; also the size of its shared-memory tree), `MAX_GRID`
+(grid-stride loops cover the rest), `TARGET_BLOCKS` / `TARGET_THREADS` (how far a large reduction
+is split before a second pass).
+"""
+import math
+
+import numpy as np
+from numba import config as _numba_config
+from numba import cuda
+
+SIMULATOR = bool(_numba_config.ENABLE_CUDASIM)
+
+# ---- launch configuration (module constants; tests may lower them) -------------------------
+BLOCK = 32 if SIMULATOR else 256
+REDUCE_BLOCK = 32 if SIMULATOR else 256
+MIN_REDUCE_BLOCK = 1 if SIMULATOR else 32       # a real block-per-output tree uses >= 1 warp
+MAX_GRID = 8 if SIMULATOR else 65535 * 16
+TARGET_BLOCKS = 4 if SIMULATOR else 1024        # refreshed from the SM count on a real GPU
+TARGET_THREADS = 256 if SIMULATOR else 1 << 18
+SERIAL_MAX_REDUCE = 32       # reduce at most this many elements per output: one thread per output
+COALESCED_MIN_OUT = 1024     # this many outputs over a kept innermost dim: one thread per output
+SERIAL_SPLIT_CHUNK = 256     # a thread-per-output reduction is split only into chunks this long
+BLOCK_ITEMS_MIN = 8          # a block of a split block-per-output reduction gets >= BLOCK*this
+
+DTYPES = (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.int32), np.dtype(np.int64),
+          np.dtype(np.bool_))
+
+# options the simulator's cuda.jit accepts; the rest (lineinfo, launch_bounds, link, lto, ...)
+# only make sense for real compilation and are dropped there
+_SIM_JIT_OPTIONS = {"device", "debug", "argtypes", "inline", "restype", "fastmath", "boundscheck",
+                    "opt", "cache", "shared_memory_carveout"}
+
+
+def jit(func=None, **options):
+    """`numba.cuda.jit` that also works in the simulator: options it refuses are dropped there."""
+    if SIMULATOR:
+        options = {k: v for k, v in options.items() if k in _SIM_JIT_OPTIONS}
+        if options.get("inline") not in (None, False, True):
+            options.pop("inline")
+    if func is None:
+        return lambda f: cuda.jit(f, **options)
+    return cuda.jit(func, **options)
+
+
+_device_tuned = []
+
+
+def tune_for_device():
+    """On a real GPU, size split reductions by the SM count (once)."""
+    global TARGET_BLOCKS, TARGET_THREADS
+    if SIMULATOR or _device_tuned:
+        return
+    _device_tuned.append(True)
+    try:
+        sms = cuda.get_current_device().MULTIPROCESSOR_COUNT
+    except Exception:  # pragma: no cover - no device attribute: keep the defaults
+        return
+    TARGET_BLOCKS = 8 * sms
+    TARGET_THREADS = 2048 * sms
+
+
+def grid_for(n, block, max_grid=None):
+    """Blocks for `n` work items of `block` threads each, capped (grid-stride loops do the rest)."""
+    cap = MAX_GRID if max_grid is None else max_grid
+    return max(1, min(-(-n // block), cap))
+
+
+def launch(kernel, n, *args, block=None, grid=None, name="kernel"):
+    """Launch `kernel` over `n` work items (no launch when n == 0); returns (grid, block)."""
+    block = BLOCK if block is None else block
+    if not isinstance(block, int) or not 1 <= block <= 1024:
+        raise ValueError(f"{name}: block size must be an int in 1..1024, got {block!r}")
+    if n <= 0:
+        return 0, block
+    grid = grid_for(n, block) if grid is None else grid
+    if grid < 1:
+        raise ValueError(f"{name}: grid size must be positive, got {grid}")
+    kernel[grid, block](*args)
+    return grid, block
+
+
+# ---- argument checks ---------------------------------------------------------------------
+def _device_array_types():
+    if SIMULATOR:
+        from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+        return (FakeCUDAArray,)
+    from numba.cuda.cudadrv.devicearray import DeviceNDArray
+    return (DeviceNDArray,)
+
+
+_DEVICE_TYPES = _device_array_types()
+
+
+def is_device_array(x):
+    return isinstance(x, _DEVICE_TYPES)
+
+
+def check_array(name, x, what="input", dtypes=DTYPES):
+    """Raise a clear error, naming the kernel, unless `x` is a C-contiguous device array of a
+    supported dtype.  Returns the array's dtype."""
+    if isinstance(x, np.ndarray) or np.isscalar(x):
+        raise TypeError(f"{name}: {what} is a host {type(x).__name__} of shape {np.shape(x)}; CUDA kernels "
+                        f"take device arrays (gtnumba.kernels.cuda.memory.to_device)")
+    if not is_device_array(x):
+        raise TypeError(f"{name}: {what} must be a CUDA device array, got {type(x).__name__}")
+    dt = np.dtype(x.dtype)
+    if dt not in dtypes:
+        allowed = ", ".join(str(d) for d in dtypes)
+        raise TypeError(f"{name}: unsupported dtype {dt} for {what} of shape {tuple(x.shape)}; "
+                        f"supported: {allowed}")
+    if x.size and not x.is_c_contiguous():
+        raise ValueError(f"{name}: {what} of shape {tuple(x.shape)} must be C-contiguous "
+                         f"(strides {tuple(x.strides)})")
+    return dt
+
+
+def broadcast_shape(name, *shapes):
+    try:
+        return tuple(np.broadcast_shapes(*[tuple(s) for s in shapes]))
+    except ValueError:
+        shown = " and ".join(str(tuple(s)) for s in shapes)
+        raise ValueError(f"{name}: cannot broadcast shapes {shown}") from None
+
+
+# ---- stride arithmetic (host side) ----------------------------------------------------------
+def c_strides(shape):
+    """Element strides of a C-contiguous array of `shape`."""
+    strides, step = [], 1
+    for d in reversed(shape):
+        strides.append(step)
+        step *= d
+    return tuple(reversed(strides))
+
+
+def broadcast_strides(shape, out_shape):
+    """Element strides that read a C-contiguous array of `shape` at every index of `out_shape`:
+    0 along broadcast (new or size-1) dims."""
+    lead = len(out_shape) - len(shape)
+    own = c_strides(shape)
+    return tuple(0 if i < lead or shape[i - lead] == 1 else own[i - lead] for i in range(len(out_shape)))
+
+
+def coalesce(shape, strides_list):
+    """Drop size-1 dims and merge neighbours that every operand walks contiguously.
+
+    Returns (shape, [strides per operand]) with at least one dim, so the kernels' index math
+    runs over as few dims as the layout allows (same-shape operands become one flat dim)."""
+    dims = [(n, [s[i] for s in strides_list]) for i, n in enumerate(shape) if n != 1]
+    merged = []
+    for n, st in dims:
+        if merged:
+            pn, pst = merged[-1]
+            if all(ps == s * n for ps, s in zip(pst, st)):
+                merged[-1] = (pn * n, st)
+                continue
+        merged.append((n, st))
+    if not merged:
+        merged = [(1, [0] * len(strides_list))]
+    out_shape = tuple(n for n, _ in merged)
+    return out_shape, [tuple(st[k] for _, st in merged) for k in range(len(strides_list))]
+
+
+def flat(x):
+    """1-D view of a C-contiguous device array (0-d arrays become length 1)."""
+    if x.ndim == 1:
+        return x
+    return x.reshape(max(int(x.size), 1) if x.ndim == 0 else int(x.size))
+
+
+def next_pow2(n):
+    return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
+
+
+def floor_pow2(n):
+    return 1 << (max(int(n), 1).bit_length() - 1)
+
+
+def prod(shape):
+    return math.prod(shape)

@@ -1,0 +1,1 @@
+"""Models and data built on gtnumba (the Pixel Transformer, issue #5)."""
