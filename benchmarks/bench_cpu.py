@@ -575,7 +575,7 @@ def gt_step_phases(P, x, y, steps):
 
     mat.run_plan = timed_run_plan
     try:
-        chosen, share, n_quiet = quiet_runs(one_step, steps, 6 * steps)
+        chosen, share, n_quiet = quiet_runs(one_step, steps, 3 * steps)
     finally:
         mat.run_plan = original
     n = len(chosen)
@@ -600,7 +600,7 @@ def profile_gt_step(P, x, y, steps):
         prof.disable()
         return prof
 
-    chosen, share, n_quiet = quiet_runs(one_step, steps, 6 * steps)
+    chosen, share, n_quiet = quiet_runs(one_step, steps, 3 * steps)
     st = pstats.Stats(chosen[0])
     for prof in chosen[1:]:
         st.add(prof)
@@ -713,7 +713,7 @@ def bench_step(quick):
 
     with section("step: gtnumba vs PyTorch, ABBA blocks"):
         r = 0
-        while r < n // per_block or (r < 2 * n // per_block and few_quiet() and time_left() > 0):
+        while r < n // per_block or (r < 3 * n // per_block // 2 and few_quiet() and time_left() > 0):
             r += 1
             for name, fn in (contenders if r % 2 == 1 else contenders[::-1]):
                 time.sleep(PAUSE_S)
@@ -771,9 +771,9 @@ def bench_step(quick):
 
     # where the time goes
     with section("step: phases and kernels"):
-        out["phases"] = gt_step_phases(P, x, y, 10 if quick else 20)
+        out["phases"] = gt_step_phases(P, x, y, 10 if quick else 15)
     with section("step: cProfile"):
-        out["profile"] = profile_gt_step(P, x, y, 10 if quick else 20)
+        out["profile"] = profile_gt_step(P, x, y, 10 if quick else 15)
     out["what_if"] = what_if(p0, x_np, quick)
     for name, t, m, _ in out["what_if"]:
         print(f"  what-if {name}: {fmt_t(t)} (min {fmt_t(m)})")
@@ -1015,7 +1015,7 @@ def main():
     ap.add_argument("--out", default=RESULTS, help="results file (default: benchmarks/RESULTS.md)")
     args = ap.parse_args()
     t_start = time.perf_counter()
-    DEADLINE[0] = t_start + (60 if args.quick else 200)   # no optional extra rounds after this
+    DEADLINE[0] = t_start + (60 if args.quick else 150)   # no optional extra rounds after this
     if torch is None:
         print("NOTE: PyTorch is not installed (pip install torch, or the `bench` extra of setup.cfg); "
               "the PyTorch anchor is skipped, the NumPy and gtnumba parts still run.", flush=True)

@@ -48,4 +48,6 @@ __version__ = "0.1.0"
 import os as _os
 
 if _os.environ.get("GT_AUTO_SHARD") == "1":
-    init()
+    from .cluster import in_worker_process as _in_worker
+    if not _in_worker():          # the workers themselves import gtnumba too
+        init()

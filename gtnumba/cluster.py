@@ -8,7 +8,10 @@ Environment (as GT code uses it): GT_AUTO_SHARD=1 calls init() on import, GT_SCH
 cluster, GT_WORKERS sets the CPU worker count, GT_VERBOSE=1 reports what was found and started.
 """
 import atexit
+import contextlib
+import multiprocessing
 import os
+import sys
 
 from .sched.mesh import Mesh, current_mesh, set_mesh
 
@@ -73,12 +76,45 @@ def _start_cluster(gpus, workers, dashboard, allow_shared_gpu, verbose):
         raise ValueError(f"gt.init: asked for {gpus} GPUs but {len(visible)} are visible"
                          f"{': ' + '; '.join(visible) if visible else ''}")
     _say(verbose, f"visible GPUs: {visible or 'none'}")
-    if gpus:
-        return _gpu_cluster(gpus, len(visible), dashboard)
-    from distributed import LocalCluster
-    n = workers or int(os.environ.get("GT_WORKERS", 0)) or os.cpu_count()
-    return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=dashboard,
-                        silence_logs=40)
+    with _no_main_reimport():
+        if gpus:
+            return _gpu_cluster(gpus, len(visible), dashboard)
+        from distributed import LocalCluster
+        n = workers or int(os.environ.get("GT_WORKERS", 0)) or os.cpu_count()
+        return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=dashboard,
+                            silence_logs=40, env={WORKER_FLAG: "1"})
+
+
+WORKER_FLAG = "GTNUMBA_WORKER"
+
+
+@contextlib.contextmanager
+def _no_main_reimport():
+    """Worker processes are spawned, and spawning re-runs the parent's main script unless it is
+    guarded by `if __name__ == "__main__"`.  GT training scripts are plain top-level code, so
+    hide the main script while workers start: they only ever run gtnumba's own functions."""
+    main = sys.modules.get("__main__")
+    saved = {k: getattr(main, k) for k in ("__file__", "__spec__") if hasattr(main, k)}
+    if "__file__" in saved:
+        del main.__file__
+    main.__spec__ = None
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(main, k, v)
+
+
+def in_worker_process():
+    """True inside a process gtnumba started as a worker, or inside any Dask worker."""
+    if os.environ.get(WORKER_FLAG) == "1" or multiprocessing.parent_process() is not None:
+        return True
+    try:
+        from distributed import get_worker
+        get_worker()
+        return True
+    except (ImportError, ValueError):
+        return False
 
 
 def _gpu_cluster(gpus, n_visible, dashboard):
@@ -87,7 +123,7 @@ def _gpu_cluster(gpus, n_visible, dashboard):
     from distributed import Nanny, Scheduler, SpecCluster
     specs = {}
     for i in range(gpus):
-        env = {"CUDA_VISIBLE_DEVICES": str(i % n_visible), "GTNUMBA_DEVICE": "cuda"}
+        env = {"CUDA_VISIBLE_DEVICES": str(i % n_visible), "GTNUMBA_DEVICE": "cuda", WORKER_FLAG: "1"}
         specs[f"gpu-{i}"] = {"cls": Nanny, "options": {"nthreads": 1, "env": env, "memory_limit": 0,
                                                        "resources": {"GPU": 1}}}
     scheduler = {"cls": Scheduler, "options": {"dashboard_address": dashboard}}

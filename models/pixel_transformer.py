@@ -268,6 +268,8 @@ def run(args):
     train_set, test_set = T.load_data(args)
     args.img_size, args.seq_len = train_set.img_size, train_set.seq_len
     args.n_train, args.n_test = len(train_set), len(test_set)
+    ckpt = os.path.join(out, T.CHECKPOINT)
+    saved = T.read_checkpoint(ckpt, args) if args.resume and checkpoint.exists(ckpt) else None
     where = T.setup_device(args)
     threads = T.set_threads(args.threads)
     T.say(f"device: {where}; {threads} CPU thread(s) in this process")
@@ -293,11 +295,12 @@ def run(args):
           f"{args.optimizer} lr {args.lr:g} ({args.lr_schedule}, warmup {min(args.warmup_steps, total_steps)}), "
           f"batch {args.batch_size}, {args.epochs} epochs x {steps_per_epoch} steps")
 
-    ckpt = os.path.join(out, T.CHECKPOINT)
     history, step_losses, step, train_seconds, first = [], [], 0, 0.0, 1
     if args.resume:
-        if checkpoint.exists(ckpt):
-            meta = T.restore(ckpt, model, opt, sched, args, total_steps)
+        if saved is not None:
+            meta = saved[1]
+            T.restore(*saved, model, opt, sched, args, total_steps)
+            saved = None
             history, step_losses = meta["history"], meta["step_losses"]
             step, train_seconds, first = meta["step"], meta["train_seconds"], meta["epoch"] + 1
             T.say(f"resumed from {ckpt}: epoch {meta['epoch']}, step {step}")

@@ -66,8 +66,8 @@ def setup_device(args) -> str:
         if gpus > 0:
             gt.init(gpus=gpus, dashboard=args.dashboard)
             return f"{gpus} GPU worker(s) on a local Dask cluster"
-        os.environ["GTNUMBA_DEVICE"] = "cpu" if args.gpus == 0 else os.environ.get("GTNUMBA_DEVICE", "")
         if args.gpus == 0:
+            os.environ["GTNUMBA_DEVICE"] = "cpu"        # also for the CPU worker processes
             gt.set_device("cpu")
         if args.workers:
             gt.init(gpus=0, workers=args.workers, dashboard=args.dashboard)
@@ -272,7 +272,8 @@ def save_checkpoint(path, model, opt, sched, args, epoch, step, history, step_lo
     checkpoint.save(path, arrays, meta)
 
 
-def restore(path, model, opt, sched, args, total_steps):
+def read_checkpoint(path, args):
+    """The checkpoint to resume from, refused (UsageError) if it was made with other settings."""
     try:
         arrays, meta = checkpoint.load(path)
     except checkpoint.CheckpointError as e:
@@ -283,12 +284,17 @@ def restore(path, model, opt, sched, args, total_steps):
     if diff:
         raise UsageError(f"--resume: the checkpoint in {os.path.dirname(path)} was made with different "
                          f"settings: {'; '.join(diff)}. Pass the same flags, or a new --out")
+    return arrays, meta
+
+
+def restore(arrays, meta, model, opt, sched, args, total_steps):
+    """Load model, optimizer and scheduler state saved by save_checkpoint."""
     model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model/")})
     opt.load_state_dict(checkpoint.unflatten_optimizer(arrays, meta["optimizer"]))
     sched.load_state_dict(meta["scheduler"])
-    if saved.get("epochs") != args.epochs and hasattr(sched, "total_steps"):
-        say(f"note: --epochs changed from {saved.get('epochs')} to {args.epochs}; the cosine schedule now "
+    saved_epochs = meta["config"].get("epochs")
+    if saved_epochs != args.epochs and hasattr(sched, "total_steps"):
+        say(f"note: --epochs changed from {saved_epochs} to {args.epochs}; the cosine schedule now "
             f"ends at step {total_steps}")
         sched.total_steps = total_steps
         sched.step(sched.last_epoch)     # rewrite the lr for the new schedule
-    return meta

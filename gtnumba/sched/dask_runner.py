@@ -5,34 +5,58 @@ worker, the collective task and the next training step take those dicts as input
 stay on their worker and only collectives move data between workers.
 """
 import itertools
-import operator
 import uuid
 
 from distributed import wait
 
+import numpy as np
+
+from ..kernels import backend
+from ..ops.registry import OPS
 from .distribute import LocalStep
 from .mesh import WorkerLost
-from .spmd import collective, run_local_step
+from .spmd import run_local_step
 
 _UPDATE_OPS = ("sgd_update", "adam_update")
 INLINE_BYTES = 64 * 1024
 
 
-def run_block(steps, worker, refs, outputs):
-    """Executed on a worker: the local steps of one level, on this worker's parts."""
-    env = {slot: (src[key] if key is not None else src) for slot, (src, key) in refs.items()}
+def _on_device(value):
+    """Values arrive from other workers and the client as host arrays; a GPU worker's kernels
+    want device arrays (and keep them on the device between its own blocks)."""
+    if isinstance(value, np.ndarray) and backend.current() != "cpu":
+        return backend.to_backend(value)
+    return value
+
+
+def run_block(steps, worker, refs, outputs, host_outputs):
+    """Executed on a worker: the local steps of one level, on this worker's parts.  Outputs that
+    leave the worker (collective inputs) are returned as host arrays."""
+    env = {slot: _on_device(src[key] if key is not None else src) for slot, (src, key) in refs.items()}
     for step in steps:
         run_local_step(step, env, worker)
-    return {s: env[s] for s in outputs}
+    return {s: backend.to_host(env[s]) if s in host_outputs else env[s] for s in outputs}
 
 
 def run_collectives(entries, refs):
-    """Executed on one worker: every collective of a level (one bucket), on all workers' parts."""
+    """Executed on one worker: every collective of a level (one bucket), on host copies of all
+    workers' parts (sum for all-reduce, concatenation for all-gather)."""
+    add, concat = OPS["add"].kernels["cpu"], OPS["concat"].kernels["cpu"]
     out = {}
     for slot, kind, dim, sources in entries:
-        values = [src[key] if key is not None else src for src, key in (refs[i] for i in sources)]
-        out[slot] = collective(kind, dim, values)
+        values = [backend.to_host(src[key] if key is not None else src) for src, key in (refs[i] for i in sources)]
+        if kind == "allgather":
+            out[slot] = concat(*values, axis=dim)
+        else:
+            total = values[0]
+            for v in values[1:]:
+                total = add(total, v)
+            out[slot] = total
     return out
+
+
+def pick_host(result, key):
+    return backend.to_host(result[key])
 
 
 def _block_name(steps, level):
@@ -65,7 +89,7 @@ class DaskRunner:
                 out[i] = future if key is None else future[key]
             else:
                 if key is not None:
-                    future = self.client.submit(operator.getitem, future, key, key=f"fetch-{uuid.uuid4().hex}")
+                    future = self.client.submit(pick_host, future, key, key=f"fetch-{uuid.uuid4().hex}")
                 remote.append((i, future))
         for (i, _), value in zip(remote, self.client.gather([f for _, f in remote])):
             out[i] = value
@@ -128,12 +152,14 @@ class DaskRunner:
         produced = {s.out for s in steps}
         needed = sorted({i for s in steps for i in s.ins} - produced)
         outputs = sorted(produced & (used_later[level] | set(plan.keep)))
+        leaving = _collective_inputs(plan)
+        host_outputs = [s for s in outputs if s in leaving]
         name = _block_name(steps, level)
         futures = []
         for w, address in enumerate(self.addresses):
             refs = {slot: src[w][slot] for slot in needed}
             local = [LocalStep(s.out, s.op, s.ins, [s.attrs[w]] * 1, s.level) for s in steps]
-            future = self.client.submit(run_block, local, 0, refs, outputs, key=(name, token, level, w),
+            future = self.client.submit(run_block, local, 0, refs, outputs, host_outputs, key=(name, token, level, w),
                                         workers=[address], allow_other_workers=False, pure=False)
             for slot in outputs:
                 src[w][slot] = (future, slot)
@@ -149,3 +175,7 @@ def _uses_by_level(plan):
         for level in range(step.level):
             uses[level].update(reads)
     return uses
+
+
+def _collective_inputs(plan):
+    return {s.src for s in plan.steps if not isinstance(s, LocalStep)}
