@@ -481,5 +481,5 @@ KERNELS = {
     "eq": eq, "ne": ne, "lt": lt, "le": le, "gt": gt, "ge": ge, "logical_and": logical_and, "where": where,
     "neg": neg, "abs": abs_, "sign": sign, "exp": exp, "log": log, "sqrt": sqrt, "relu": relu,
     "sigmoid": sigmoid, "tanh": tanh, "gelu": gelu, "gelu_backward": gelu_backward, "clamp": clamp,
-    "cast": cast, "alias": alias,
+    "cast": cast, "alias": alias, "fill": fill,
 }
