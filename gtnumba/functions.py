@@ -156,7 +156,11 @@ def accumulate_leaf_grad(node, g):
         g = g.astype(owner.dtype)
     if g.shape != owner.shape:
         g = g.expand(owner.shape)
-    owner.grad = g if owner.grad is None else owner.grad + g
+    old = owner.grad
+    zeroed = old is not None and old._node.op == "fill" and old._node.value is None \
+        and dict(old._node.attrs)["value"] == 0
+    # a gradient zeroed by zero_() and not read since is replaced, not added to
+    owner.grad = g if old is None or zeroed else old + g
 
 
 def run_backward(t, gradient=None, retain_graph=False):

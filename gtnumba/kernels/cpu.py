@@ -202,6 +202,9 @@ def setitem(x, value, *arrays, spec):
 
 # ---- linear algebra ----------------------------------------------------------------------
 def matmul(a, b):
+    if a.ndim > 2 and b.ndim == 2:
+        # one GEMM over all rows: NumPy's batched matmul loops over the batch instead
+        return (a.reshape(-1, a.shape[-1]) @ b).reshape(a.shape[:-1] + b.shape[-1:])
     return np.matmul(a, b)
 
 

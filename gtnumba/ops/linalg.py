@@ -19,8 +19,15 @@ def _matmul_infer(attrs, a, b):
 
 def _matmul_grad(c):
     a, b = c.x
-    return (c.g @ b.swap_last() if c.needs[0] else None,
-            a.swap_last() @ c.g if c.needs[1] else None)
+    ga = c.g @ b.swap_last() if c.needs[0] else None
+    if not c.needs[1]:
+        return ga, None
+    if b.ndim == 2 and a.ndim > 2:
+        # a weight shared by every batch row: one GEMM over all rows instead of a batched
+        # product and a sum over the batch
+        k, n = a.shape[-1], c.g.shape[-1]
+        return ga, a.reshape(-1, k).swap_last() @ c.g.reshape(-1, n)
+    return ga, a.swap_last() @ c.g
 
 
 defop("matmul", _matmul_infer, np.matmul, kernels={"cpu": cpu.matmul}, grad=_matmul_grad, shard=sharding.matmul,
