@@ -74,7 +74,7 @@ class PixelTransformer(nn.Module):
                    "w1": param(E, ff_dim), "b1": zeros(ff_dim), "w2": param(ff_dim, E), "b2": zeros(E)}
             self.blocks.append(blk)
             self._parameters += list(blk.values())
-        self.w_out, self.b_out = param(E, classes), zeros(classes)
+        self.w_out, self.b_out = param(E, classes, scale=0.02), zeros(classes)
         self._parameters += [self.w_out, self.b_out]
 
     def attention(self, x, p):
@@ -109,7 +109,7 @@ def main(argv=None):
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--lr", type=float, default=0.05)
+    ap.add_argument("--lr", type=float, default=0.1)
     ap.add_argument("--n-train", type=int, default=1024)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--print-every", type=int, default=10)
@@ -122,8 +122,9 @@ def main(argv=None):
     model = PixelTransformer(args.img_size, args.seq_len, args.embed_dim, args.heads, args.ff_dim, args.layers,
                              train.n_classes)
     params = model._parameters
-    where = f"Dask ({gt.client().dashboard_link})" if gt.client() is not None else "in-process"
-    print(f"{sum(p.numel() for p in params):,} parameters; training on {where}", flush=True)
+    client = gt.cluster.client()      # (gt.client() itself is shadowed by the gtnumba.client module)
+    where = f"on Dask (dashboard: {client.dashboard_link})" if client is not None else "in-process"
+    print(f"{sum(p.numel() for p in params):,} parameters; training {where}", flush=True)
 
     t0 = time.time()
     for step in range(1, args.steps + 1):
@@ -142,9 +143,9 @@ def main(argv=None):
 
     with gt.no_grad():
         pred = model(gt.tensor(test.X)).numpy().argmax(axis=1)
-    print(f"held-out accuracy {100 * (pred == test.y).mean():.1f}% (chance: {100 * np.bincount(test.y).max() / len(test.y):.1f}% "
-          f"always the most frequent class); {args.steps * args.batch_size / (time.time() - t0):.0f} samples/s",
-          flush=True)
+    chance = np.bincount(test.y).max() / len(test.y)
+    print(f"held-out accuracy {100 * (pred == test.y).mean():.1f}% (chance: {100 * chance:.1f}%, always the most "
+          f"frequent class); {args.steps * args.batch_size / (time.time() - t0):.0f} samples/s", flush=True)
 
 
 if __name__ == "__main__":

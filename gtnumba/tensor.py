@@ -483,7 +483,12 @@ class Tensor:
         if len(axes) != self.ndim:
             raise ValueError(f"permute: got {len(axes)} axes {tuple(axes)} for a tensor of shape {self.shape}")
         axes = tuple(normalize_axis("permute", a, self.ndim) for a in axes)
-        return self if axes == tuple(range(self.ndim)) else apply("permute", self, axes=axes)
+        base, node = self, self._node
+        if node.op == "permute" and node.inputs:
+            # a permute of a permute is one permute (x.T.T is x): no copy, no extra node
+            inner = dict(node.attrs)["axes"]
+            axes, base = tuple(inner[a] for a in axes), Tensor._wrap(node.inputs[0])
+        return base if axes == tuple(range(self.ndim)) else apply("permute", base, axes=axes)
 
     def transpose(self, a=-2, b=-1):
         a, b = normalize_axis("transpose", a, self.ndim), normalize_axis("transpose", b, self.ndim)

@@ -15,7 +15,9 @@ Three sources, one result type (:class:`Split`), chosen by :func:`load`:
     single token is correlated with it. That also means a model trained on ``y`` alone gets no
     first-order gradient signal (a parity-like task); the per-token digits are kept in
     ``Split.digits`` for an auxiliary per-token loss, and ``label="sum"`` / ``"max"`` are easier
-    rules that still need all tokens (see :data:`LABELS`).
+    rules that still need all tokens (see :data:`LABELS`). The training command
+    (``python -m models.pixel_transformer``) defaults to ``--label max``: 10 classes, learned far
+    above its chance level (always answering 9: 1 - 0.9**4 = 34% with 4 tokens).
 
 ``synthetic``
     What the first user trained on: i.i.d. standard normal pixels and uniformly random labels

@@ -78,7 +78,7 @@ class PixelTransformer(nn.Module):
 
 
 # ---- the command ------------------------------------------------------------------------------
-DEFAULTS = dict(img_size=200, seq_len=4, n_train=2000, n_test=400)
+DEFAULTS = dict(img_size=200, seq_len=4, n_train=16000, n_test=1000)
 
 DESCRIPTION = """\
 Train the Pixel Transformer (each token is a whole image) with gtnumba.
@@ -91,13 +91,14 @@ With Dask, the dashboard address is printed and --report writes Dask's performan
 Data (--data): 'digits' (default) renders scikit-learn's 8x8 handwritten digit scans, shipped
 with scikit-learn (no network), at --img-size with random rotation, scale, shift and noise;
 train and held-out sequences are built from disjoint scans. The label of a sequence is chosen
-by --label (default 'max': the largest digit in the sequence; 10 classes). Chance level is 10%%
-for a uniform guess and about 34%% (1 - 0.9^4) for always answering 9, the most frequent class
+by --label (default 'max': the largest digit in the sequence; 10 classes). Chance level is 10%
+for a uniform guess and about 34% (1 - 0.9^4) for always answering 9, the most frequent class
 with 4 tokens; the label needs every token (any one of them may hold the maximum) and is learned
 well above chance. 'sum_mod10' (sum of the digits mod 10) is parity-like: no token alone says
 anything about it, so a model trained on the label alone barely learns it; 'sum' has 9*seq+1
 classes. 'synthetic' is random pixels and random labels (nothing to learn; for throughput).
-PATH.npz: your arrays X (n, seq, img, img) or (n, seq, img*img) and integer y (n,).
+PATH.npz: your arrays X (n, seq, img, img) or (n, seq, img*img) and integer y (n,), split
+into train / held-out rows (80/20, seeded) and standardized with the train rows' mean and std.
 
 Output (--out DIR): metrics.jsonl (one JSON line per epoch), curves.png (loss and accuracy),
 samples.png (held-out sequences with true and predicted labels) and checkpoint.npz (model,
@@ -182,12 +183,16 @@ def build_parser():
     m.add_argument("--dropout", type=float, default=0.0, metavar="P",
                    help="dropout probability in the blocks (default: 0)")
     t = p.add_argument_group("training")
-    t.add_argument("--batch-size", type=_positive("--batch-size"), default=32, metavar="B",
-                   help="sequences per step (default: 32)")
-    t.add_argument("--epochs", type=_positive("--epochs"), default=12, metavar="N",
-                   help="passes over the training sequences (default: 12)")
+    t.add_argument("--batch-size", type=_positive("--batch-size"), default=64, metavar="B",
+                   help="sequences per step (default: 64)")
+    t.add_argument("--epochs", type=_positive("--epochs"), default=3, metavar="N",
+                   help="passes over the training sequences (default: 3)")
     t.add_argument("--lr", type=_positive_float("--lr"), default=1e-3,
                    help="peak learning rate (default: 1e-3)")
+    t.add_argument("--embed-lr-scale", type=_positive_float("--embed-lr-scale"), default=None, metavar="S",
+                   help="the img*img-input embedding learns at lr x S (default: min(1, sqrt(E / img^2)), 0.057 "
+                        "for the default model; at the full lr it outgrows the residual stream and the blocks "
+                        "stop mattering)")
     t.add_argument("--optimizer", choices=("sgd", "adam"), default="adam",
                    help="adam (gt.optim.Adam, or AdamW with --weight-decay) or sgd (momentum 0.9) "
                         "(default: adam)")
@@ -211,9 +216,10 @@ def build_parser():
                    help="label rule for --data digits: max (default; largest digit, 10 classes), sum "
                         "(9*seq+1 classes), sum_mod10 (parity-like, hard)")
     g.add_argument("--n-train", type=_positive("--n-train"), default=None, metavar="N",
-                   help="training sequences (default: 2000; .npz: all its train rows)")
+                   help="training sequences (default: 16000: each has its own random rotation, scale, shift "
+                        "and noise, rendered per batch; .npz: all its train rows)")
     g.add_argument("--n-test", type=_positive("--n-test"), default=None, metavar="N",
-                   help="held-out sequences (default: 400; .npz: all its held-out rows)")
+                   help="held-out sequences (default: 1000; .npz: all its held-out rows)")
     g.add_argument("--num-classes", type=_positive("--num-classes"), default=None, metavar="C",
                    help="classes of --data synthetic (default: 10); other data sets define their own")
     o = p.add_argument_group("output")
@@ -273,7 +279,7 @@ def run(args):
     where = T.setup_device(args)
     threads = T.set_threads(args.threads)
     T.say(f"device: {where}; {threads} CPU thread(s) in this process")
-    client = gt.client()
+    client = T.dask_client()
     if client is not None:
         T.say(f"Dask dashboard: {client.dashboard_link}")
     chance = report.chance_levels(test_set.y, test_set.n_classes)
@@ -292,7 +298,8 @@ def run(args):
     sched = T.make_scheduler(args, opt, total_steps)
     T.say(f"model: PixelTransformer(img {args.img_size}, seq {args.seq_len}, E {args.embed_dim}, "
           f"{args.heads} heads, {args.layers} layers, ff {args.ff_dim}), {model.num_parameters():,} parameters; "
-          f"{args.optimizer} lr {args.lr:g} ({args.lr_schedule}, warmup {min(args.warmup_steps, total_steps)}), "
+          f"{args.optimizer} lr {args.lr:g} (embedding x{T.embed_lr_scale(args):.3g}; {args.lr_schedule}, "
+          f"warmup {min(args.warmup_steps, total_steps)}), "
           f"batch {args.batch_size}, {args.epochs} epochs x {steps_per_epoch} steps")
 
     history, step_losses, step, train_seconds, first = [], [], 0, 0.0, 1
@@ -303,6 +310,7 @@ def run(args):
             saved = None
             history, step_losses = meta["history"], meta["step_losses"]
             step, train_seconds, first = meta["step"], meta["train_seconds"], meta["epoch"] + 1
+            report.write_metrics(out, history)       # metrics.jsonl always matches the checkpoint
             T.say(f"resumed from {ckpt}: epoch {meta['epoch']}, step {step}")
         else:
             T.say(f"--resume: no checkpoint in {out}; starting a new run")
@@ -326,7 +334,9 @@ def run(args):
             step_losses.extend(res.step_losses)
             T.save_checkpoint(ckpt, model, opt, sched, args, epoch, step, history, step_losses, train_seconds)
             report.write_metrics(out, history)
-            report.plot_curves(out, history, step_losses, chance["majority"], title="Pixel Transformer")
+            report.plot_curves(out, history, step_losses, chance["majority"],
+                               title=f"Pixel Transformer on {args.data}{rule}",
+                               chance_label=f"chance: always {chance['majority_class']}")
             idx = list(range(k))
             report.plot_samples(out, test_set.images(idx), test_set.y[idx], preds[idx],
                                 test_set.digits[idx] if test_set.digits is not None else None,
@@ -344,8 +354,8 @@ def run(args):
               f"{100 * chance['uniform']:.1f}% uniform), held-out loss {h['test_loss']:.4f}")
         T.say(f"time: {wall:.1f} s this run; training {train_seconds:.1f} s for {n_seen} sequences, "
               f"{n_seen / max(train_seconds, 1e-9):.1f} samples/s")
-    T.say(f"files: {', '.join(os.path.join(out, f) for f in (report.METRICS, report.CURVES, report.SAMPLES, T.CHECKPOINT))}"
-          + (f", {os.path.abspath(args.report)}" if use_report else ""))
+    files = [os.path.join(out, f) for f in (report.METRICS, report.CURVES, report.SAMPLES, T.CHECKPOINT)]
+    T.say(f"files: {', '.join(files + ([os.path.abspath(args.report)] if use_report else []))}")
     return 0
 
 
@@ -363,7 +373,8 @@ def main(argv=None):
               f"(continue with --resume)", file=sys.stderr)
         return 130
     finally:
-        if gt.client() is not None:
+        from .train import dask_client
+        if dask_client() is not None:
             gt.shutdown()
 
 

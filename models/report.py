@@ -50,7 +50,7 @@ def _pyplot():
 
 
 def plot_curves(out_dir: str, history: list, steps: list | None = None, chance: float | None = None,
-                title: str = "") -> str:
+                title: str = "", chance_label: str = "chance") -> str:
     """Loss (left) and accuracy (right) per epoch, train and held-out; per-step train loss
     (``steps``: list of (step, loss)) drawn faintly behind the epoch means."""
     plt = _pyplot()
@@ -70,8 +70,11 @@ def plot_curves(out_dir: str, history: list, steps: list | None = None, chance: 
     ax_a.plot(epochs, [100 * r["train_acc"] for r in history], "o-", color="tab:blue", label="train")
     ax_a.plot(epochs, [100 * r["test_acc"] for r in history], "s-", color="tab:orange", label="held-out")
     if chance is not None:
-        ax_a.axhline(100 * chance, color="gray", ls="--", label=f"chance ({100 * chance:.1f}%)")
+        ax_a.axhline(100 * chance, color="gray", ls="--", label=f"{chance_label} ({100 * chance:.1f}%)")
     ax_a.set_xlabel("epoch")
+    from matplotlib.ticker import MaxNLocator
+    for ax in (ax_l, ax_a):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_a.set_ylabel("accuracy (%)")
     ax_a.set_ylim(0, 100)
     ax_a.legend()

@@ -7,6 +7,7 @@ import numpy as np
 
 from .. import dtypes
 from ..kernels import cpu
+from ..kernels import cuda as cuda_kernels
 from . import sharding
 from .registry import Spec, defop
 
@@ -59,7 +60,7 @@ def _index_samples(rng):
             ((x, np.array([[2, 0], [2, 2]])), {"spec": (("slice", None, None, None), ("array", 0))})]
 
 
-defop("index", _index_infer, _index_reference, kernels={"cpu": cpu.index}, grad=_index_grad,
+defop("index", _index_infer, _index_reference, kernels={"cpu": cpu.index, "cuda": cuda_kernels.shape_kernel("index")}, grad=_index_grad,
       shard=sharding.index,
       sample=_index_samples)
 
@@ -75,7 +76,7 @@ def _index_backward_samples(rng):
 
 
 defop("index_backward", _index_backward_infer, _index_backward_reference,
-      kernels={"cpu": cpu.index_backward}, shard=sharding.index_backward, grad=lambda c: (c.F.apply("index", c.g, *c.x[1:], spec=c.attrs["spec"]),)
+      kernels={"cpu": cpu.index_backward, "cuda": cuda_kernels.shape_kernel("index_backward")}, shard=sharding.index_backward, grad=lambda c: (c.F.apply("index", c.g, *c.x[1:], spec=c.attrs["spec"]),)
       + (None,) * (len(c.x) - 1), sample=_index_backward_samples)
 
 
@@ -105,7 +106,7 @@ def _setitem_reference(x, value, *arrays, spec):
     return out
 
 
-defop("setitem", _setitem_infer, _setitem_reference, kernels={"cpu": cpu.setitem}, grad=_setitem_grad, shard=sharding.replicated,
+defop("setitem", _setitem_infer, _setitem_reference, kernels={"cpu": cpu.setitem, "cuda": cuda_kernels.shape_kernel("setitem")}, grad=_setitem_grad, shard=sharding.replicated,
       sample=lambda rng: [((rng.standard_normal((4, 3)), rng.standard_normal((3,))),
                            {"spec": (("slice", 1, 3, None),)}),
                           ((rng.standard_normal((4, 3)), rng.standard_normal((2, 3)), np.array([3, 0])),

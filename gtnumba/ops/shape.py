@@ -2,6 +2,7 @@
 import numpy as np
 
 from ..kernels import cpu
+from ..kernels import cuda as cuda_kernels
 from . import sharding
 from .registry import Spec, defop
 
@@ -13,7 +14,7 @@ def _reshape_infer(attrs, x):
 
 
 defop("reshape", _reshape_infer, lambda x, shape: np.reshape(x, shape),
-      kernels={"cpu": cpu.reshape},
+      kernels={"cpu": cpu.reshape, "cuda": cuda_kernels.shape_kernel("reshape")},
       grad=lambda c: (c.g.reshape(c.x[0].shape),), alias=True, shard=sharding.reshape,
       sample=lambda rng: [((rng.standard_normal((3, 4)),), {"shape": (2, 6)}),
                           ((rng.standard_normal((2, 3, 4)),), {"shape": (24,)})])
@@ -32,7 +33,7 @@ def _permute_grad(c):
 
 
 defop("permute", _permute_infer, lambda x, axes: np.transpose(x, axes),
-      kernels={"cpu": cpu.permute}, grad=_permute_grad, alias=True, shard=sharding.permute,
+      kernels={"cpu": cpu.permute, "cuda": cuda_kernels.shape_kernel("permute")}, grad=_permute_grad, alias=True, shard=sharding.permute,
       sample=lambda rng: [((rng.standard_normal((2, 3, 4)),), {"axes": (2, 0, 1)}),
                           ((rng.standard_normal((3, 5)),), {"axes": (1, 0)})])
 
@@ -47,7 +48,7 @@ def _expand_infer(attrs, x):
 
 
 defop("expand", _expand_infer, lambda x, shape: np.broadcast_to(x, shape),
-      kernels={"cpu": cpu.expand},
+      kernels={"cpu": cpu.expand, "cuda": cuda_kernels.shape_kernel("expand")},
       grad=lambda c: (c.g.sum_to(c.x[0].shape),), alias=True, shard=sharding.expand,
       sample=lambda rng: [((rng.standard_normal((3, 1)),), {"shape": (2, 3, 4)}),
                           ((rng.standard_normal((4,)),), {"shape": (3, 4)})])
@@ -80,7 +81,7 @@ def _concat_grad(c):
 
 
 defop("concat", _concat_infer, lambda *xs, axis: np.concatenate(xs, axis=axis),
-      kernels={"cpu": cpu.concat}, grad=_concat_grad, shard=sharding.concat,
+      kernels={"cpu": cpu.concat, "cuda": cuda_kernels.shape_kernel("concat")}, grad=_concat_grad, shard=sharding.concat,
       sample=lambda rng: [((rng.standard_normal((2, 3)), rng.standard_normal((4, 3))), {"axis": 0}),
                           ((rng.standard_normal((2, 1, 3)), rng.standard_normal((2, 2, 3)),
                             rng.standard_normal((2, 3, 3))), {"axis": 1})])

@@ -93,7 +93,9 @@ def build_plan(key, backend):
     for i, (op, attrs, ins, _, _) in enumerate(node_part):
         row = OPS[op]
         kernel = row.kernels.get(backend)
-        assert kernel is not None, f"op {op} has no {backend} kernel"
+        if kernel is None:
+            raise RuntimeError(f"{op}: this op has no kernel for the {backend!r} backend "
+                               f"(available: {sorted(row.kernels)}); use gt.set_device('cpu')")
         frees = tuple(sorted({s for s in ins if last_use[s] == i and s >= n_leaves and s not in kept}))
         steps.append(Step(kernel, ins, n_leaves + i, dict(attrs), frees))
     # values never used by a later step and not kept (dead code) are dropped right away

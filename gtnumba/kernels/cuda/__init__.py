@@ -9,6 +9,11 @@ Modules:
     memory       the device memory pool (CuPy's pool, a caching allocator, or plain device_array)
     elementwise  one broadcasting kernel template per arity + a scalar device function per op
     reduction    sum/max/min over any axis set, argmax/argmin, tree-combined in float64/int64
+    gemm         matmul: cuBLAS through CuPy on a real GPU when installed, else a register-blocked
+                 shared-memory tiled Numba GEMM (batched on the grid's z dimension)
+    fused        softmax / log-softmax / cross-entropy / layer norm and their backward rows
+    updates      sgd_update / adam_update, one elementwise kernel each
+    shape        reshape/permute (tiled transpose)/expand/concat, indexing gather, scatter(-add)
     ptx          every kernel at the signatures the backend launches, for `compile_ptx` checks
 """
 import importlib
@@ -41,9 +46,29 @@ def elementwise_kernel(op):
     return LazyKernel("elementwise", op)
 
 
+def shape_kernel(op):
+    """The op table's "cuda" slot of shape/indexing row `op` (gtnumba.kernels.cuda.shape)."""
+    return LazyKernel("shape", op)
+
+
 def reduction_kernel(op):
     """The op table's "cuda" slot of reduction row `op` (gtnumba.kernels.cuda.reduction)."""
     return LazyKernel("reduction", op)
+
+
+def gemm_kernel(op):
+    """The op table's "cuda" slot of matrix-product row `op` (gtnumba.kernels.cuda.gemm)."""
+    return LazyKernel("gemm", op)
+
+
+def fused_kernel(op):
+    """The op table's "cuda" slot of fused row `op` (gtnumba.kernels.cuda.fused)."""
+    return LazyKernel("fused", op)
+
+
+def update_kernel(op):
+    """The op table's "cuda" slot of optimizer-update row `op` (gtnumba.kernels.cuda.updates)."""
+    return LazyKernel("updates", op)
 
 
 def to_device(array):

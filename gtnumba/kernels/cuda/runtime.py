@@ -20,6 +20,44 @@ from numba import cuda
 
 SIMULATOR = bool(_numba_config.ENABLE_CUDASIM)
 
+
+def _patch_simulator_shared_arrays():
+    """numba-cuda 0.30.4's simulator allocates `cuda.shared.array` with an unlocked check-then-set
+    on a per-block dict: when two threads of a block reach the allocation together, one can get a
+    private array that the others never see, and a kernel staging data in shared memory (tiled
+    GEMM, shared-memory trees) then computes garbage now and then.  Make the allocation atomic
+    (and key it by the caller's file and line, as the simulator does, without a full stack walk)."""
+    import sys
+    import threading
+    from numba.core import types as _types
+    from numba.np import numpy_support
+    from numba.cuda.simulator import kernelapi
+
+    shared = kernelapi.FakeCUDAShared
+    if getattr(shared.array, "_gtnumba_locked", False):
+        return
+    original = shared.array
+    lock = threading.Lock()
+
+    def array(self, shape, dtype, alignment=None):
+        if alignment is not None or shape == 0:
+            return original(self, shape, dtype, alignment)
+        if isinstance(dtype, _types.Type):
+            dtype = numpy_support.as_dtype(dtype)
+        frame = sys._getframe(1)
+        caller = (frame.f_code.co_filename, frame.f_lineno)
+        with lock:
+            res = self._allocations.get(caller)
+            if res is None:
+                res = self._allocations[caller] = np.empty(shape, dtype)
+        return res
+    array._gtnumba_locked = True
+    shared.array = array
+
+
+if SIMULATOR:
+    _patch_simulator_shared_arrays()
+
 # ---- launch configuration (module constants; tests may lower them) -------------------------
 BLOCK = 32 if SIMULATOR else 256
 REDUCE_BLOCK = 32 if SIMULATOR else 256
