@@ -3,6 +3,8 @@ import numpy as np
 
 from .. import dtypes
 from ..kernels import cpu
+from ..kernels import cuda as cuda_kernels
+from ..kernels import cuda as cuda_kernels
 from . import sharding
 from .registry import Spec, defop
 
@@ -41,20 +43,20 @@ def _axis_backward_samples(forward):
     return sample
 
 
-defop("softmax", _float_same("softmax"), _softmax_ref, kernels={"cpu": cpu.softmax}, shard=sharding.along_axis,
+defop("softmax", _float_same("softmax"), _softmax_ref, kernels={"cpu": cpu.softmax, "cuda": cuda_kernels.fused_kernel("softmax")}, shard=sharding.along_axis,
       grad=lambda c: (c.F.apply("softmax_backward", c.out, c.g, axis=c.attrs["axis"]),),
       sample=_axis_samples)
 defop("softmax_backward", _float_same("softmax_backward"),
       lambda y, g, axis: y * (g - (g * y).sum(axis=axis, keepdims=True)),
-      kernels={"cpu": cpu.softmax_backward}, differentiable=False, shard=sharding.along_axis,
+      kernels={"cpu": cpu.softmax_backward, "cuda": cuda_kernels.fused_kernel("softmax_backward")}, differentiable=False, shard=sharding.along_axis,
       sample=_axis_backward_samples(_softmax_ref))
-defop("log_softmax", _float_same("log_softmax"), _log_softmax_ref, kernels={"cpu": cpu.log_softmax},
+defop("log_softmax", _float_same("log_softmax"), _log_softmax_ref, kernels={"cpu": cpu.log_softmax, "cuda": cuda_kernels.fused_kernel("log_softmax")},
       shard=sharding.along_axis,
       grad=lambda c: (c.F.apply("log_softmax_backward", c.out, c.g, axis=c.attrs["axis"]),),
       sample=_axis_samples)
 defop("log_softmax_backward", _float_same("log_softmax_backward"),
       lambda y, g, axis: g - np.exp(y) * g.sum(axis=axis, keepdims=True),
-      kernels={"cpu": cpu.log_softmax_backward}, differentiable=False, shard=sharding.along_axis,
+      kernels={"cpu": cpu.log_softmax_backward, "cuda": cuda_kernels.fused_kernel("log_softmax_backward")}, differentiable=False, shard=sharding.along_axis,
       sample=_axis_backward_samples(_log_softmax_ref))
 
 
@@ -87,7 +89,7 @@ def _ce_samples(rng):
             ((rng.standard_normal((1, 3)), np.array([2])), {})]
 
 
-defop("cross_entropy", _ce_infer, _ce_ref, kernels={"cpu": cpu.cross_entropy}, grad=_ce_grad, shard=sharding.cross_entropy,
+defop("cross_entropy", _ce_infer, _ce_ref, kernels={"cpu": cpu.cross_entropy, "cuda": cuda_kernels.fused_kernel("cross_entropy")}, grad=_ce_grad, shard=sharding.cross_entropy,
       grad_outputs=1, sample=_ce_samples)
 
 
@@ -105,7 +107,7 @@ def _ce_backward_samples(rng):
 
 
 defop("cross_entropy_backward", lambda attrs, x, labels, lse, g: Spec(x.shape, x.dtype), _ce_backward_ref,
-      kernels={"cpu": cpu.cross_entropy_backward}, differentiable=False, shard=sharding.cross_entropy_backward, sample=_ce_backward_samples)
+      kernels={"cpu": cpu.cross_entropy_backward, "cuda": cuda_kernels.fused_kernel("cross_entropy_backward")}, differentiable=False, shard=sharding.cross_entropy_backward, sample=_ce_backward_samples)
 
 
 # ---- layer norm over the last axis: outputs (y, mean, rstd) -------------------------------
@@ -139,7 +141,7 @@ def _ln_samples(rng):
             ((rng.standard_normal((2, 2, 5)), rng.standard_normal(5), rng.standard_normal(5)), {"eps": 1e-3})]
 
 
-defop("layer_norm", _ln_infer, _ln_ref, kernels={"cpu": cpu.layer_norm}, grad=_ln_grad, grad_outputs=1, shard=sharding.layer_norm,
+defop("layer_norm", _ln_infer, _ln_ref, kernels={"cpu": cpu.layer_norm, "cuda": cuda_kernels.fused_kernel("layer_norm")}, grad=_ln_grad, grad_outputs=1, shard=sharding.layer_norm,
       sample=_ln_samples)
 
 
@@ -164,12 +166,12 @@ def _ln_backward_samples(rng):
     return cases
 
 
-defop("layer_norm_backward", _ln_backward_infer, _ln_backward_ref, kernels={"cpu": cpu.layer_norm_backward},
+defop("layer_norm_backward", _ln_backward_infer, _ln_backward_ref, kernels={"cpu": cpu.layer_norm_backward, "cuda": cuda_kernels.fused_kernel("layer_norm_backward")},
       shard=sharding.layer_norm_backward,
       differentiable=False, sample=_ln_backward_samples)
 
 
 # ---- multi-output plumbing ----------------------------------------------------------------
 defop("select", lambda attrs, values: values[attrs["index"]], lambda values, index: values[index],
-      kernels={"cpu": cpu.select}, differentiable=False, alias=True,
+      kernels={"cpu": cpu.select, "cuda": cuda_kernels.shape_kernel("select")}, differentiable=False, alias=True,
       shard=lambda attrs, layouts, ins, outs: ((layouts[0],), (layouts[0][attrs["index"]],)))

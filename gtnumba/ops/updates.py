@@ -7,6 +7,7 @@ import numpy as np
 
 from .. import dtypes
 from ..kernels import cpu
+from ..kernels import cuda as cuda_kernels
 from . import sharding
 from .registry import Spec, defop
 
@@ -40,7 +41,7 @@ def _sgd_samples(rng):
                                             nesterov=False, first_step=True))]
 
 
-defop("sgd_update", _sgd_infer, _sgd_ref, kernels={"cpu": cpu.sgd_update}, differentiable=False,
+defop("sgd_update", _sgd_infer, _sgd_ref, kernels={"cpu": cpu.sgd_update, "cuda": cuda_kernels.update_kernel("sgd_update")}, differentiable=False,
       shard=sharding.updates,
       sample=_sgd_samples)
 
@@ -68,6 +69,6 @@ def _adam_samples(rng):
                                                            weight_decay=0.01, decoupled=d)) for d in (False, True)]
 
 
-defop("adam_update", _adam_infer, _adam_ref, kernels={"cpu": cpu.adam_update}, differentiable=False,
+defop("adam_update", _adam_infer, _adam_ref, kernels={"cpu": cpu.adam_update, "cuda": cuda_kernels.update_kernel("adam_update")}, differentiable=False,
       shard=sharding.updates,
       sample=_adam_samples)

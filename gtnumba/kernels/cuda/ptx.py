@@ -13,6 +13,7 @@ Numba's dispatcher infers from the host code's launches: flat C-contiguous 1-D a
 sizes, UniTuple(int64, ndim) shapes/strides, NumPy scalars for clamp bounds and fill values.
 """
 import contextlib
+import importlib
 import sys
 import time
 
@@ -114,9 +115,30 @@ def reduction_cases(full=False):
                     yield f"{op} {dt} {path} partials", fn, (_arr(out), _arr(acc)) + common
 
 
+# kernel modules that define their own `ptx_cases(full)` (shape is optional: it may not exist yet)
+PTX_MODULES = ("gemm", "fused", "updates", "shape")
+_OPTIONAL = {"shape"}
+
+
+def module_cases(full=False):
+    """The `ptx_cases(full)` of every kernel module in PTX_MODULES that exists and defines one."""
+    for name in PTX_MODULES:
+        qualified = f"{__package__}.{name}"
+        try:
+            mod = importlib.import_module(qualified)
+        except ModuleNotFoundError as exc:
+            if name in _OPTIONAL and exc.name == qualified:
+                continue
+            raise
+        collect = getattr(mod, "ptx_cases", None)
+        if collect is not None:
+            yield from collect(full)
+
+
 def cases(full=False):
     yield from elementwise_cases(full)
     yield from reduction_cases(full)
+    yield from module_cases(full)
 
 
 class _TargetDevice:
