@@ -1,16 +1,23 @@
 """CPU benchmarks: gtnumba vs NumPy vs PyTorch CPU (the anchor), same process, same shapes, float32.
 
-    python benchmarks/bench_cpu.py [--quick] [--no-write]
+    python benchmarks/bench_cpu.py [--quick] [--no-write] [--out PATH]
 
 1. main ops (gtnumba timed with its graph/plan overhead: build the op, materialize with .numpy()),
    plus gtnumba's per-op overhead on a tiny (4x4) tensor;
 2. one training step (forward + backward + SGD) of the Pixel Transformer (batch 2, seq 4 tokens of
    200x200 = 40,000 values, embed 128, 2 pre-norm blocks, 4 heads, ff 256 GELU, mean pool,
    10 classes, cross-entropy), written GT-style with gtnumba and with PyTorch, same weights and data;
-   loss checked at step 0, median of >= 20 steps after warm-up; "no work for unrequested
-   gradients" (input without requires_grad) and "memory flat" (RSS over 300 steps);
+   loss (and the parameters after one step) checked before timing; median of 60 steps each (20 with
+   --quick) after warm-up; "no work for unrequested gradients" (input without requires_grad: no
+   input-sized node in the step's plan) and "memory flat" (RSS every 50 of 300 steps); where the
+   gtnumba step's time goes (phases, kernels by op and shape, cProfile, what-if kernels);
 3. a table on stdout and benchmarks/RESULTS.md (machine, date, versions, tables, RSS series,
-   cProfile of the gtnumba step).
+   cProfile of the gtnumba step, findings, load per section).
+
+The machine may be shared: other processes' CPU use is measured per section and per timed block,
+contenders run in alternating blocks after idle pauses, quiet blocks are preferred and minima are
+reported next to medians. A full run takes ~3-4 minutes on the 2-core reference machine (longer
+when it is busy: the 300-step memory run has no time cap).
 
 PyTorch is optional (the `bench` extra): without it the NumPy/gtnumba parts still run.
 Thread settings are left at their defaults for every library; they are recorded, not changed.
@@ -19,7 +26,6 @@ import argparse
 import cProfile
 import datetime
 import gc
-import io
 import math
 import os
 import platform
@@ -116,23 +122,7 @@ def wait_idle(max_s, threshold=0.15):
             return waited, share
 
 
-def timeit(fn, min_time, min_reps=5, max_reps=100000, warmup=2, batch=1):
-    """Median seconds per call of fn(): `batch` calls per sample, samples until min_time spent."""
-    for _ in range(warmup):
-        fn()
-    samples, spent, reps = [], 0.0, 0
-    while (spent < min_time or reps < min_reps) and reps < max_reps:
-        t0 = time.perf_counter()
-        for _ in range(batch):
-            fn()
-        dt = time.perf_counter() - t0
-        samples.append(dt / batch)
-        spent += dt
-        reps += 1
-    return statistics.median(samples)
-
-
-QUIET = 0.10     # a block is "quiet" when other processes used < 10% of the CPUs during it
+QUIET = 0.15     # a block is "quiet" when other processes used < 15% of the CPUs during it
 PAUSE_S = 0.25   # idle gap before each timed block: lets the previous library's threads stop spinning
 
 
@@ -527,10 +517,17 @@ def step_plan_census():
         cache = sys.modules["gtnumba.sched.materialize"]._CACHE
         key = max((k for (_, k) in cache), key=len)
         leaves, nodes = key[0], key[1:]
-        counts, input_sized, big = {}, [], []
+        counts, input_sized, big, matmuls = {}, [], [], []
         views = ("reshape", "permute", "alias", "select", "expand")
+
+        def shape_of(slot):
+            if slot < len(leaves):
+                return tuple(leaves[slot][0][0].shape)
+            return tuple(nodes[slot - len(leaves)][3][0].shape)
         for op, attrs, ins, specs, keep in nodes:
             counts[op] = counts.get(op, 0) + 1
+            if op == "matmul":
+                matmuls.append((tuple(shape_of(i) for i in ins), tuple(specs[0].shape)))
             for sp in specs:
                 n = math.prod(sp.shape)
                 if op in views:
@@ -540,7 +537,7 @@ def step_plan_census():
                 if n >= PIX * E:
                     big.append((op, sp.shape))
         return {"n_nodes": len(nodes), "n_leaves": len(leaves), "counts": counts,
-                "input_sized": input_sized, "big": big}
+                "input_sized": input_sized, "big": big, "matmuls": matmuls}
     except Exception as e:   # internal layout changed: report, do not fail
         return {"error": repr(e)}
 
@@ -557,12 +554,14 @@ def gt_step_phases(P, x, y, steps):
 
         def run(*args, **kwargs):
             t0 = time.perf_counter()
-            try:
-                return kernel(*args, **kwargs)
-            finally:
-                a = acc.setdefault(name, [0.0, 0])
-                a[0] += time.perf_counter() - t0
-                a[1] += 1
+            out = kernel(*args, **kwargs)
+            dt = time.perf_counter() - t0
+            first = out[0] if isinstance(out, tuple) and out else out
+            shape = tuple(getattr(first, "shape", ()))
+            a = acc.setdefault((name, shape), [0.0, 0])
+            a[0] += dt
+            a[1] += 1
+            return out
         return run
 
     def timed_run_plan(plan, *args, **kwargs):   # the executor itself, with a clock on each kernel
@@ -667,14 +666,22 @@ def what_if(p0, x_np, quick):
         np.subtract(Wp, lr * Gacc, out=Wp)
         Gacc.fill(0)
 
+    try:
+        from gtnumba.ops import OPS
+        mm_kernel = OPS["matmul"].kernels["cpu"]
+    except Exception:
+        mm_kernel = np.matmul
     cases = [
-        ("embedding forward: np.matmul((2,4,40000), (40000,128)) [gtnumba]",
+        ("embedding forward: gtnumba's cpu matmul kernel as registered now, (2,4,40000) @ (40000,128)",
+         lambda: mm_kernel(x_np, W)),
+        ("embedding forward: np.matmul((2,4,40000), (40000,128)) (batched)",
          lambda: np.matmul(x_np, W)),
         ("embedding forward folded: (8,40000) @ (40000,128)", lambda: x2 @ W),
-        ("weight grad: matmul((2,40000,4), (2,4,128)) -> (2,40000,128), then sum(axis=0) [gtnumba]",
+        ("weight grad batched: matmul((2,40000,4), (2,4,128)) -> (2,40000,128), then sum(axis=0)",
          lambda: np.sum(np.matmul(x_np.transpose(0, 2, 1), G), axis=(0,))),
         ("weight grad folded: (40000,8) @ (8,128)", lambda: x2.T @ G2),
-        ("SGD on the 40000x128 weight: zeros+g, lr*g, p-(...), np.full(0) [gtnumba]", sgd_gt_style),
+        ("SGD on the 40000x128 weight as the GT-style step does it: zeros+g, lr*g, p-(...), new zeros",
+         sgd_gt_style),
         ("SGD in place: g += new, p -= lr*g, g.fill(0)", sgd_inplace),
     ]
     with section("what-if"):
@@ -1002,10 +1009,22 @@ def render(info, ops, overhead, step, quick, wall):
       f"everything else ({(total - in_k) * 1e3:.2f} ms, {(total - in_k) / total:.0%}) is Python: recording "
       "the graph, backward, structure key + plan lookup, the executor loop.")
     w("")
+    by_name = {}
+    for (name, _), (t, n) in kern.items():
+        a = by_name.setdefault(name, [0.0, 0.0])
+        a[0] += t
+        a[1] += n
     w("| kernel (by function name) | ms / step | calls / step | share of step |")
     w("| --- | ---: | ---: | ---: |")
-    for name, (t, n) in sorted(kern.items(), key=lambda kv: -kv[1][0])[:12]:
+    for name, (t, n) in sorted(by_name.items(), key=lambda kv: -kv[1][0])[:12]:
         w(f"| {name} | {t * 1e3:.3f} | {n:.0f} | {t / total:.1%} |")
+    w("")
+    w("The same, by kernel and output shape (top 12):")
+    w("")
+    w("| kernel | output shape | ms / step | calls / step | share of step |")
+    w("| --- | --- | ---: | ---: | ---: |")
+    for (name, shape), (t, n) in sorted(kern.items(), key=lambda kv: -kv[1][0])[:12]:
+        w(f"| {name} | {shape} | {t * 1e3:.3f} | {n:.0f} | {t / total:.1%} |")
     w("")
     ptotal, cum, tot, sel = step["profile"]
     w(f"cProfile of the gtnumba step: {sel['steps']} least disturbed single-step profiles merged (other "
@@ -1035,34 +1054,50 @@ def render(info, ops, overhead, step, quick, wall):
         w(f"| {name} | {fmt_t(t)} | {fmt_t(m)} | {sh:.0%} |")
     w("")
     wi = {i: m for i, (_, _, m, _) in enumerate(step["what_if"])}
-    fwd, bwd, sgd = wi[0] - wi[1], wi[2] - wi[3], wi[4] - wi[5]
-    w("**Findings** (computed from the numbers above; savings use the what-if minima; code locations "
-      "as of this run):")
+    w("**Findings** (computed from the numbers above; what-if savings use minima; code locations as of "
+      "this run):")
     w("")
-    w(f"1. The embedding's weight gradient `a.swap_last() @ g` in the matmul gradient rule "
-      f"(`{code_loc('gtnumba.ops.linalg', '_matmul_grad')}`) keeps the batch dim of the 3-D input: a batched "
-      f"matmul (2,40000,4)@(2,4,128) writes a (2,40000,128) array (39 MiB) that `sum_to` "
-      f"(`{code_loc('gtnumba.tensor', 'Tensor.sum_to')}`, called from "
-      f"`{code_loc('gtnumba.grad.backward', '_apply_rule')}`) then sums over axis 0. Folding the batch dims "
-      f"into one (40000,8)@(8,128) GEMM, as PyTorch does, saves ~{fmt_t(bwd)} per step here.")
-    w(f"2. The embedding forward `x @ W` with 3-D x runs as `np.matmul` over a batch of 2 "
-      f"(`{code_loc('gtnumba.kernels.cpu', 'matmul')}`), reading the 40000x128 weight once per batch element; "
-      f"folded to (8,40000)@(40000,128) it saves ~{fmt_t(fwd)} per step.")
-    w(f"3. SGD on the 40000x128 weight, GT style: the gradient accumulates into the zeroed grad with a new "
-      f"array (`owner.grad + g` in `{code_loc('gtnumba.functions', 'accumulate_leaf_grad')}`), "
-      f"`p -= lr * p.grad` is a mul and a sub into new arrays (`{code_loc('gtnumba.tensor', 'Tensor.__isub__')}`"
-      f" -> `_assign`), and `p.grad.zero_()` (`{code_loc('gtnumba.tensor', 'Tensor.zero_')}`) materializes a "
-      f"new zeros array; in place (grad += g, p -= lr*g, fill 0) it would save ~{fmt_t(sgd)} per step.")
-    w(f"4. Python (framework) time: {(total - in_k) * 1e3:.1f} ms per step ("
+    top3 = sorted(kern.items(), key=lambda kv: -kv[1][0])[:3]
+    w("1. Largest kernel nodes of the step: " + "; ".join(
+        f"{name} -> {shape}: {t * 1e3:.2f} ms ({t / total:.0%})" for (name, shape), (t, n) in top3) + ".")
+    mms = c.get("matmuls", []) if "error" not in c else []
+    batched = [m for m in mms if m[1] == (B, PIX, E)]
+    folded = [m for m in mms if m[1] == (PIX, E)]
+    loc = code_loc("gtnumba.ops.linalg", "_matmul_grad")
+    if batched:
+        w(f"2. Embedding weight gradient: the plan runs a batched matmul {batched[0][0]} -> {batched[0][1]} "
+          f"(rule `{loc}`) and `sum_to` (`{code_loc('gtnumba.tensor', 'Tensor.sum_to')}`) then sums the "
+          f"batch away; one folded (40000,8)@(8,128) GEMM would save ~{fmt_t(wi[3] - wi[4])} per step.")
+    elif folded:
+        w(f"2. Embedding weight gradient: folded into one GEMM {folded[0][0]} -> {folded[0][1]} (rule `{loc}`); "
+          f"the batched form plus sum it replaces measures {fmt_t(wi[3])} vs {fmt_t(wi[4])} folded.")
+    fwd_gap = wi[0] - wi[2]
+    w(f"3. Embedding forward `x @ W` with 3-D x: gtnumba's registered cpu matmul kernel "
+      f"(`{code_loc('gtnumba.kernels.cpu', 'matmul')}`) takes {fmt_t(wi[0])} (min), NumPy's batched "
+      f"np.matmul {fmt_t(wi[1])}, one folded GEMM {fmt_t(wi[2])}"
+      + (" (the kernel folds already)." if fwd_gap < 0.25 * wi[2] else f"; folding would save ~{fmt_t(fwd_gap)}."))
+    big_nodes = ", ".join(f"{op} {shape}" for op, shape in c.get("big", [])) if "error" not in c else "?"
+    w(f"4. SGD, GT style (`p -= lr * p.grad; p.grad.zero_()`): per step the plan computes these arrays of the "
+      f"40000x128 weight's size: {big_nodes}. Besides the weight-gradient GEMM these are: the gradient "
+      f"accumulated into the zeroed grad as a new array (`owner.grad + g` in "
+      f"`{code_loc('gtnumba.functions', 'accumulate_leaf_grad')}`), `lr * grad` and `p - ...` into new arrays "
+      f"(`{code_loc('gtnumba.tensor', 'Tensor.__isub__')}` -> `_assign`), and a new zeros array for "
+      f"`zero_()` (`{code_loc('gtnumba.tensor', 'Tensor.zero_')}`). Measured on that weight alone: "
+      f"{fmt_t(wi[5])} this way vs {fmt_t(wi[6])} in place as PyTorch does (grad += g, p -= lr*g, fill 0): "
+      f"~{fmt_t(wi[5] - wi[6])} per step.")
+    w(f"5. Python (framework) time: {(total - in_k) * 1e3:.1f} ms per step ("
       + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in phases.items() if "item" not in k)
       + f", and {(phases.get('.item(): plan + run', 0) - in_k) * 1e3:.1f} ms of `.item()` outside kernels: "
-      "structure key, plan lookup, executor loop).")
+      "structure key, plan lookup, executor loop); PyTorch's whole step takes "
+      + (fmt_t(step.get("torch_quiet") or step.get("torch")) if step.get("torch") is not None else "-") + ".")
     if step.get("torch") is not None:
         g_ref = step["gt_quiet"] if step.get("gt_quiet") is not None else step["gt"]
         t_ref = step["torch_quiet"] if step.get("torch_quiet") is not None else step["torch"]
         w("")
-        w(f"Gap to PyTorch: {fmt_t(g_ref - t_ref)} per step; items 1-3 together ~{fmt_t(fwd + bwd + sgd)}, "
-          f"item 4 {fmt_t(total - in_k)}.")
+        w(f"Gap to PyTorch: {fmt_t(g_ref - t_ref)} per step ({g_ref / t_ref:.2f}x). Of the gtnumba step, "
+          f"{in_k * 1e3:.1f} ms are kernels (PyTorch's whole step: {t_ref * 1e3:.1f} ms) and "
+          f"{(total - in_k) * 1e3:.1f} ms Python; the in-place SGD alone would recover "
+          f"~{fmt_t(wi[5] - wi[6])}.")
     w("")
     w("## Load by section")
     w("")

@@ -21,12 +21,35 @@ _UPDATE_OPS = ("sgd_update", "adam_update")
 INLINE_BYTES = 64 * 1024
 
 
+class Resident:
+    """A device array in a block's result: it stays on its worker's device for the next blocks
+    there, and travels as a host array when Dask moves the result to another worker."""
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+    def __reduce__(self):
+        return (np.asarray, (backend.to_host(self.value),))
+
+
+def _unwrap(value):
+    return value.value if isinstance(value, Resident) else value
+
+
 def _on_device(value):
     """Values arrive from other workers and the client as host arrays; a GPU worker's kernels
     want device arrays (and keep them on the device between its own blocks)."""
+    value = _unwrap(value)
     if isinstance(value, np.ndarray) and backend.current() != "cpu":
         return backend.to_backend(value)
     return value
+
+
+def _result(value, to_host):
+    if to_host:
+        return backend.to_host(value)
+    return value if isinstance(value, np.ndarray) else Resident(value)
 
 
 def run_block(steps, worker, refs, outputs, host_outputs):
@@ -35,7 +58,7 @@ def run_block(steps, worker, refs, outputs, host_outputs):
     env = {slot: _on_device(src[key] if key is not None else src) for slot, (src, key) in refs.items()}
     for step in steps:
         run_local_step(step, env, worker)
-    return {s: backend.to_host(env[s]) if s in host_outputs else env[s] for s in outputs}
+    return {s: _result(env[s], s in host_outputs) for s in outputs}
 
 
 def run_collectives(entries, refs):
@@ -44,7 +67,8 @@ def run_collectives(entries, refs):
     add, concat = OPS["add"].kernels["cpu"], OPS["concat"].kernels["cpu"]
     out = {}
     for slot, kind, dim, sources in entries:
-        values = [backend.to_host(src[key] if key is not None else src) for src, key in (refs[i] for i in sources)]
+        values = [backend.to_host(_unwrap(src[key] if key is not None else src))
+                  for src, key in (refs[i] for i in sources)]
         if kind == "allgather":
             out[slot] = concat(*values, axis=dim)
         else:
@@ -56,7 +80,7 @@ def run_collectives(entries, refs):
 
 
 def pick_host(result, key):
-    return backend.to_host(result[key])
+    return backend.to_host(_unwrap(result[key]))
 
 
 def _block_name(steps, level):
@@ -77,7 +101,8 @@ class DaskRunner:
 
     def scatter(self, parts):
         """Large parts go to their worker once; small ones (constants) travel inside the tasks
-        that use them, which costs no round trip."""
+        that use them, which costs no round trip.  Device arrays travel as host arrays."""
+        parts = [backend.to_host(p) for p in parts]
         return [(p, None) if getattr(p, "nbytes", 0) <= INLINE_BYTES else
                 (self.client.scatter(p, workers=[a], hash=False), None) for p, a in zip(parts, self.addresses)]
 

@@ -8,7 +8,9 @@ in a process without NUMBA_ENABLE_CUDASIM, with the CUDA compiler libraries of
     python -m gtnumba.kernels.cuda.ptx --shard 1/2   # every second case (run shards in parallel)
     python -m gtnumba.kernels.cuda.ptx --check    # exit 3 when the CUDA compiler (NVVM) is missing
 
-`cases()` yields (label, python function, argument types); the argument types are exactly what
+`cases()` yields (label, python function, argument types): the elementwise and reduction cases
+listed here, then the `ptx_cases(full)` of every module in PTX_MODULES (gemm, fused, updates, and
+shape when it exists); the argument types are exactly what
 Numba's dispatcher infers from the host code's launches: flat C-contiguous 1-D arrays, int64
 sizes, UniTuple(int64, ndim) shapes/strides, NumPy scalars for clamp bounds and fill values.
 """
