@@ -145,6 +145,12 @@ class DaskRunner:
                 dead = self.dead_workers()
                 if dead:
                     raise WorkerLost(dead) from None
+            except Exception:
+                # e.g. futures cancelled for lost dependencies: a dead worker explains it
+                dead = self.dead_workers()
+                if dead:
+                    raise WorkerLost(dead) from None
+                raise
         for f in futures:
             if f.status == "error":
                 if self.dead_workers():
