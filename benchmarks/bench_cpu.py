@@ -44,7 +44,7 @@ if ROOT not in sys.path:
 import numba  # noqa: E402
 
 import gtnumba as gt  # noqa: E402
-from gtnumba.tensor import apply  # noqa: E402
+from gtnumba._tensor import apply  # noqa: E402
 
 try:
     import torch
@@ -514,7 +514,7 @@ def step_plan_census():
     input batch (the input's gradient, which nobody asked for); nodes of the embedding weight's size
     or larger."""
     try:
-        cache = sys.modules["gtnumba.sched.materialize"]._CACHE
+        cache = sys.modules["gtnumba.sched.plan_cache"]._CACHE
         key = max((k for (_, k) in cache), key=len)
         leaves, nodes = key[0], key[1:]
         counts, input_sized, big, matmuls = {}, [], [], []
@@ -1066,7 +1066,7 @@ def render(info, ops, overhead, step, quick, wall):
     loc = code_loc("gtnumba.ops.linalg", "_matmul_grad")
     if batched:
         w(f"2. Embedding weight gradient: the plan runs a batched matmul {batched[0][0]} -> {batched[0][1]} "
-          f"(rule `{loc}`) and `sum_to` (`{code_loc('gtnumba.tensor', 'Tensor.sum_to')}`) then sums the "
+          f"(rule `{loc}`) and `sum_to` (`{code_loc('gtnumba._tensor', 'Tensor.sum_to')}`) then sums the "
           f"batch away; one folded (40000,8)@(8,128) GEMM would save ~{fmt_t(wi[3] - wi[4])} per step.")
     elif folded:
         w(f"2. Embedding weight gradient: folded into one GEMM {folded[0][0]} -> {folded[0][1]} (rule `{loc}`); "
@@ -1081,8 +1081,8 @@ def render(info, ops, overhead, step, quick, wall):
       f"40000x128 weight's size: {big_nodes}. Besides the weight-gradient GEMM these are: the gradient "
       f"accumulated into the zeroed grad as a new array (`owner.grad + g` in "
       f"`{code_loc('gtnumba.functions', 'accumulate_leaf_grad')}`), `lr * grad` and `p - ...` into new arrays "
-      f"(`{code_loc('gtnumba.tensor', 'Tensor.__isub__')}` -> `_assign`), and a new zeros array for "
-      f"`zero_()` (`{code_loc('gtnumba.tensor', 'Tensor.zero_')}`). Measured on that weight alone: "
+      f"(`{code_loc('gtnumba._tensor', 'Tensor.__isub__')}` -> `_assign`), and a new zeros array for "
+      f"`zero_()` (`{code_loc('gtnumba._tensor', 'Tensor.zero_')}`). Measured on that weight alone: "
       f"{fmt_t(wi[5])} this way vs {fmt_t(wi[6])} in place as PyTorch does (grad += g, p -= lr*g, fill 0): "
       f"~{fmt_t(wi[5] - wi[6])} per step.")
     w(f"5. Python (framework) time: {(total - in_k) * 1e3:.1f} ms per step ("

@@ -14,7 +14,7 @@ from .cluster import client, init, performance_report, shutdown
 from .kernels.backend import set_device
 from .layout import Partial, Replicate, Shard
 from .placement import replicate, shard
-from .tensor import Tensor
+from ._tensor import Tensor
 
 float = float32      # noqa: A001  (gt.float / gt.long mirror PyTorch's dtype names)
 double = float64

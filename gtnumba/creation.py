@@ -5,7 +5,7 @@ from . import dtypes
 from .graph import leaf_node
 from .kernels import backend
 from .ops import Spec
-from .tensor import Tensor
+from ._tensor import Tensor
 
 _RNG = [np.random.default_rng()]
 
@@ -112,7 +112,7 @@ def full(shape, fill_value, dtype=None, requires_grad=False):
         return _make(np.full(shape, fill_value, dtype=dt), dt, requires_grad, "full")
     if not isinstance(fill_value, (int, float, bool, np.number, np.bool_)):
         raise TypeError(f"full: fill value must be a number, got {fill_value!r}")
-    from .tensor import apply
+    from ._tensor import apply
     return apply("fill", shape=shape, value=dt.type(fill_value).item(), dtype=dt)
 
 

@@ -12,7 +12,7 @@ from .creation import full, zeros  # noqa: F401  (used by gradient rules through
 from .graph import GRAD_MODE
 from .grad import backward as _backward
 from .ops.shapes import normalize_axis
-from .tensor import Tensor, apply, as_node, outputs  # noqa: F401
+from ._tensor import Tensor, apply, as_node, outputs  # noqa: F401
 
 
 def _t(x, like=None):

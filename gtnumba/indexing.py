@@ -2,7 +2,7 @@
 import numpy as np
 
 from . import dtypes
-from .tensor import Tensor
+from ._tensor import Tensor
 
 
 def _int(value, what):

@@ -8,7 +8,7 @@ redistribution.  Without a cluster they change nothing.
 from .layout import REPLICATE, Shard, even_sizes
 from .ops.shapes import normalize_axis
 from .sched.mesh import DistValue, current_mesh
-from .tensor import Tensor, apply
+from ._tensor import Tensor, apply
 
 
 def _placement(t, layout):

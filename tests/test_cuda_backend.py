@@ -27,7 +27,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _plan_cache():
-    return importlib.import_module("gtnumba.sched.materialize")._CACHE
+    return importlib.import_module("gtnumba.sched.plan_cache")._CACHE
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -41,7 +41,7 @@ def _on(device):
 
 def _restore(saved):
     backend._current = saved
-    cache = importlib.import_module("gtnumba.sched.materialize")._CACHE
+    cache = importlib.import_module("gtnumba.sched.plan_cache")._CACHE
     for key in [k for k in cache if "cuda" in k[:3]]:
         del cache[key]
 

@@ -25,7 +25,7 @@ import pytest
 import gtnumba as gt
 from gtnumba.graph import PENDING
 from gtnumba.sched import materialize
-from gtnumba.tensor import apply
+from gtnumba._tensor import apply
 
 
 # ---- helpers -------------------------------------------------------------------------------

@@ -86,7 +86,7 @@ def test_matmul_and_batched_attention_shapes():
 
 
 def test_layernorm_and_cross_entropy_gradients():
-    from gtnumba.tensor import apply
+    from gtnumba._tensor import apply
     x, w, bias = _rand(N, 64, seed=10), _rand(64, seed=11), _rand(64, seed=12)
     labels = np.random.default_rng(13).integers(0, 64, N)
     tx = gt.tensor(x, requires_grad=True)

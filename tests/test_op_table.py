@@ -18,7 +18,7 @@ import pytest
 
 import gtnumba as gt
 from gtnumba.ops import OPS, Spec
-from gtnumba.tensor import apply
+from gtnumba._tensor import apply
 
 # Rows that have no sample on purpose (see the module docstring).
 NO_SAMPLE = {"select"}

@@ -10,7 +10,7 @@ from gtnumba.layout import Partial, Replicate, Shard
 from gtnumba.ops import OPS
 from gtnumba.sched.mesh import Mesh, set_mesh
 from gtnumba.sched.spmd import InProcessRunner
-from gtnumba.tensor import apply
+from gtnumba._tensor import apply
 
 
 def _rng(*key):
@@ -119,7 +119,7 @@ def test_gt_style_training_matches_across_worker_counts(mesh):
 
 def test_batch_is_sharded_and_gradients_are_bucketed(mesh):
     import importlib
-    M = importlib.import_module("gtnumba.sched.materialize")
+    M = importlib.import_module("gtnumba.sched.plan_cache")
     _train(2, mesh, steps=2)
     plans = [plan for key, plan in M._CACHE.items() if key[0] == "mesh" and key[1] == 2]
     last = plans[-1]

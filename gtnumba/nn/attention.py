@@ -1,5 +1,5 @@
 """Multi-head attention over (batch, seq, embed) inputs, built from Linear, reshape, permute, @ and softmax."""
-from ..tensor import Tensor
+from .._tensor import Tensor
 from . import functional as F
 from .layers import Linear
 from .module import Module

@@ -12,7 +12,7 @@ from ..creation import generator
 from ..creation import tensor as _tensor
 from ..functions import gelu as _gelu
 from ..functions import log_softmax, relu, sigmoid, softmax, tanh, where  # noqa: F401  (re-exported)
-from ..tensor import Tensor, apply
+from .._tensor import Tensor, apply
 
 __all__ = ["relu", "gelu", "sigmoid", "tanh", "softmax", "log_softmax", "silu", "leaky_relu",
            "mse_loss", "l1_loss", "cross_entropy", "nll_loss", "binary_cross_entropy",

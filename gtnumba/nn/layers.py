@@ -6,7 +6,7 @@ import numpy as np
 
 from .. import dtypes
 from ..creation import generator
-from ..tensor import Tensor
+from .._tensor import Tensor
 from . import functional as F
 from .module import Module, Parameter
 

@@ -12,7 +12,7 @@ import numpy as np
 from .. import dtypes
 from ..creation import tensor as _tensor
 from ..functions import no_grad
-from ..tensor import Tensor
+from .._tensor import Tensor
 
 _INTERNAL = ("_parameters", "_buffers", "training")
 

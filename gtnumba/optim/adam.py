@@ -5,7 +5,7 @@
     p = p - lr * (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps)
 """
 from .. import dtypes
-from ..tensor import apply
+from .._tensor import apply
 from .optimizer import Optimizer, _check_number, scalar, zeros_like
 
 

@@ -15,7 +15,7 @@ from ..creation import tensor as _tensor
 from ..creation import zeros as _zeros
 from ..functions import enable_grad, no_grad
 from ..sched import materialize
-from ..tensor import Tensor
+from .._tensor import Tensor
 
 
 def scalar(value, dtype):

@@ -6,7 +6,7 @@ Each parameter update is one fused `sgd_update` op:
     d = d + momentum * buf (nesterov) or buf
     p = p - lr * d
 """
-from ..tensor import apply
+from .._tensor import apply
 from .optimizer import Optimizer, _check_number, required
 
 

@@ -3,7 +3,7 @@
 Without a mesh everything runs in-process on one device.  With one, each value is a DistValue:
 its layout plus one part per worker (an array in-process, a Dask future on a cluster).
 """
-from ..layout import REPLICATE, Partial, Replicate, Shard, even_sizes
+from ..layout import Partial, Replicate, Shard
 
 _CURRENT = [None]
 
@@ -68,20 +68,6 @@ def split(layout, array, workers):
         return parts
     assert isinstance(layout, Replicate), f"host values cannot be placed as {layout}"
     return [array] * workers
-
-
-def leaf_layout(node, workers):
-    """Where a leaf lives: its current layout, the user's placement, or the auto-sharding rule
-    (user data batches on Shard(0), everything else replicated)."""
-    if isinstance(node.value, DistValue):
-        return node.value.layout
-    shape = node.shape
-    placement = node.placement
-    if placement is None and node.role == "data" and not node.requires_grad and len(shape) >= 1:
-        placement = Shard(0)
-    if isinstance(placement, Shard):
-        return Shard(placement.dim, even_sizes(shape[placement.dim], workers))
-    return REPLICATE
 
 
 class Mesh:
