@@ -90,13 +90,13 @@ def outputs(node):
 
 
 class Tensor:
-    __slots__ = ("_node", "grad", "__weakref__")
+    __slots__ = ("_node", "_grad_value", "__weakref__")   # .grad: GT block below
     __array_priority__ = 1000   # so ndarray <op> Tensor defers to Tensor's reflected operator
 
     def __init__(self, data, dtype=None, requires_grad=False):
-        from .creation import array_node
+        from .leaves import array_node
         self._node = None
-        self.grad = None
+        self._grad_value = None
         self._bind(array_node(data, dtype, "tensor"))
         if requires_grad:
             self.requires_grad = True
@@ -104,7 +104,7 @@ class Tensor:
     @classmethod
     def _wrap(cls, node):
         t = object.__new__(cls)
-        t._node, t.grad = None, None
+        t._node, t._grad_value = None, None
         t._bind(node)
         return t
 
@@ -176,14 +176,6 @@ class Tensor:
     def is_leaf(self):
         return self._node.leaf or not self._node.requires_grad
 
-    @property
-    def data(self):
-        return self.detach()
-
-    @data.setter
-    def data(self, other):
-        self._assign(other if isinstance(other, Tensor) else Tensor(other), "data")
-
     # ---- values ----------------------------------------------------------------------------
     def _value(self):
         if self._node.value is None:
@@ -253,11 +245,29 @@ class Tensor:
         from .functions import run_backward
         run_backward(self, gradient, retain_graph)
 
-    # ---- in-place (functional underneath: the tensor is re-pointed at a new node) ------------
+    # ==== GT compat (owner: gt) -- in-place updates ===========================================
+    # GT's rule: an in-place update of a leaf that requires grad, outside gt.no_grad(), updates the
+    # value and records nothing (as if under no_grad), with a warning once per call site.
+    # Underneath it is functional: the tensor is re-pointed at a new node.
     def _check_inplace(self, op):
-        if GRAD_MODE.enabled and self._node.leaf and self._node.requires_grad:
-            raise RuntimeError(f"{op}: a leaf tensor that requires grad (shape {self.shape}) cannot be "
-                               f"modified in place outside gt.no_grad()")
+        """True when the update is GT's unrecorded leaf update (and warns once per call site)."""
+        if not (GRAD_MODE.enabled and self._node.leaf and self._node.requires_grad):
+            return False
+        from ._gtwarn import warn_once
+        warn_once(f"{op}: in-place update of a leaf tensor that requires grad (shape {self.shape}) outside "
+                  f"gt.no_grad(): the value is updated and no gradient is recorded (as in GT); "
+                  f"wrap the update in `with gt.no_grad():`")
+        return True
+
+    def _inplace(self, op, compute):
+        """Store `compute()` in place; a GT leaf update computes it with gradient recording off."""
+        if not self._check_inplace(op):
+            return self._assign(compute(), op)
+        saved, GRAD_MODE.enabled = GRAD_MODE.enabled, False
+        try:
+            return self._assign(compute(), op)
+        finally:
+            GRAD_MODE.enabled = saved
 
     def _assign(self, result, op):
         self._check_inplace(op)
@@ -271,47 +281,47 @@ class Tensor:
         was_leaf = self._node.leaf and self._node.requires_grad
         node = result._node
         if was_leaf:
-            if node.n_tensors > 1 or node.value is not None:
+            if node.n_tensors > 1 or node.value is not None or node.requires_grad:
                 node = apply("alias", result)._node   # do not turn a shared node into our leaf
             node.requires_grad, node.leaf, node.owner = True, True, weakref.ref(self)
         self._bind(node)
         return self
 
     def __iadd__(self, other):
-        return self._assign(self + other, "__iadd__")
+        return self._inplace("__iadd__", lambda: self + other)
 
     def __isub__(self, other):
-        return self._assign(self - other, "__isub__")
+        return self._inplace("__isub__", lambda: self - other)
 
     def __imul__(self, other):
-        return self._assign(self * other, "__imul__")
+        return self._inplace("__imul__", lambda: self * other)
 
     def __itruediv__(self, other):
-        return self._assign(self / other, "__itruediv__")
+        return self._inplace("__itruediv__", lambda: self / other)
 
     def zero_(self):
         from .creation import zeros
-        return self._assign(zeros(self.shape, dtype=self.dtype), "zero_")
+        return self._inplace("zero_", lambda: zeros(self.shape, dtype=self.dtype))
 
     def fill_(self, value):
         from .creation import full
-        return self._assign(full(self.shape, value, dtype=self.dtype), "fill_")
+        return self._inplace("fill_", lambda: full(self.shape, value, dtype=self.dtype))
 
     def copy_(self, src):
         src = src if isinstance(src, Tensor) else Tensor(np.asarray(src), dtype=self.dtype)
         from .ops.shapes import broadcast_shapes
         if broadcast_shapes("copy_", src.shape, self.shape) != self.shape:
             raise ValueError(f"copy_: cannot copy a tensor of shape {src.shape} into shape {self.shape}")
-        return self._assign(src.expand(self.shape) if src.shape != self.shape else src, "copy_")
+        return self._inplace("copy_", lambda: src.expand(self.shape) if src.shape != self.shape else src)
 
     def __setitem__(self, key, value):
         from .indexing import parse_index
-        self._check_inplace("__setitem__")
         spec, arrays = parse_index(self, key, check_pending=True)
         value = value if isinstance(value, Tensor) else Tensor._wrap(as_node(value, self))
         if value.dtype != self.dtype:
             value = value.astype(self.dtype)
-        self._assign(apply("setitem", self, value, *arrays, spec=spec), "__setitem__")
+        self._inplace("__setitem__", lambda: apply("setitem", self, value, *arrays, spec=spec))
+    # ==== end GT compat (in-place updates) ===================================================
 
     def __getitem__(self, key):
         from .indexing import parse_index
@@ -521,6 +531,82 @@ class Tensor:
     def broadcast_to(self, shape):
         return self.expand(shape)
 
-    def split(self, split_size_or_sections, axis=0, dim=None):
+    # ==== GT compat (owner: gt) -- GT's Tensor API on top of PyTorch's =======================
+    # .grad/._grad (GT reads both), .data as an array for NumPy, .id, split/chunk returning lists.
+    # A non-leaf tensor's gradient (GT gives one to every recorded input) is kept per node here,
+    # filled by functions.nonleaf_grad during backward().
+    _NONLEAF_GRADS = weakref.WeakKeyDictionary()
+
+    @property
+    def grad(self):
+        g = self._grad_value
+        if g is None and not self._node.leaf:
+            g = Tensor._NONLEAF_GRADS.get(self._node)
+        return g
+
+    @grad.setter
+    def grad(self, value):
+        if value is not None and not isinstance(value, Tensor):
+            raise TypeError(f"grad: expected a Tensor or None, got {type(value).__name__}")
+        if value is not None and value.shape != self.shape:
+            raise ValueError(f"grad: a gradient of shape {value.shape} cannot be set on a tensor of "
+                             f"shape {self.shape}")
+        self._grad_value = value
+        if value is None:
+            Tensor._NONLEAF_GRADS.pop(self._node, None)
+
+    _grad = grad
+
+    @property
+    def data(self):
+        """The value, detached (PyTorch); also an array for NumPy (`np.mean(t.data)`, as in GT)."""
+        return TensorData._wrap(self.detach()._node)
+
+    @data.setter
+    def data(self, other):
+        self._assign(other if isinstance(other, Tensor) else Tensor(other), "data")
+
+    @property
+    def id(self):
+        """A number naming the tensor's current value (GT's tensor id: an in-place update changes it)."""
+        return self._node.seq
+
+    def split(self, split_size_or_sections=None, dim=None, axis=None, split_size=None):
+        """Pieces of `split_size` along `dim` (or a list of sizes), as a list (GT; PyTorch gives a tuple)."""
         from .functions import split
-        return split(self, split_size_or_sections, axis if dim is None else dim)
+        size = split_size if split_size is not None else split_size_or_sections
+        if size is None:
+            raise TypeError("split: missing the chunk size (split_size=) or the list of sizes")
+        return list(split(self, size, _pick_axis("split", axis, dim)))
+
+    def chunk(self, chunks, dim=None, axis=None):
+        """`chunks` pieces along `dim` (the last may be smaller), as a list."""
+        from .functions import chunk
+        return list(chunk(self, chunks, _pick_axis("chunk", axis, dim)))
+
+
+def _pick_axis(op, axis, dim):
+    if axis is not None and dim is not None and axis != dim:
+        raise TypeError(f"{op}: got both axis={axis} and dim={dim}")
+    return 0 if axis is None and dim is None else (axis if axis is not None else dim)
+
+
+def _host(value):
+    """Tensors (also inside lists, tuples and dicts) as NumPy arrays."""
+    if isinstance(value, Tensor):
+        return value._value()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_host(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _host(v) for k, v in value.items()}
+    return value
+
+
+class TensorData(Tensor):
+    """What `t.data` returns: a detached Tensor that NumPy functions also take as an array
+    (`np.mean(t.data)`, `np.asarray(t.data)`), as GT's `.data` is."""
+    __slots__ = ()
+
+    def __array_function__(self, func, types, args, kwargs):
+        return func(*_host(args), **_host(kwargs))
+# ==== end GT compat ==========================================================================

@@ -1,11 +1,9 @@
 """Creation functions: tensors from data, constants and random numbers (one seeded generator)."""
 import numpy as np
 
-from . import dtypes
-from .graph import leaf_node
-from .kernels import backend
-from .ops import Spec
-from ._tensor import Tensor
+from . import dtypes, signal
+from .leaves import array_node
+from ._tensor import Tensor, apply
 
 _RNG = [np.random.default_rng()]
 
@@ -17,38 +15,6 @@ def manual_seed(seed):
 
 def generator():
     return _RNG[0]
-
-
-def _infer_dtype(arr):
-    if arr.dtype.kind == "f":
-        return dtypes.float64 if arr.dtype == np.float64 else dtypes.float32
-    if arr.dtype.kind in "iu":
-        return dtypes.int64 if arr.dtype.itemsize > 4 or arr.dtype.kind == "u" else dtypes.as_dtype(arr.dtype)
-    if arr.dtype.kind == "b":
-        return dtypes.bool_
-    raise TypeError(f"tensor: cannot make a tensor from data of dtype {arr.dtype}")
-
-
-def array_node(data, dtype, op, copy=True):
-    """A leaf node holding `data` (array, nested list, scalar or Tensor) as `dtype`.
-
-    User data is copied: the graph computes later, so a later write to the caller's array must
-    not reach it.  Arrays made here for the purpose (random, full) are handed over with copy=False.
-    """
-    if isinstance(data, Tensor):
-        data = data.numpy()
-    if isinstance(data, (list, tuple)) and any(isinstance(d, Tensor) for d in data):
-        data = [d.numpy() if isinstance(d, Tensor) else d for d in data]
-    arr = np.asarray(data)
-    if dtype is not None:
-        dt = dtypes.as_dtype(dtype, op)
-    elif isinstance(data, (list, tuple, float, int, bool)) and not isinstance(data, np.generic) \
-            and arr.dtype == np.float64:
-        dt = dtypes.float32             # Python floats default to float32, as in PyTorch
-    else:
-        dt = _infer_dtype(arr)
-    arr = np.array(arr, dtype=dt, order="C", copy=True) if copy else np.asarray(arr, dtype=dt, order="C")
-    return leaf_node(backend.to_backend(arr), Spec(arr.shape, dt))
 
 
 def _make(arr, dtype, requires_grad, op, copy=False):
@@ -112,7 +78,6 @@ def full(shape, fill_value, dtype=None, requires_grad=False):
         return _make(np.full(shape, fill_value, dtype=dt), dt, requires_grad, "full")
     if not isinstance(fill_value, (int, float, bool, np.number, np.bool_)):
         raise TypeError(f"full: fill value must be a number, got {fill_value!r}")
-    from ._tensor import apply
     return apply("fill", shape=shape, value=dt.type(fill_value).item(), dtype=dt)
 
 
@@ -145,3 +110,9 @@ def arange(start, stop=None, step=1, dtype=None, requires_grad=False):
 
 def eye(n, m=None, dtype=None):
     return _make(np.eye(n, m), dtypes.as_dtype(dtype, "eye"), False, "eye")
+
+
+# The public creation functions (gt.randn, gtnumba.client.tensor.randn, ...): inside a signal scope
+# they lay their tensors out as the signal says.  gtnumba's own code calls the plain ones above.
+PUBLIC = {f.__name__: signal.scoped(f) for f in (tensor, from_numpy, randn, rand, randint, full, zeros, ones,
+                                                 zeros_like, ones_like, arange, eye)}

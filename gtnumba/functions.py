@@ -7,7 +7,8 @@ import functools
 
 import numpy as np
 
-from . import dtypes
+from . import dtypes, signal
+from ._gtwarn import warn_once
 from .creation import full, zeros  # noqa: F401  (used by gradient rules through this module)
 from .graph import GRAD_MODE
 from .grad import backward as _backward
@@ -156,6 +157,7 @@ def accumulate_leaf_grad(node, g):
         g = g.astype(owner.dtype)
     if g.shape != owner.shape:
         g = g.expand(owner.shape)
+    g = signal.grad_layout(owner, g)
     old = owner.grad
     zeroed = old is not None and old._node.op == "fill" and old._node.value is None \
         and dict(old._node.attrs)["value"] == 0
@@ -163,21 +165,35 @@ def accumulate_leaf_grad(node, g):
     owner.grad = g if old is None or zeroed else old + g
 
 
+def nonleaf_grad(node, g):
+    """GT gives every recorded input a .grad: a non-leaf tensor that requires grad and is still
+    held by the user gets its gradient of this backward (added to one from an earlier backward).
+    Returns the gradient to propagate (laid out by a backward signal, if one names it)."""
+    if not isinstance(g, Tensor):         # the parts of a multi-output node: no tensor wraps it
+        return g
+    g = signal.grad_layout(node, g)
+    if node.n_tensors > 0:
+        old = Tensor._NONLEAF_GRADS.get(node)
+        Tensor._NONLEAF_GRADS[node] = g if old is None else old + g
+    return g
+
+
 def run_backward(t, gradient=None, retain_graph=False):
-    if not t.requires_grad:
-        raise RuntimeError(f"backward: tensor of shape {t.shape} does not require grad and has no "
-                           f"gradient graph (did you compute it under gt.no_grad() or from detached tensors?)")
     if gradient is None:
         if t.numel() != 1:
             raise RuntimeError(f"backward: grad can be implicitly created only for scalar outputs, "
                                f"got shape {t.shape}; pass gradient= of that shape")
-        gradient = full(t.shape, 1.0, dtype=t.dtype)
     else:
         gradient = _t(gradient, t)
         if gradient.shape != t.shape:
             raise ValueError(f"backward: gradient of shape {gradient.shape} does not match the output "
                              f"shape {t.shape}")
-        gradient = gradient.astype(t.dtype).detach()
+    if not t.requires_grad:
+        warn_once(f"backward: the tensor of shape {t.shape} does not require grad (it was computed under "
+                  f"gt.no_grad(), from detached tensors or from no tensor with requires_grad=True), so "
+                  f"backward() does nothing (as in GT)")
+        return
+    gradient = full(t.shape, 1.0, dtype=t.dtype) if gradient is None else gradient.astype(t.dtype).detach()
     _backward(t._node, gradient, _API, retain_graph)
 
 
@@ -187,6 +203,7 @@ class _Api:
     outputs = staticmethod(outputs)
     apply = staticmethod(apply)
     accumulate_leaf_grad = staticmethod(accumulate_leaf_grad)
+    nonleaf_grad = staticmethod(nonleaf_grad)
     where = staticmethod(where)
     zeros = staticmethod(zeros)
     logical_and = staticmethod(logical_and)
@@ -227,4 +244,4 @@ def is_grad_enabled():
     return GRAD_MODE.enabled
 
 
-__all__ = [n for n in dir() if not n.startswith("_") and n not in ("functools", "np", "dtypes")]
+__all__ = [n for n in dir() if not n.startswith("_") and n not in ("functools", "np", "dtypes", "signal", "warn_once")]

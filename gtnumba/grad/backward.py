@@ -56,6 +56,8 @@ def backward(root, root_grad, api, retain_graph=False):
             g = grads.pop(id(node), None)
             if g is None:
                 continue
+            if not node.leaf and node is not root:
+                g = api.nonleaf_grad(node, g)     # GT: held non-leaf tensors get .grad too
             if node.leaf:
                 api.accumulate_leaf_grad(node, g)
             elif node.op == "select":

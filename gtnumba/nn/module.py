@@ -141,8 +141,8 @@ class Module:
             yield from _walk(value, full, seen, set(), "params", descend=False)
 
     def parameters(self, recurse=True):
-        for _, p in self.named_parameters(recurse=recurse):
-            yield p
+        """A list (GT code takes len() of it; PyTorch code iterates it)."""
+        return [p for _, p in self.named_parameters(recurse=recurse)]
 
     def named_modules(self, prefix=""):
         yield from _walk(self, prefix, set(), set(), "modules")
@@ -271,7 +271,7 @@ class Module:
         return self.train(False)
 
     def requires_grad_(self, requires_grad=True):
-        for p in list(self.parameters()):
+        for p in self.parameters():
             p.requires_grad = requires_grad
         return self
 

@@ -39,7 +39,11 @@ def collective(kind, dim, values):
     return total
 
 
+KERNELS_RUN = [0]      # kernels this process ran for mesh steps (gt.debug.get_worker_stats)
+
+
 def run_local_step(step, env, worker):
+    KERNELS_RUN[0] += 1
     kernel = OPS[step.op].kernels[backend.current()]
     env[step.out] = kernel(*[env[s] for s in step.ins], **step.attrs[worker])
 

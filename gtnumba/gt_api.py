@@ -1,0 +1,28 @@
+"""GT's cluster calls on gtnumba's engine (Dask): gt.connect and gt.gpu_workers.
+
+GT's command-line server and workers are Dask's: `dask scheduler` (GT: `python -m gt.server`) and
+one `dask worker tcp://host:8786` per GPU (GT: `python -m gt.worker`); see README "Coming from GT".
+"""
+from . import cluster
+
+
+def connect(address):
+    """Join the Dask scheduler at "host:port" (or "tcp://host:port"); every step then runs there."""
+    if not isinstance(address, str) or ":" not in address:
+        raise ValueError(f"gt.connect: expected an address 'host:port', got {address!r}")
+    if cluster.client() is not None:
+        raise RuntimeError("gt.connect: already connected to a cluster; call gt.shutdown() first")
+    return cluster.init(scheduler=address if "://" in address else f"tcp://{address}")
+
+
+def gpu_workers(n):
+    """GT's "use n GPU workers": start a local cluster of n workers, one per GPU where there are
+    GPUs (n must not exceed them), n CPU worker processes otherwise.  Call it before the first step."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"gt.gpu_workers: the number of workers must be a positive int, got {n!r}")
+    if cluster.client() is not None:
+        raise RuntimeError("gt.gpu_workers() must be called before the cluster is started (GT_AUTO_SHARD, "
+                           "gt.init or gt.connect already started one); call gt.shutdown() first")
+    if cluster.visible_gpus():
+        return cluster.init(gpus=n)
+    return cluster.init(workers=n)
