@@ -20,6 +20,7 @@ from ._tensor import Tensor
 from . import config, debug, nn, signal  # noqa: F401  (gt.config, gt.debug, gt.nn, gt.signal)
 from .config import ShardConfig, SignalConfig, get_config, get_signal_config, load_config, register_config
 from .gt_api import connect, gpu_workers
+from ._gtwarn import GTCompatWarning
 from . import client  # noqa: F401  (callable: gt.client() is the Dask client; gt.client.nn is GT's nn)
 
 (arange, eye, from_numpy, full, ones, ones_like, rand, randint, randn, tensor, zeros, zeros_like) = (

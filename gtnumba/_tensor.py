@@ -250,14 +250,14 @@ class Tensor:
     # value and records nothing (as if under no_grad), with a warning once per call site.
     # Underneath it is functional: the tensor is re-pointed at a new node.
     def _check_inplace(self, op):
-        """True when the update is GT's unrecorded leaf update (and warns once per call site)."""
-        if not (GRAD_MODE.enabled and self._node.leaf and self._node.requires_grad):
-            return False
+        """True when updating this tensor in place is GT's unrecorded leaf update."""
+        return GRAD_MODE.enabled and self._node.leaf and self._node.requires_grad
+
+    def _warn_gt_update(self, op):
         from ._gtwarn import warn_once
         warn_once(f"{op}: in-place update of a leaf tensor that requires grad (shape {self.shape}) outside "
                   f"gt.no_grad(): the value is updated and no gradient is recorded (as in GT); "
                   f"wrap the update in `with gt.no_grad():`")
-        return True
 
     def _inplace(self, op, compute):
         """Store `compute()` in place; a GT leaf update computes it with gradient recording off."""
@@ -265,12 +265,14 @@ class Tensor:
             return self._assign(compute(), op)
         saved, GRAD_MODE.enabled = GRAD_MODE.enabled, False
         try:
-            return self._assign(compute(), op)
+            self._assign(compute(), op)
         finally:
             GRAD_MODE.enabled = saved
+        self._warn_gt_update(op)       # only once the update is done: a failed call only raises
+        return self
 
     def _assign(self, result, op):
-        self._check_inplace(op)
+        gt_update = self._check_inplace(op)
         if result.shape != self.shape:
             raise ValueError(f"{op}: result of shape {result.shape} cannot be stored in place into a "
                              f"tensor of shape {self.shape}")
@@ -285,6 +287,8 @@ class Tensor:
                 node = apply("alias", result)._node   # do not turn a shared node into our leaf
             node.requires_grad, node.leaf, node.owner = True, True, weakref.ref(self)
         self._bind(node)
+        if gt_update:
+            self._warn_gt_update(op)
         return self
 
     def __iadd__(self, other):

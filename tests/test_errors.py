@@ -16,6 +16,7 @@ import gc
 import math
 import operator
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -296,30 +297,24 @@ AUTOGRAD = [
          "backward", lit("(3, 2)"), lit("(2, 3)")),
     case("backward-gradient-ndarray-shape", w_leaf, lambda e: (e["w"] * 2.0).backward(np.ones(3, np.float32)),
          ValueError, "backward", lit("(3,)"), lit("(2, 3)")),
-    case("backward-no-requires-grad", x23(), lambda e: e["x"].sum().backward(), RuntimeError, "backward",
-         "require"),
-    case("backward-graph-built-under-no_grad", _no_grad_loss, lambda e: e["y"].backward(), RuntimeError,
-         "backward", "require"),
+    case("backward-no-requires-grad-non-scalar", x23(), lambda e: e["x"].backward(), RuntimeError, "backward",
+         lit("(2, 3)")),
     case("backward-twice", _backward_twice_setup, lambda e: e["y"].backward(), RuntimeError, "backward",
          "(second time|retain_graph)"),
     case("backward-twice-through-intermediate", _backward_through_intermediate_setup,
          lambda e: (e["h"] * 3.0).sum().backward(), RuntimeError, "backward", "(second time|retain_graph)"),
 ]
 
+# GT's rule: an in-place update of a leaf outside no_grad is done (with a warning, see
+# test_gt_accepted_calls_warn_and_do_what_gt_does); a wrong one still fails at the call, leaf untouched
 INPLACE = [
-    case(f"leaf-{name}", w_leaf, call, RuntimeError, lit(op), lit("(2, 3)"), "no_grad")
-    for name, op, call in [
-        ("iadd", "__iadd__", lambda e: operator.iadd(e["w"], 1.0)),
-        ("isub", "__isub__", lambda e: operator.isub(e["w"], gt.ones(2, 3))),
-        ("imul", "__imul__", lambda e: operator.imul(e["w"], 2.0)),
-        ("itruediv", "__itruediv__", lambda e: operator.itruediv(e["w"], 2.0)),
-        ("zero_", "zero_", lambda e: e["w"].zero_()),
-        ("fill_", "fill_", lambda e: e["w"].fill_(3.0)),
-        ("copy_", "copy_", lambda e: e["w"].copy_(gt.ones(2, 3))),
-        ("setitem", "__setitem__", lambda e: operator.setitem(e["w"], (0, slice(None)), 1.0)),
-        ("data-assign", "data", _set_data),
-    ]
-] + [
+    case("leaf-iadd-shape", w_leaf, lambda e: operator.iadd(e["w"], gt.ones(3, 2)), ValueError, "add",
+         lit("(3, 2)"), lit("(2, 3)")),
+    case("leaf-isub-broadcast-grows", w_leaf, lambda e: operator.isub(e["w"], gt.ones(4, 2, 3)), ValueError,
+         "__isub__", lit("(4, 2, 3)"), lit("(2, 3)")),
+    case("leaf-setitem-out-of-range", w_leaf, lambda e: operator.setitem(e["w"], 5, 1.0), IndexError,
+         "(setitem|index)", r"\b5\b"),
+    case("leaf-copy_-shape", w_leaf, lambda e: e["w"].copy_(gt.ones(3, 2)), ValueError, "copy_", lit("(3, 2)")),
     case("int-iadd-float", lambda: {"i": I([1, 2, 3])}, lambda e: operator.iadd(e["i"], 0.5), TypeError,
          "iadd", "float", "int64"),
     case("copy_-shape", x23(), lambda e: e["x"].copy_(gt.ones(3, 2)), ValueError, "copy_", lit("(3, 2)"),
@@ -398,6 +393,50 @@ def test_user_error_raised_at_the_call(c):
     assert _live_pending() <= pending_before, "the failed call left a half-built pending graph alive"
     _assert_unchanged(env, snap)
     _still_works()
+
+
+# ---- calls GT accepts: done as GT does them, with a warning once per call site ----------------------
+GT_ACCEPTED = [
+    ("iadd", lambda w: operator.iadd(w, 1.0), lambda a: a + 1.0),
+    ("isub", lambda w: operator.isub(w, gt.ones(2, 3)), lambda a: a - 1.0),
+    ("imul", lambda w: operator.imul(w, 2.0), lambda a: a * 2.0),
+    ("itruediv", lambda w: operator.itruediv(w, 2.0), lambda a: a / 2.0),
+    ("zero_", lambda w: w.zero_(), lambda a: 0 * a),
+    ("fill_", lambda w: w.fill_(3.0), lambda a: 0 * a + 3.0),
+    ("copy_", lambda w: w.copy_(gt.ones(2, 3)), lambda a: 0 * a + 1.0),
+    ("setitem", lambda w: operator.setitem(w, (0, slice(None)), 1.0), lambda a: np.where([[1], [0]], 1.0, a)),
+    ("data", _set_data, lambda a: 0 * a + 1.0),
+]
+
+
+@pytest.mark.parametrize("name,call,want", GT_ACCEPTED, ids=[g[0] for g in GT_ACCEPTED])
+def test_gt_accepted_inplace_on_leaf_warns_once_and_updates(name, call, want):
+    w = T(2, 3, rg=True)
+    before = w.numpy()
+    with pytest.warns(gt.GTCompatWarning, match=msg("no_grad", lit("(2, 3)"))):
+        r = call({"w": w} if name == "data" else w)
+    w = r if isinstance(r, gt.Tensor) else w
+    np.testing.assert_allclose(w.numpy(), want(before.astype(np.float64)), rtol=1e-6)
+    assert w.is_leaf and w.requires_grad and w.grad is None
+    (w * 2.0).sum().backward()            # nothing was recorded: the gradient is that of the new leaf
+    np.testing.assert_allclose(w.grad.numpy(), np.full((2, 3), 2.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")    # the same call site does not warn again
+        call({"w": w} if name == "data" else w)
+
+
+def test_gt_accepted_backward_without_grad_is_a_no_op_with_one_warning():
+    for setup, call in ((x23(), lambda e: e["x"].sum().backward()),
+                        (_no_grad_loss, lambda e: e["y"].backward())):
+        env = setup()
+        snap = _snapshot(env)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(3):
+                call(env)                 # one call site, called three times: one warning
+        caught = [c for c in caught if c.category is gt.GTCompatWarning]
+        assert len(caught) == 1 and "does nothing" in str(caught[0].message), [str(c.message) for c in caught]
+        _assert_unchanged(env, snap)
 
 
 # ---- data errors: may surface at materialization, clearly, and without poisoning -----------------

@@ -487,12 +487,14 @@ def test_binary_cross_entropy_value_gradient_and_clamping():
     close(z.grad, (s - t_np) / s.size)
 
 
-def test_client_module_is_the_same_object():
+def test_client_nn_is_gts_nn_on_the_same_module_class():
     import gtnumba.client.nn as client_nn
     from gtnumba.client import nn as nn2
     from gtnumba.client import optim
     import gtnumba.optim
-    assert client_nn is nn2 is nn
+    assert client_nn is nn2 and client_nn is not nn          # GT's nn: its Linear is (in, out)
+    assert client_nn.Module is nn.Module and client_nn.LayerNorm is nn.LayerNorm
+    assert client_nn.Linear(3, 2).weight.shape == (3, 2) and nn.Linear(3, 2).weight.shape == (2, 3)
     assert optim is gtnumba.optim
 
 
