@@ -4,7 +4,8 @@ The only change from the GT original is the import line:
 
     import gt; from gt.client import nn            ->   import gtnumba as gt; from gtnumba.client import nn
 
-Everything else is GT style: a transformer whose weights are raw tensors with
+Everything else is GT style: a transformer whose embedding and classifier are GT's
+``nn.Linear`` (weight (in, out), ``x @ W + b``) and whose blocks are raw tensors with
 ``requires_grad=True`` collected in ``self._parameters``, a mean-squared error against one-hot
 targets, and a hand-written SGD step under ``gt.no_grad()`` (``param -= lr * param.grad`` then
 ``param.grad.zero_()``), reading ``loss.data.numpy()`` every step.
@@ -64,9 +65,9 @@ class PixelTransformer(nn.Module):
         super().__init__()
         self.seq_len, self.heads, self.embed_dim = seq_len, heads, embed_dim
         E = embed_dim
-        self.w_embed, self.b_embed = param(img_size * img_size, E), zeros(E)
+        self.embed = nn.Linear(img_size * img_size, E)
         self.pos = param(seq_len, E, scale=0.02)
-        self._parameters += [self.w_embed, self.b_embed, self.pos]
+        self._parameters += [self.pos]
         self.blocks = []
         for _ in range(layers):
             blk = {"ln1_g": ones(E), "ln1_b": zeros(E), "wq": param(E, E), "wk": param(E, E), "wv": param(E, E),
@@ -74,8 +75,7 @@ class PixelTransformer(nn.Module):
                    "w1": param(E, ff_dim), "b1": zeros(ff_dim), "w2": param(ff_dim, E), "b2": zeros(E)}
             self.blocks.append(blk)
             self._parameters += list(blk.values())
-        self.w_out, self.b_out = param(E, classes, scale=0.02), zeros(classes)
-        self._parameters += [self.w_out, self.b_out]
+        self.head = nn.Linear(E, classes)
 
     def attention(self, x, p):
         B, S, E = x.shape
@@ -90,12 +90,12 @@ class PixelTransformer(nn.Module):
 
     def forward(self, x):
         B, S, P = x.shape
-        h = x @ self.w_embed + self.b_embed + self.pos[:S]
+        h = self.embed(x) + self.pos[:S]
         for p in self.blocks:
             h = h + self.attention(layer_norm(h, p["ln1_g"], p["ln1_b"]), p)
             f = (layer_norm(h, p["ln2_g"], p["ln2_b"]) @ p["w1"] + p["b1"]).relu()
             h = h + f @ p["w2"] + p["b2"]
-        return h.mean(axis=1) @ self.w_out + self.b_out
+        return self.head(h.mean(axis=1))
 
 
 def main(argv=None):
@@ -111,18 +111,19 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--lr", type=float, default=0.1)
     ap.add_argument("--n-train", type=int, default=1024)
+    ap.add_argument("--n-test", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--print-every", type=int, default=10)
     args = ap.parse_args(argv)
 
     np.random.seed(args.seed)
     train, test = data.load("digits", img_size=args.img_size, seq_len=args.seq_len, n_train=args.n_train,
-                            n_test=256, seed=args.seed, label="max")
+                            n_test=args.n_test, seed=args.seed, label="max")
     X, Y = train.X, np.eye(train.n_classes, dtype=np.float32)[train.y]     # one-hot targets
     model = PixelTransformer(args.img_size, args.seq_len, args.embed_dim, args.heads, args.ff_dim, args.layers,
                              train.n_classes)
-    params = model._parameters
-    client = gt.cluster.client()      # (gt.client() itself is shadowed by the gtnumba.client module)
+    params = model.parameters()
+    client = gt.client()              # the Dask client, or None in-process
     where = f"on Dask (dashboard: {client.dashboard_link})" if client is not None else "in-process"
     print(f"{sum(p.numel() for p in params):,} parameters; training {where}", flush=True)
 
@@ -139,7 +140,7 @@ def main(argv=None):
                 p.grad.zero_()
         loss_value = float(loss.data.numpy())
         if step % args.print_every == 0 or step == 1:
-            print(f"step {step:4d}  loss {loss_value:.4f}", flush=True)
+            print(f"step {step:4d}  loss {loss_value:.6f}", flush=True)
 
     with gt.no_grad():
         pred = model(gt.tensor(test.X)).numpy().argmax(axis=1)
