@@ -303,13 +303,16 @@ class Tensor:
     def __itruediv__(self, other):
         return self._inplace("__itruediv__", lambda: self / other)
 
+    def _filled(self, op, value):
+        if not isinstance(value, (int, float, bool, np.number, np.bool_)):
+            raise TypeError(f"{op}: fill value must be a number, got {value!r}")
+        return apply("fill", shape=self.shape, value=self.dtype.type(value).item(), dtype=self.dtype)
+
     def zero_(self):
-        from .creation import zeros
-        return self._inplace("zero_", lambda: zeros(self.shape, dtype=self.dtype))
+        return self._inplace("zero_", lambda: self._filled("zero_", 0))
 
     def fill_(self, value):
-        from .creation import full
-        return self._inplace("fill_", lambda: full(self.shape, value, dtype=self.dtype))
+        return self._inplace("fill_", lambda: self._filled("fill_", value))
 
     def copy_(self, src):
         src = src if isinstance(src, Tensor) else Tensor(np.asarray(src), dtype=self.dtype)

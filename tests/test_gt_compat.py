@@ -376,3 +376,17 @@ def test_gt_style_pixel_transformer_runs_unchanged_with_and_without_auto_shard()
     assert len(local_losses) == 3 and local_losses[-1] < local_losses[0]
     np.testing.assert_allclose(dask_losses, local_losses, rtol=1e-4)
     assert dask_acc == local_acc
+
+
+def test_gt_config_env_var_loads_the_yaml_at_import(tmp_path):
+    path = tmp_path / "sharding.yaml"
+    path.write_text(CONFIG)
+    code = ("import gtnumba as gt; c = gt.get_signal_config('colpar'); "
+            "gt.signal.enter('colpar'); print(gt.signal.current_signal()); gt.signal.exit('colpar'); "
+            "print(c.shard.axis, c.backward_signal, gt.get_signal_config('rep').shard.replicated)")
+    env = dict(os.environ, GT_CONFIG=str(path), NUMBA_ENABLE_CUDASIM="1",
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("GT_AUTO_SHARD", None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["colpar", "1", "colpar_bwd", "True"]
