@@ -157,7 +157,8 @@ def accumulate_leaf_grad(node, g):
         g = g.astype(owner.dtype)
     if g.shape != owner.shape:
         g = g.expand(owner.shape)
-    g = signal.grad_layout(owner, g)
+    if signal.TAGS:
+        g = signal.grad_layout(owner, g)
     old = owner.grad
     zeroed = old is not None and old._node.op == "fill" and old._node.value is None \
         and dict(old._node.attrs)["value"] == 0
@@ -171,7 +172,8 @@ def nonleaf_grad(node, g):
     Returns the gradient to propagate (laid out by a backward signal, if one names it)."""
     if not isinstance(g, Tensor):         # the parts of a multi-output node: no tensor wraps it
         return g
-    g = signal.grad_layout(node, g)
+    if signal.TAGS:
+        g = signal.grad_layout(node, g)
     if node.n_tensors > 0:
         old = Tensor._NONLEAF_GRADS.get(node)
         Tensor._NONLEAF_GRADS[node] = g if old is None else old + g

@@ -46,7 +46,7 @@ class _Stack(threading.local):
 _STACK = _Stack()
 _NOTHING = np.zeros(0, np.float32)
 _NOTHING_SPEC = Spec((0,), dtypes.float32)
-_TAGS = {}       # id(tensor or node) -> (weakref to it, backward signal name)
+TAGS = {}        # id(tensor or node) -> (weakref to it, backward signal name)
 
 
 def _check_name(who, name):
@@ -80,7 +80,7 @@ def _tag(obj, backward):
     if backward is None:
         return
     key = id(obj)
-    _TAGS[key] = (weakref.ref(obj, lambda _, key=key: _TAGS.pop(key, None)), backward)
+    TAGS[key] = (weakref.ref(obj, lambda _, key=key: TAGS.pop(key, None)), backward)
 
 
 def _fits(t, shard_config):
@@ -195,7 +195,7 @@ def _place_scope_parameters(scope):
     for node in [n for n in list(PENDING) if n.seq > scope.start and n.requires_grad and not n.leaf]:
         for inp in node.inputs:
             owner = inp.owner() if inp.leaf and inp.owner is not None else None
-            if owner is None or id(owner) in _TAGS or inp.placement is not None or isinstance(inp.value, DistValue):
+            if owner is None or id(owner) in TAGS or inp.placement is not None or isinstance(inp.value, DistValue):
                 continue
             if shard_config is not None and _fits(owner, shard_config):
                 _place(owner, shard_config)
@@ -204,7 +204,7 @@ def _place_scope_parameters(scope):
 
 def grad_layout(obj, g):
     """The gradient `g` of `obj` (a leaf's Tensor, or a non-leaf node), laid out by its backward signal."""
-    entry = _TAGS.get(id(obj))
+    entry = TAGS.get(id(obj))
     if entry is None or entry[0]() is not obj:
         return g
     shard_config = _shard_config(entry[1])
