@@ -64,4 +64,5 @@ if _os.environ.get("GT_CONFIG"):
 if _os.environ.get("GT_AUTO_SHARD") == "1":
     from .cluster import in_worker_process as _in_worker
     if not _in_worker():          # the workers themselves import gtnumba too
-        init()
+        from .gt_api import auto_start as _auto_start
+        _auto_start()

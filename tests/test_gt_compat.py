@@ -390,3 +390,16 @@ def test_gt_config_env_var_loads_the_yaml_at_import(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["colpar", "1", "colpar_bwd", "True"]
+
+
+def test_gpu_workers_takes_precedence_over_gt_auto_shard():
+    code = ("import gtnumba as gt\n"
+            "first = len(gt.debug.get_worker_stats())\n"
+            "gt.gpu_workers(2)\n"
+            "a = gt.randn(8, 4)\n"
+            "print(first, len(gt.debug.get_worker_stats()), a.data.numpy().shape)\n")
+    env = dict(os.environ, GT_AUTO_SHARD="1", GT_WORKERS="1", NUMBA_ENABLE_CUDASIM="1",
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["1", "2", "(8,", "4)"]
