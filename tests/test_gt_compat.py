@@ -77,6 +77,7 @@ def test_parameters_is_a_list_and_gt_losses():
     net = Net()
     params = net.parameters()
     assert isinstance(params, list) and len(params) == 4 and all(p.requires_grad for p in params)
+    assert net._modules == {"fc1": net.fc1, "fc2": net.fc2}
     p, t = np.array([0.7, 0.2, 0.9]), np.array([1.0, 0.0, 1.0])
     want = -(t * np.log(p + 1e-7) + (1 - t) * np.log(1 - p + 1e-7)).mean()
     np.testing.assert_allclose(nn.binary_cross_entropy(f64(p), f64(t)).item(), want, rtol=1e-12)

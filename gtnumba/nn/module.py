@@ -109,6 +109,8 @@ class Module:
             params = []
             object.__setattr__(self, "_parameters", params)
             return params
+        if name == "_modules":        # GT's record of sub-modules, read-only here
+            return dict(self.named_children())
         raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
 
     # ---- what the walk sees -------------------------------------------------------------
