@@ -46,7 +46,7 @@ class _Stack(threading.local):
 _STACK = _Stack()
 _NOTHING = np.zeros(0, np.float32)
 _NOTHING_SPEC = Spec((0,), dtypes.float32)
-TAGS = {}        # id(tensor or node) -> (weakref to it, backward signal name)
+TAGS = {}        # id(tensor or node) laid out by a signal -> (weakref to it, backward signal name or None)
 
 
 def _check_name(who, name):
@@ -77,8 +77,6 @@ def _backward_name(name, backward):
 
 
 def _tag(obj, backward):
-    if backward is None:
-        return
     key = id(obj)
     TAGS[key] = (weakref.ref(obj, lambda _, key=key: TAGS.pop(key, None)), backward)
 
@@ -90,8 +88,11 @@ def _fits(t, shard_config):
 def _place(t, shard_config):
     """Lay t out in place: a leaf keeps being the same leaf; a computed value is redistributed
     (its Tensor is re-pointed at the redistributed node, which keeps the gradient path)."""
+    node = t._node
+    if current_mesh() is None and not (node.op == "leaf" and node.value is not None):
+        return t            # no cluster: only a stored value keeps a layout (for a later gt.init)
     how = (lambda x: replicate(x)) if shard_config.replicated else (lambda x: shard(x, shard_config.axis))
-    if not t._node.leaf:
+    if not node.leaf:
         placed = how(t)
         if placed is not t:
             t._bind(placed._node)
@@ -205,7 +206,7 @@ def _place_scope_parameters(scope):
 def grad_layout(obj, g):
     """The gradient `g` of `obj` (a leaf's Tensor, or a non-leaf node), laid out by its backward signal."""
     entry = TAGS.get(id(obj))
-    if entry is None or entry[0]() is not obj:
+    if entry is None or entry[1] is None or entry[0]() is not obj:
         return g
     shard_config = _shard_config(entry[1])
     if shard_config is None or not _fits(g, shard_config):
