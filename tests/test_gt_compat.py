@@ -1,6 +1,8 @@
 """GT programs on gtnumba with only `gt` renamed: GT's module paths, GT's semantics where GT code
 depends on them, and GT's public API (connect, gpu_workers, debug, signal + YAML config) on
-gtnumba's engine.  Everything is called through GT's public names; NumPy is the reference."""
+gtnumba's engine.  The programs under test use GT's public names only; NumPy and the in-process run
+are the references.  The checks read layouts off the values, and the 2- and 3-worker meshes are
+in-process (Mesh + InProcessRunner, as tests/test_sharding.py); Dask tests use real workers."""
 import os
 import re
 import subprocess
