@@ -47,7 +47,6 @@ __version__ = "0.1.0"
 
 import os as _os
 
-if _os.environ.get("GT_AUTO_SHARD") == "1":
-    from .cluster import in_worker_process as _in_worker
-    if not _in_worker():          # the workers themselves import gtnumba too
-        init()
+from .cluster import init_from_env as _init_from_env  # GT_AUTO_SHARD=1 / GT_SCHEDULER: start or join a cluster
+
+_init_from_env()
