@@ -58,29 +58,54 @@ def choose(key, layouts, free, workers):
     if cache_key not in _CHOICES:
         if len(_CHOICES) >= _CHOICES_LIMIT:
             _CHOICES.pop(next(iter(_CHOICES)))
-        _CHOICES[cache_key] = _search(key, list(layouts), free, workers)
+        _CHOICES[cache_key] = _search(key, tuple(layouts), free, workers)
+        if os.environ.get("GT_VERBOSE") == "1":
+            report(key, layouts, free, workers, *_CHOICES[cache_key])
     return _CHOICES[cache_key]
 
 
 def _search(key, layouts, free, workers):
-    order = sorted(free, key=lambda i: -nbytes(key[0][i][0][0]))
+    """Parameters greedily, largest first, each option priced with the data laid out best for it
+    (a weight sharded along its input dim wants the batch split the same way); a few rounds."""
+    size = lambda i: -nbytes(key[0][i][0][0])           # noqa: E731
+    params = sorted((i for i in free if not free[i]), key=size)
+    data = sorted((i for i in free if free[i]), key=size)
+    layouts, current = _best_data(key, tuple(layouts), data, workers)
     priced = {}
     for _ in range(ROUNDS):
         changed = False
-        for i in order:
-            costs = {}
-            for n, option in enumerate(options(key[0][i][0][0], workers, free[i])):
-                trial = layouts[:i] + [option] + layouts[i + 1:]
-                plan = build_dist_plan(key, tuple(trial), workers)
-                if n == 0 or not (free[i] and _gathers(plan, i)):
-                    costs[option] = plan_bytes(key, plan)
-            best = min(costs, key=costs.get)          # first of equals: the default layout
-            if costs[best] < costs[layouts[i]]:
-                layouts[i], changed = best, True
+        for i in params:
+            costs, best = {}, None
+            for option in options(key[0][i][0][0], workers, False):
+                trial, costs[option] = _best_data(key, _with(layouts, i, option), data, workers)
+                if best is None or costs[option] < best[1]:
+                    best = trial, costs[option]
             priced[i] = costs
+            if best[1] < current:
+                (layouts, current), changed = best, True
         if not changed:
             break
-    return tuple(layouts), priced
+    return layouts, priced
+
+
+def _best_data(key, layouts, data, workers):
+    """`layouts` with each data leaf in turn split where the step moves the fewest bytes, and
+    that step's bytes."""
+    current = plan_bytes(key, build_dist_plan(key, layouts, workers))
+    for j in data:
+        for n, option in enumerate(options(key[0][j][0][0], workers, True)):
+            if option == layouts[j]:
+                continue
+            trial = _with(layouts, j, option)
+            plan = build_dist_plan(key, trial, workers)
+            price = plan_bytes(key, plan)
+            if price < current and (n == 0 or not _gathers(plan, j)):
+                layouts, current = trial, price
+    return layouts, current
+
+
+def _with(layouts, i, layout):
+    return layouts[:i] + (layout,) + layouts[i + 1:]
 
 
 def _gathers(plan, slot):
@@ -89,15 +114,20 @@ def _gathers(plan, slot):
     return any(isinstance(s, Collective) and s.kind == "allgather" and s.src == slot for s in plan.steps)
 
 
-def report(key, layouts, priced):
-    """GT_VERBOSE=1: the chosen layout of each parameter and the bytes per step of every option."""
-    if os.environ.get("GT_VERBOSE") != "1":
-        return
+def report(key, default, free, workers, layouts, priced):
+    """GT_VERBOSE=1: the chosen layout of each parameter with the bytes per step of every option,
+    and the step's bytes against the default layouts (data parallel)."""
     for i, costs in priced.items():
+        if free[i]:
+            continue
         spec = key[0][i][0][0]
-        prices = ", ".join(f"{o}: {_human(b)}" for o, b in costs.items())
-        print(f"gtnumba: layout of leaf {i} {spec.shape} {spec.dtype}: {layouts[i]} "
-              f"(bytes per worker per step: {prices})", flush=True)
+        prices = ", ".join(f"{o} {_human(b)}" for o, b in costs.items())
+        print(f"gtnumba: parameter {spec.shape} {spec.dtype}: {layouts[i]}; bytes per worker per step: {prices}",
+              flush=True)
+    chosen = plan_bytes(key, build_dist_plan(key, layouts, workers))
+    dp = plan_bytes(key, build_dist_plan(key, tuple(default), workers))
+    print(f"gtnumba: step on {workers} workers moves {_human(chosen)} per worker (data parallel: {_human(dp)})",
+          flush=True)
 
 
 def _human(n):

@@ -12,9 +12,7 @@ def leaf_layouts(key, leaves, workers):
     free = {i: _is_data(n) for i, n in enumerate(leaves) if _choosable(n, workers)}
     if not free:
         return layouts
-    layouts, priced = cost.choose(key, layouts, free, workers)
-    cost.report(key, layouts, {i: c for i, c in priced.items() if not free[i]})
-    return layouts
+    return cost.choose(key, layouts, free, workers)[0]
 
 
 def leaf_layout(node, workers):
