@@ -18,6 +18,7 @@ import multiprocessing
 import os
 import socket
 import sys
+import warnings
 
 from .sched.mesh import Mesh, current_mesh, set_mesh
 
@@ -60,7 +61,7 @@ def init(gpus=None, workers=None, scheduler=None, dashboard=":8787", allow_share
         dashboard = dashboard_address(dashboard, host)
         cluster = _start_cluster(gpus, workers, dashboard, allow_shared_gpu, verbose, host)
         client = Client(cluster, set_as_default=True)
-    _STATE.update(client=client, cluster=cluster)
+    _STATE.update(client=client, cluster=cluster, used=True)
     addresses = sorted(client.scheduler_info(n_workers=-1)["workers"])
     if not addresses:
         shutdown()
@@ -125,7 +126,9 @@ def _start_cluster(gpus, workers, dashboard, allow_shared_gpu, verbose, host):
         raise ValueError(f"gt.init: asked for {gpus} GPUs but {len(visible)} are visible"
                          f"{': ' + '; '.join(visible) if visible else ''}")
     _say(verbose, f"visible GPUs: {visible or 'none'}")
-    with _no_main_reimport():
+    with _no_main_reimport(), warnings.catch_warnings():
+        # a taken dashboard port moves to a free one; the link is reported (GT_VERBOSE, the training command)
+        warnings.filterwarnings("ignore", message="Port .* is already in use", category=UserWarning)
         if gpus:
             return _gpu_cluster(gpus, len(visible), dashboard, host)
         from distributed import LocalCluster
@@ -155,11 +158,12 @@ def _no_main_reimport():
 
 
 def in_worker_process():
-    """True inside a process gtnumba started as a worker, or inside any Dask worker."""
+    """True inside a process gtnumba started as a worker, or inside any Dask worker or scheduler."""
     if os.environ.get(WORKER_FLAG) == "1" or multiprocessing.parent_process() is not None:
         return True
-    worker = sys.modules.get("distributed.worker")
-    return worker is not None and len(worker.Worker._instances) > 0
+    # a Dask scheduler or worker process imports gtnumba when it unpickles a step's tasks
+    servers = [(sys.modules.get("distributed.worker"), "Worker"), (sys.modules.get("distributed.scheduler"), "Scheduler")]
+    return any(m is not None and len(getattr(m, name)._instances) > 0 for m, name in servers)
 
 
 def _gpu_cluster(gpus, n_visible, dashboard, host):
@@ -188,10 +192,29 @@ def shutdown(bring_home=True):
         _bring_home()
     c, cl = _STATE["client"], _STATE["cluster"]
     _STATE.update(client=None, cluster=None)
-    if c is not None:
-        c.close()
-    if cl is not None:
-        cl.close()
+    with _quiet_dask():
+        if c is not None:
+            c.close()
+        if cl is not None:
+            cl.close()
+
+
+_DASK_LOGGERS = ("distributed", "asyncio", "tornado")
+
+
+@contextlib.contextmanager
+def _quiet_dask():
+    """Closing a cluster cuts short whatever still runs on it (a step interrupted by Ctrl-C, the
+    workers' streams): Dask logs that as errors, which are not the user's business."""
+    loggers = [logging.getLogger(name) for name in _DASK_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def _bring_home():
@@ -212,10 +235,11 @@ def _bring_home():
 def _at_exit():
     """At interpreter exit (after the program's end, an exception or Ctrl-C) the cluster goes
     quietly: no value is read any more, and Dask's complaints about work cut short (in-flight
-    tasks, closed streams, executors already shut down) are not the user's business."""
-    if _STATE["client"] is None and _STATE["cluster"] is None:
+    tasks, closed streams, executors already shut down, tasks collected unretrieved) are not the
+    user's business."""
+    if not _STATE.get("used"):
         return
-    for name in ("distributed", "asyncio", "tornado"):
+    for name in _DASK_LOGGERS:
         logging.getLogger(name).setLevel(logging.CRITICAL + 1)
     try:
         shutdown(bring_home=False)
