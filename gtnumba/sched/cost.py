@@ -5,7 +5,8 @@ The options of a parameter are Replicate (data parallel: its gradient is reduced
 workers) and Shard(d) for each dim d (tensor parallel: its gradient stays local, and the sharding
 rules move the activations instead).  A batch that feeds a sharded weight is better split along
 the weight's dim than along the batch, so data leaves are chosen the same way (Shard(d) for each
-d).  Each option is priced by building the step's DistPlan with it (sched.distribute) and adding
+d, but never a split that the step has to gather whole: few bytes, and every worker doing the
+whole step).  Each option is priced by building the step's DistPlan with it (sched.distribute) and adding
 up its collectives (layout.collective_bytes); leaves are chosen greedily, largest first, over a
 few rounds until no choice changes.  The choice is made once per step structure and cached.
 """
@@ -59,14 +60,14 @@ def choose(key, layouts, free, workers):
         if len(_CHOICES) >= _CHOICES_LIMIT:
             _CHOICES.pop(next(iter(_CHOICES)))
         _CHOICES[cache_key] = _search(key, tuple(layouts), free, workers)
-        if os.environ.get("GT_VERBOSE") == "1":
+        if os.environ.get("GT_VERBOSE") == "1" and not all(free.values()):     # parameters laid out
             report(key, layouts, free, workers, *_CHOICES[cache_key])
     return _CHOICES[cache_key]
 
 
 def _search(key, layouts, free, workers):
-    """Parameters greedily, largest first, each option priced with the data laid out best for it
-    (a weight sharded along its input dim wants the batch split the same way); a few rounds."""
+    """Parameters greedily, largest first, each sharded option priced with the data laid out best
+    for it (a weight sharded along its input dim wants the batch split the same way); a few rounds."""
     size = lambda i: -nbytes(key[0][i][0][0])           # noqa: E731
     params = sorted((i for i in free if not free[i]), key=size)
     data = sorted((i for i in free if free[i]), key=size)
@@ -77,7 +78,8 @@ def _search(key, layouts, free, workers):
         for i in params:
             costs, best = {}, None
             for option in options(key[0][i][0][0], workers, False):
-                trial, costs[option] = _best_data(key, _with(layouts, i, option), data, workers)
+                relay = data if isinstance(option, Shard) else ()
+                trial, costs[option] = _best_data(key, _with(layouts, i, option), relay, workers)
                 if best is None or costs[option] < best[1]:
                     best = trial, costs[option]
             priced[i] = costs
@@ -90,18 +92,30 @@ def _search(key, layouts, free, workers):
 
 def _best_data(key, layouts, data, workers):
     """`layouts` with each data leaf in turn split where the step moves the fewest bytes, and
-    that step's bytes."""
-    current = plan_bytes(key, build_dist_plan(key, layouts, workers))
+    that step's bytes (infinite where the step cannot be laid out so)."""
+    plan = _plan_or_none(key, layouts, workers)
+    if plan is None:
+        return layouts, math.inf
+    current = plan_bytes(key, plan)
     for j in data:
         for n, option in enumerate(options(key[0][j][0][0], workers, True)):
             if option == layouts[j]:
                 continue
             trial = _with(layouts, j, option)
-            plan = build_dist_plan(key, trial, workers)
-            price = plan_bytes(key, plan)
+            plan = _plan_or_none(key, trial, workers)
+            price = math.inf if plan is None else plan_bytes(key, plan)
             if price < current and (n == 0 or not _gathers(plan, j)):
                 layouts, current = trial, price
     return layouts, current
+
+
+def _plan_or_none(key, layouts, workers):
+    """The DistPlan of a candidate, or None where the planner cannot lay the step out that way
+    (the candidate is then no option; the default layouts always plan)."""
+    try:
+        return build_dist_plan(key, layouts, workers)
+    except (AssertionError, ValueError, KeyError, IndexError):
+        return None
 
 
 def _with(layouts, i, layout):
