@@ -23,7 +23,7 @@ SCRIPT = textwrap.dedent("""
     import gtnumba as gt
     from gtnumba.sched.mesh import current_mesh
     if sys.argv[2] == "init":
-        gt.init(workers=2, dashboard=":0")
+        gt.init(workers=2, dashboard="0.0.0.0:0")          # the dashboard open to the network, on request
     client = gt.client()
     print("mesh", current_mesh().workers, flush=True)
     print("scheduler", client.scheduler.address, flush=True)
@@ -34,9 +34,9 @@ SCRIPT = textwrap.dedent("""
     mode = sys.argv[1]
     if mode == "raise":
         raise RuntimeError("boom")
-    if mode == "wait":
+    if mode in ("wait", "serve"):
         print("ready", flush=True)
-        time.sleep(120)
+        time.sleep(120) if mode == "wait" else sys.stdin.readline()
 """)
 
 # what Dask prints when it is not quiet: logged errors and warnings, asyncio's orphan task reports
@@ -50,8 +50,8 @@ def _start(tmp_path, mode, how="auto"):
     env.pop("GT_SCHEDULER", None)
     if how == "auto":
         env["GT_AUTO_SHARD"] = "1"
-    return subprocess.Popen([sys.executable, str(script), mode, how], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([sys.executable, str(script), mode, how], env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _lines_until(proc, word, timeout=120):
@@ -90,7 +90,7 @@ def _listening(pids):
     return out
 
 
-@pytest.mark.parametrize("mode,how", [("exit", "auto"), ("exit", "init"), ("raise", "auto"), ("ctrl-c", "auto")])
+@pytest.mark.parametrize("mode,how", [("exit", "auto"), ("serve", "init"), ("raise", "auto"), ("ctrl-c", "auto")])
 def test_cluster_is_local_quiet_and_leaves_no_orphans(tmp_path, mode, how):
     proc = _start(tmp_path, "wait" if mode == "ctrl-c" else mode, how)
     lines = _lines_until(proc, "sum")
@@ -108,8 +108,14 @@ def test_cluster_is_local_quiet_and_leaves_no_orphans(tmp_path, mode, how):
         listening = _listening([proc.pid] + pids)
         assert listening and {ip for ip, _ in listening} == {"127.0.0.1"}, listening
         proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
-    if mode == "exit":
+    if mode == "serve":
+        _lines_until(proc, "ready")
+        dashboard_port = int(_value(lines, "dashboard").split(":")[2].split("/")[0])
+        scheduler_port = int(_value(lines, "scheduler").rsplit(":", 1)[1])
+        listening = dict((port, ip) for ip, port in _listening([proc.pid] + pids))
+        assert listening[dashboard_port] == "0.0.0.0" and listening[scheduler_port] == "127.0.0.1", listening
+    out, err = proc.communicate("\n" if mode == "serve" else None, timeout=120)
+    if mode in ("exit", "serve"):
         assert proc.returncode == 0, err[-2000:]
         assert err == "", err[-3000:]
     else:
