@@ -162,8 +162,8 @@ def in_worker_process():
     if os.environ.get(WORKER_FLAG) == "1" or multiprocessing.parent_process() is not None:
         return True
     # a Dask scheduler or worker process imports gtnumba when it unpickles a step's tasks
-    servers = [(sys.modules.get("distributed.worker"), "Worker"), (sys.modules.get("distributed.scheduler"), "Scheduler")]
-    return any(m is not None and len(getattr(m, name)._instances) > 0 for m, name in servers)
+    servers = [("distributed.worker", "Worker"), ("distributed.scheduler", "Scheduler")]
+    return any(m in sys.modules and len(getattr(sys.modules[m], cls)._instances) > 0 for m, cls in servers)
 
 
 def _gpu_cluster(gpus, n_visible, dashboard, host):
@@ -173,8 +173,9 @@ def _gpu_cluster(gpus, n_visible, dashboard, host):
     specs = {}
     for i in range(gpus):
         env = {"CUDA_VISIBLE_DEVICES": str(i % n_visible), "GTNUMBA_DEVICE": "cuda", WORKER_FLAG: "1"}
-        specs[f"gpu-{i}"] = {"cls": Nanny, "options": {"nthreads": 1, "env": env, "memory_limit": 0,
-                                                       "resources": {"GPU": 1}, "host": host}}
+        options = {"nthreads": 1, "env": env, "memory_limit": 0, "resources": {"GPU": 1}, "host": host,
+                   "silence_logs": logging.ERROR}
+        specs[f"gpu-{i}"] = {"cls": Nanny, "options": options}
     scheduler = {"cls": Scheduler, "options": {"dashboard_address": dashboard, "host": host}}
     return SpecCluster(workers=specs, scheduler=scheduler, silence_logs=logging.ERROR)
 

@@ -170,8 +170,9 @@ def test_gt_scheduler_alone_joins_the_cluster_at_import():
         procs.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address,
                                        "--nthreads", "1", "--no-nanny"], env=env,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        script = ("from distributed import Client; c = Client(%r, timeout='30s'); c.wait_for_workers(1, timeout=60); "
-                  "c.close()\n" % address) + JOIN + "\nimport numpy as np\nprint('sum', (gt.ones(4, 3) * 2).sum().item())"
+        wait = (f"from distributed import Client\nc = Client({address!r}, timeout='30s')\n"
+                "c.wait_for_workers(1, 60)\nc.close()\n")
+        script = wait + JOIN + "\nprint('sum', (gt.ones(4, 3) * 2).sum().item())"
         out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=180)
         assert out.returncode == 0, out.stderr[-3000:]
         assert f"workers 1 {address}" in out.stdout and "sum 24.0" in out.stdout, out.stdout
