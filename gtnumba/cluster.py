@@ -61,7 +61,11 @@ def init(gpus=None, workers=None, scheduler=None, dashboard=":8787", allow_share
         dashboard = dashboard_address(dashboard, host)
         cluster = _start_cluster(gpus, workers, dashboard, allow_shared_gpu, verbose, host)
         client = Client(cluster, set_as_default=True)
-    _STATE.update(client=client, cluster=cluster, used=True)
+    _STATE.update(client=client, cluster=cluster)
+    if not _STATE.get("exit_hook"):
+        # registered after distributed's own exit hooks, so that it runs before them (atexit is LIFO)
+        atexit.register(_at_exit)
+        _STATE["exit_hook"] = True
     addresses = sorted(client.scheduler_info(n_workers=-1)["workers"])
     if not addresses:
         shutdown()
@@ -129,12 +133,15 @@ def _start_cluster(gpus, workers, dashboard, allow_shared_gpu, verbose, host):
     with _no_main_reimport(), warnings.catch_warnings():
         # a taken dashboard port moves to a free one; the link is reported (GT_VERBOSE, the training command)
         warnings.filterwarnings("ignore", message="Port .* is already in use", category=UserWarning)
+        # Dask's own log (worker streams cut by a closing peer, lost scattered data) is noise to a user:
+        # gtnumba raises or warns about what matters (a kernel error, a lost worker) itself
+        quiet = logging.ERROR if verbose else logging.CRITICAL
         if gpus:
-            return _gpu_cluster(gpus, len(visible), dashboard, host)
+            return _gpu_cluster(gpus, len(visible), dashboard, host, quiet)
         from distributed import LocalCluster
         n = workers or int(os.environ.get("GT_WORKERS", 0)) or os.cpu_count()
         return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host=host,
-                            dashboard_address=dashboard, silence_logs=logging.ERROR, env={WORKER_FLAG: "1"})
+                            dashboard_address=dashboard, silence_logs=quiet, env={WORKER_FLAG: "1"})
 
 
 WORKER_FLAG = "GTNUMBA_WORKER"
@@ -166,7 +173,7 @@ def in_worker_process():
     return any(m in sys.modules and len(getattr(sys.modules[m], cls)._instances) > 0 for m, cls in servers)
 
 
-def _gpu_cluster(gpus, n_visible, dashboard, host):
+def _gpu_cluster(gpus, n_visible, dashboard, host, quiet):
     """One Nanny per GPU worker, pinned with CUDA_VISIBLE_DEVICES; no host memory limit, since
     device arrays would count against it and be spilled."""
     from distributed import Nanny, Scheduler, SpecCluster
@@ -174,10 +181,10 @@ def _gpu_cluster(gpus, n_visible, dashboard, host):
     for i in range(gpus):
         env = {"CUDA_VISIBLE_DEVICES": str(i % n_visible), "GTNUMBA_DEVICE": "cuda", WORKER_FLAG: "1"}
         options = {"nthreads": 1, "env": env, "memory_limit": 0, "resources": {"GPU": 1}, "host": host,
-                   "silence_logs": logging.ERROR}
+                   "silence_logs": quiet}
         specs[f"gpu-{i}"] = {"cls": Nanny, "options": options}
     scheduler = {"cls": Scheduler, "options": {"dashboard_address": dashboard, "host": host}}
-    return SpecCluster(workers=specs, scheduler=scheduler, silence_logs=logging.ERROR)
+    return SpecCluster(workers=specs, scheduler=scheduler, silence_logs=quiet)
 
 
 def client():
@@ -203,11 +210,17 @@ def shutdown(bring_home=True):
 _DASK_LOGGERS = ("distributed", "asyncio", "tornado")
 
 
+def _dask_loggers():
+    """Dask's loggers and their children (which Dask gives levels of their own)."""
+    names = [n for n in logging.root.manager.loggerDict if n.split(".")[0] in _DASK_LOGGERS]
+    return [logging.getLogger(n) for n in set(names) | set(_DASK_LOGGERS)]
+
+
 @contextlib.contextmanager
 def _quiet_dask():
     """Closing a cluster cuts short whatever still runs on it (a step interrupted by Ctrl-C, the
     workers' streams): Dask logs that as errors, which are not the user's business."""
-    loggers = [logging.getLogger(name) for name in _DASK_LOGGERS]
+    loggers = _dask_loggers()
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.CRITICAL + 1)
@@ -238,17 +251,13 @@ def _at_exit():
     quietly: no value is read any more, and Dask's complaints about work cut short (in-flight
     tasks, closed streams, executors already shut down, tasks collected unretrieved) are not the
     user's business."""
-    if not _STATE.get("used"):
-        return
-    for name in _DASK_LOGGERS:
-        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+    for lg in _dask_loggers():
+        lg.setLevel(logging.CRITICAL + 1)
     try:
         shutdown(bring_home=False)
     except Exception:          # exiting anyway; the workers' nannies end with this process
         pass
 
-
-atexit.register(_at_exit)
 
 
 def performance_report(filename="dask-report.html"):

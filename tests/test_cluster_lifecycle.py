@@ -31,6 +31,14 @@ SCRIPT = textwrap.dedent("""
     print("pids", *[p.pid for p in __import__("psutil").Process().children(recursive=True)], flush=True)
     x = gt.from_numpy(__import__("numpy").ones((4, 3), "float32"))
     print("sum", (x * 2).sum().item(), flush=True)
+    def step():        # a parameter scattered to the workers, dropped before the exit
+        w = gt.tensor(__import__("numpy").ones((256, 128), "float32"), requires_grad=True)
+        loss = (gt.from_numpy(__import__("numpy").ones((8, 256), "float32")) @ w).sum()
+        loss.backward()
+        with gt.no_grad():
+            w -= 0.1 * w.grad
+        return loss.item()
+    print("big", step(), flush=True)
     mode = sys.argv[1]
     if mode == "raise":
         raise RuntimeError("boom")
@@ -46,8 +54,9 @@ DASK_NOISE = ("distributed.", "ERROR", "WARNING", "Warning", "Task exception was
 def _start(tmp_path, mode, how="auto"):
     script = tmp_path / "job.py"
     script.write_text(SCRIPT)
-    env = dict(os.environ, GT_WORKERS="2", GT_VERBOSE="1", PYTHONPATH=ROOT)
-    env.pop("GT_SCHEDULER", None)
+    env = dict(os.environ, GT_WORKERS="2", PYTHONPATH=ROOT)
+    for k in ("GT_SCHEDULER", "GT_VERBOSE"):
+        env.pop(k, None)
     if how == "auto":
         env["GT_AUTO_SHARD"] = "1"
     return subprocess.Popen([sys.executable, str(script), mode, how], env=env, stdin=subprocess.PIPE,
@@ -93,8 +102,8 @@ def _listening(pids):
 @pytest.mark.parametrize("mode,how", [("exit", "auto"), ("serve", "init"), ("raise", "auto"), ("ctrl-c", "auto")])
 def test_cluster_is_local_quiet_and_leaves_no_orphans(tmp_path, mode, how):
     proc = _start(tmp_path, "wait" if mode == "ctrl-c" else mode, how)
-    lines = _lines_until(proc, "sum")
-    assert "mesh 2" in lines
+    lines = _lines_until(proc, "big")
+    assert "mesh 2" in lines and "big 262144.0" in lines
     pids = [int(p) for p in _value(lines, "pids").split()]
     assert pids, "no worker processes were started"
     assert "sum 24.0" in lines
@@ -134,7 +143,7 @@ def test_training_command_ctrl_c_prints_one_line(tmp_path):
            "--heads", "2", "--layers", "1", "--ff-dim", "8", "--batch-size", "4", "--no-progress",
            "--dashboard", ":0", "--out", str(tmp_path / "run")]
     env = dict(os.environ, PYTHONPATH=ROOT)
-    for k in ("GT_AUTO_SHARD", "GT_SCHEDULER"):
+    for k in ("GT_AUTO_SHARD", "GT_SCHEDULER", "GT_VERBOSE"):
         env.pop(k, None)
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines = _lines_until(proc, "model:")
