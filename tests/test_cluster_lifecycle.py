@@ -135,6 +135,21 @@ def test_cluster_is_local_quiet_and_leaves_no_orphans(tmp_path, mode, how):
     assert _gone(pids), f"worker processes outlived the program: {pids}"
 
 
+def test_gt_style_script_exits_quietly():
+    """The first user's GT-style loop (examples/gt_style_train.py) with GT_AUTO_SHARD=1: its
+    parameters live on the workers until the end, and the exit prints nothing from Dask."""
+    env = dict(os.environ, PYTHONPATH=ROOT, GT_AUTO_SHARD="1", GT_WORKERS="2")
+    for k in ("GT_SCHEDULER", "GT_VERBOSE"):
+        env.pop(k, None)
+    args = ["--img-size", "64", "--embed-dim", "32", "--batch-size", "4", "--steps", "2", "--n-train", "16",
+            "--lr", "0.01"]
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "gt_style_train.py")] + args, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "training on Dask (dashboard: http://127.0.0.1:" in out.stdout, out.stdout
+    assert out.stderr == "", out.stderr[-3000:]
+
+
 def test_training_command_ctrl_c_prints_one_line(tmp_path):
     """SIGINT to `python -m models.pixel_transformer --workers 2` mid-epoch: exit status 130, the
     'interrupted' line and nothing else on stderr, no process left."""
