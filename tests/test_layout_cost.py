@@ -25,16 +25,17 @@ def _bytes(key, layouts, workers):
     return cost.plan_bytes(key, build_dist_plan(key, tuple(layouts), workers))
 
 
-def _step(model, x, optimizer="sgd"):
+def _step(model, x):
     """One training step (forward, backward, optimizer update) on the current mesh, planned
     afresh; gives the structure key the planner saw and its choice (layouts, bytes per option)."""
     cost._CHOICES.clear()
     params = list(model.parameters())
-    opt = gt.optim.SGD(params, lr=0.1) if optimizer == "sgd" else gt.optim.Adam(params, lr=0.01)
+    opt = gt.optim.SGD(params, lr=0.1)
     loss = (model(x).tanh() ** 2).mean()
     opt.zero_grad()
     loss.backward()
     opt.step()
+    loss.item()                                   # the whole step has run
     (cache_key, (layouts, priced)), = cost._CHOICES.items()
     return cache_key[1], layouts, priced
 
@@ -105,8 +106,10 @@ def test_user_placement_overrides_the_cost(placement, mesh):
         gt.replicate(emb.weight)
     cost._CHOICES.clear()
     opt = gt.optim.SGD(emb.parameters(), lr=0.1)
-    (emb(x).tanh() ** 2).mean().backward()
+    loss = (emb(x).tanh() ** 2).mean()
+    loss.backward()
     opt.step()
+    loss.item()
     want = Shard(0, (64, 64)) if placement == "shard0" else REPLICATE
     assert emb.weight._node.value.layout == want
     (_, (layouts, priced)), = cost._CHOICES.items()        # the batch was still laid out by cost

@@ -54,7 +54,7 @@ def options(spec, workers, data):
 
 def choose(key, layouts, free, workers):
     """`layouts` with the leaves in `free` ({slot: is_data}) laid out by cost.  Returns the layouts
-    and, per free slot, the bytes per step of each of its options in the last round."""
+    and, per free parameter, the bytes per step of each of its options (as last priced)."""
     cache_key = (workers, key, tuple(None if i in free else l for i, l in enumerate(layouts)))
     if cache_key not in _CHOICES:
         if len(_CHOICES) >= _CHOICES_LIMIT:
@@ -66,8 +66,7 @@ def choose(key, layouts, free, workers):
 
 
 def _search(key, layouts, free, workers):
-    """Parameters greedily, largest first, each sharded option priced with the data laid out best
-    for it (a weight sharded along its input dim wants the batch split the same way); a few rounds."""
+    """Parameters greedily, largest first, for a few rounds until no choice changes."""
     size = lambda i: -nbytes(key[0][i][0][0])           # noqa: E731
     params = sorted((i for i in free if not free[i]), key=size)
     data = sorted((i for i in free if free[i]), key=size)
@@ -76,18 +75,25 @@ def _search(key, layouts, free, workers):
     for _ in range(ROUNDS):
         changed = False
         for i in params:
-            costs, best = {}, None
-            for option in options(key[0][i][0][0], workers, False):
-                relay = data if isinstance(option, Shard) else ()
-                trial, costs[option] = _best_data(key, _with(layouts, i, option), relay, workers)
-                if best is None or costs[option] < best[1]:
-                    best = trial, costs[option]
-            priced[i] = costs
-            if best[1] < current:
-                (layouts, current), changed = best, True
+            priced[i], (trial, price) = _price_options(key, layouts, i, data, workers)
+            if price < current:
+                layouts, current, changed = trial, price, True
         if not changed:
             break
     return layouts, priced
+
+
+def _price_options(key, layouts, i, data, workers):
+    """Bytes per step of each option of parameter i, a sharded one with the data laid out best for
+    it (a weight sharded along its input dim wants the batch split the same way); and the best
+    (layouts, bytes)."""
+    costs, best = {}, None
+    for option in options(key[0][i][0][0], workers, False):
+        relay = data if isinstance(option, Shard) else ()
+        trial, costs[option] = _best_data(key, _with(layouts, i, option), relay, workers)
+        if best is None or costs[option] < best[1]:
+            best = trial, costs[option]
+    return costs, best
 
 
 def _best_data(key, layouts, data, workers):
