@@ -13,6 +13,7 @@ dashboard); `dashboard="0.0.0.0:8787"` opens the dashboard to the network, `host
 """
 import atexit
 import contextlib
+import gc
 import logging
 import multiprocessing
 import os
@@ -205,6 +206,7 @@ def shutdown(bring_home=True):
             c.close()
         if cl is not None:
             cl.close()
+            gc.collect()       # tasks the close cut short are reported when collected: collect them now
 
 
 _DASK_LOGGERS = ("distributed", "asyncio", "tornado")
@@ -233,7 +235,6 @@ def _quiet_dask():
 
 def _bring_home():
     """Values living on the workers come back to this process before the workers go."""
-    import gc
     from .graph import Node
     from .kernels import backend
     from .sched.mesh import DistValue
