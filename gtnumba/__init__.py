@@ -61,8 +61,6 @@ import os as _os
 if _os.environ.get("GT_CONFIG"):
     config.get_config().load_from_env()
 
-if _os.environ.get("GT_AUTO_SHARD") == "1":
-    from .cluster import in_worker_process as _in_worker
-    if not _in_worker():          # the workers themselves import gtnumba too
-        from .gt_api import auto_start as _auto_start
-        _auto_start()
+from .gt_api import auto_start as _auto_start  # noqa: E402  (GT_AUTO_SHARD=1 / GT_SCHEDULER: start or join)
+
+_auto_start()

@@ -4,14 +4,22 @@
     gt.init(workers=4)             # four CPU worker processes
     gt.init(scheduler="tcp://host:8786")   # an existing cluster (`dask scheduler` + `dask worker`s)
 
-Environment (as GT code uses it): GT_AUTO_SHARD=1 calls init() on import, GT_SCHEDULER joins a
-cluster, GT_WORKERS sets the CPU worker count, GT_VERBOSE=1 reports what was found and started.
+Environment (as GT code uses it): GT_AUTO_SHARD=1 calls init() on import; GT_SCHEDULER joins that
+cluster on import (with or without GT_AUTO_SHARD); GT_WORKERS sets the CPU worker count;
+GT_VERBOSE=1 reports what was found and started.
+
+Safe by default: a cluster started here listens on 127.0.0.1 only (scheduler, workers and the
+dashboard); `dashboard="0.0.0.0:8787"` opens the dashboard to the network, `host=` the cluster.
 """
 import atexit
 import contextlib
+import gc
+import logging
 import multiprocessing
 import os
+import socket
 import sys
+import warnings
 
 from .sched.mesh import Mesh, current_mesh, set_mesh
 
@@ -36,8 +44,13 @@ def _say(verbose, msg):
         print(f"gtnumba: {msg}", flush=True)
 
 
-def init(gpus=None, workers=None, scheduler=None, dashboard=":8787", allow_shared_gpu=False, verbose=None):
-    """Start (or join) a Dask cluster and run every following step on its workers."""
+LOCAL = "127.0.0.1"
+
+
+def init(gpus=None, workers=None, scheduler=None, dashboard=":8787", allow_shared_gpu=False, verbose=None,
+         host=LOCAL):
+    """Start (or join) a Dask cluster and run every following step on its workers.  A started
+    cluster listens on `host`; the dashboard on `dashboard` ("[host]:port"; no host: `host`)."""
     from distributed import Client
     verbose = os.environ.get("GT_VERBOSE") == "1" if verbose is None else verbose
     shutdown()
@@ -46,9 +59,14 @@ def init(gpus=None, workers=None, scheduler=None, dashboard=":8787", allow_share
         client = _join(Client, scheduler)
         cluster = None
     else:
-        cluster = _start_cluster(gpus, workers, dashboard, allow_shared_gpu, verbose)
+        dashboard = dashboard_address(dashboard, host)
+        cluster = _start_cluster(gpus, workers, dashboard, allow_shared_gpu, verbose, host)
         client = Client(cluster, set_as_default=True)
     _STATE.update(client=client, cluster=cluster)
+    if not _STATE.get("exit_hook"):
+        # registered after distributed's own exit hooks, so that it runs before them (atexit is LIFO)
+        atexit.register(_at_exit)
+        _STATE["exit_hook"] = True
     addresses = sorted(client.scheduler_info(n_workers=-1)["workers"])
     if not addresses:
         shutdown()
@@ -60,14 +78,52 @@ def init(gpus=None, workers=None, scheduler=None, dashboard=":8787", allow_share
     return client
 
 
+def init_from_env():
+    """On import: GT_AUTO_SHARD=1 starts (or joins) a cluster, and so does GT_SCHEDULER alone."""
+    wanted = os.environ.get("GT_AUTO_SHARD") == "1" or os.environ.get("GT_SCHEDULER")
+    if wanted and not in_worker_process():        # the workers themselves import gtnumba too
+        return init()
+    return None
+
+
+def dashboard_address(address, host=LOCAL):
+    """"[host]:port" or a port, with `host` filled in where none is given (Dask itself would
+    listen on every interface for ":8787")."""
+    address = str(address)
+    if ":" not in address:
+        address = ":" + address
+    where, _, port = address.rpartition(":")
+    if not port.isdigit():
+        raise ValueError(f"gt.init: dashboard address {address!r} needs a port, e.g. '127.0.0.1:8787' or ':0'")
+    return f"{where or host}:{port}"
+
+
 def _join(Client, address):
+    _reachable(address)
     try:
         return Client(address, timeout="10s", set_as_default=True)
     except (OSError, TimeoutError) as e:
         raise ConnectionError(f"gt.init: cannot reach a Dask scheduler at {address!r}: {e}") from None
 
 
-def _start_cluster(gpus, workers, dashboard, allow_shared_gpu, verbose):
+def _reachable(address, timeout=5):
+    """Fail fast, naming the address, when nothing listens there (Dask would retry for 10 s)."""
+    from distributed.comm import parse_address, parse_host_port
+    try:
+        protocol, location = parse_address(address)
+        host, port = parse_host_port(location) if protocol in ("tcp", "tls") else (None, None)
+    except ValueError as e:
+        raise ValueError(f"gt.init: {address!r} is not a Dask scheduler address (expected tcp://host:port): "
+                         f"{e}") from None
+    if host is None:
+        return
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as e:
+        raise ConnectionError(f"gt.init: cannot reach a Dask scheduler at {address!r}: {e}") from None
+
+
+def _start_cluster(gpus, workers, dashboard, allow_shared_gpu, verbose, host):
     visible = visible_gpus()
     if gpus is None and workers is None:
         gpus = len(visible)
@@ -76,13 +132,18 @@ def _start_cluster(gpus, workers, dashboard, allow_shared_gpu, verbose):
         raise ValueError(f"gt.init: asked for {gpus} GPUs but {len(visible)} are visible"
                          f"{': ' + '; '.join(visible) if visible else ''}")
     _say(verbose, f"visible GPUs: {visible or 'none'}")
-    with _no_main_reimport():
+    with _no_main_reimport(), warnings.catch_warnings():
+        # a taken dashboard port moves to a free one; the link is reported (GT_VERBOSE, the training command)
+        warnings.filterwarnings("ignore", message="Port .* is already in use", category=UserWarning)
+        # Dask's own log (worker streams cut by a closing peer, lost scattered data) is noise to a user:
+        # gtnumba raises or warns about what matters (a kernel error, a lost worker) itself
+        quiet = logging.ERROR if verbose else logging.CRITICAL
         if gpus:
-            return _gpu_cluster(gpus, len(visible), dashboard)
+            return _gpu_cluster(gpus, len(visible), dashboard, host, quiet)
         from distributed import LocalCluster
         n = workers or int(os.environ.get("GT_WORKERS", 0)) or os.cpu_count()
-        return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=dashboard,
-                            silence_logs=40, env={WORKER_FLAG: "1"})
+        return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host=host,
+                            dashboard_address=dashboard, silence_logs=quiet, env={WORKER_FLAG: "1"})
 
 
 WORKER_FLAG = "GTNUMBA_WORKER"
@@ -106,28 +167,26 @@ def _no_main_reimport():
 
 
 def in_worker_process():
-    """True inside a process gtnumba started as a worker, or inside any Dask worker."""
+    """True inside a process gtnumba started as a worker, or inside any Dask worker or scheduler."""
     if os.environ.get(WORKER_FLAG) == "1" or multiprocessing.parent_process() is not None:
         return True
-    try:
-        from distributed import get_worker
-        get_worker()
-        return True
-    except (ImportError, ValueError):
-        return False
+    # a Dask scheduler or worker process imports gtnumba when it unpickles a step's tasks
+    servers = [("distributed.worker", "Worker"), ("distributed.scheduler", "Scheduler")]
+    return any(m in sys.modules and len(getattr(sys.modules[m], cls)._instances) > 0 for m, cls in servers)
 
 
-def _gpu_cluster(gpus, n_visible, dashboard):
+def _gpu_cluster(gpus, n_visible, dashboard, host, quiet):
     """One Nanny per GPU worker, pinned with CUDA_VISIBLE_DEVICES; no host memory limit, since
     device arrays would count against it and be spilled."""
     from distributed import Nanny, Scheduler, SpecCluster
     specs = {}
     for i in range(gpus):
         env = {"CUDA_VISIBLE_DEVICES": str(i % n_visible), "GTNUMBA_DEVICE": "cuda", WORKER_FLAG: "1"}
-        specs[f"gpu-{i}"] = {"cls": Nanny, "options": {"nthreads": 1, "env": env, "memory_limit": 0,
-                                                       "resources": {"GPU": 1}}}
-    scheduler = {"cls": Scheduler, "options": {"dashboard_address": dashboard}}
-    return SpecCluster(workers=specs, scheduler=scheduler, silence_logs=40)
+        options = {"nthreads": 1, "env": env, "memory_limit": 0, "resources": {"GPU": 1}, "host": host,
+                   "silence_logs": quiet}
+        specs[f"gpu-{i}"] = {"cls": Nanny, "options": options}
+    scheduler = {"cls": Scheduler, "options": {"dashboard_address": dashboard, "host": host}}
+    return SpecCluster(workers=specs, scheduler=scheduler, silence_logs=quiet)
 
 
 def client():
@@ -135,23 +194,48 @@ def client():
     return _STATE["client"]
 
 
-def shutdown():
+def shutdown(bring_home=True):
     """Leave the cluster (and stop it if gtnumba started it); later steps run in-process."""
     mesh = current_mesh()
     set_mesh(None)
-    if mesh is not None:
+    if mesh is not None and bring_home:
         _bring_home()
     c, cl = _STATE["client"], _STATE["cluster"]
     _STATE.update(client=None, cluster=None)
-    if c is not None:
-        c.close()
-    if cl is not None:
-        cl.close()
+    with _quiet_dask():
+        if c is not None:
+            c.close()
+        if cl is not None:
+            cl.close()
+            gc.collect()       # tasks the close cut short are reported when collected: collect them now
+
+
+_DASK_LOGGERS = ("distributed", "asyncio", "tornado")
+
+
+def _dask_loggers():
+    """Dask's loggers and their children (which Dask gives levels of their own)."""
+    names = [n for n in logging.root.manager.loggerDict if n.split(".")[0] in _DASK_LOGGERS]
+    return [logging.getLogger(n) for n in set(names) | set(_DASK_LOGGERS)]
+
+
+@contextlib.contextmanager
+def _quiet_dask():
+    """Closing a cluster cuts short whatever still runs on it (a step interrupted by Ctrl-C, the
+    workers' streams): Dask logs that as errors, which are not the user's business."""
+    loggers = _dask_loggers()
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def _bring_home():
     """Values living on the workers come back to this process before the workers go."""
-    import gc
     from .graph import Node
     from .kernels import backend
     from .sched.mesh import DistValue
@@ -164,7 +248,18 @@ def _bring_home():
                 obj.error = RuntimeError("gtnumba: this value lived on a worker that is gone")
 
 
-atexit.register(shutdown)
+def _at_exit():
+    """At interpreter exit (after the program's end, an exception or Ctrl-C) the cluster goes
+    quietly: no value is read any more, and Dask's complaints about work cut short (in-flight
+    tasks, closed streams, executors already shut down, tasks collected unretrieved) are not the
+    user's business."""
+    for lg in _dask_loggers():
+        lg.setLevel(logging.CRITICAL + 1)
+    try:
+        shutdown(bring_home=False)
+    except Exception:          # exiting anyway; the workers' nannies end with this process
+        pass
+
 
 
 def performance_report(filename="dask-report.html"):

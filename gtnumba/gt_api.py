@@ -19,8 +19,9 @@ _AUTO_STARTED = [None]        # the client GT_AUTO_SHARD=1 started at import, if
 
 
 def auto_start():
-    """GT_AUTO_SHARD=1: a local cluster as gt.init() makes it (gt.gpu_workers(n) may resize it)."""
-    _AUTO_STARTED[0] = cluster.init()
+    """On import: GT_AUTO_SHARD=1 starts a local cluster, GT_SCHEDULER joins one (gt.gpu_workers(n)
+    may resize the local one)."""
+    _AUTO_STARTED[0] = cluster.init_from_env()
 
 
 def gpu_workers(n):

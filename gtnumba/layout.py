@@ -56,3 +56,29 @@ def local_shape(shape, layout, worker):
         shape[layout.dim] = layout.sizes[worker]
         return tuple(shape)
     return tuple(shape)
+
+
+# ---- bytes a collective moves ------------------------------------------------------------------
+# Bytes one worker sends (and receives) per collective on a tensor of `n` bytes over `w` workers,
+# as a ring does it: the one formula per kind that the cost planner and the sharding rules use.
+_RING_BYTES = {
+    "allreduce": lambda n, w: 2 * (w - 1) * n / w,
+    "allgather": lambda n, w: (w - 1) * n / w,
+    "reducescatter": lambda n, w: (w - 1) * n / w,
+}
+
+
+def collective_bytes(kind, nbytes, workers):
+    return _RING_BYTES[kind](nbytes, workers)
+
+
+def redistribution_bytes(have, want, nbytes, workers):
+    """Bytes per worker to turn `have` into `want` the way the planner does: a Partial is
+    all-reduced, a Shard all-gathered; slicing a replicated value into shards is local."""
+    if have == want:
+        return 0
+    if isinstance(have, Partial):
+        return collective_bytes("allreduce", nbytes, workers)
+    if isinstance(have, Shard):
+        return collective_bytes("allgather", nbytes, workers)
+    return 0

@@ -164,9 +164,9 @@ def build_parser():
                    help="CPU threads of this process's BLAS and Numba kernels (default: the idle CPUs: "
                         "all of them on a quiet machine, 1 when the load average already fills them; "
                         "threaded BLAS on busy cores runs several times slower than one thread)")
-    d.add_argument("--dashboard", default=":8787", metavar="ADDR",
-                   help="address of the Dask dashboard of a cluster started here (default: :8787; :0 picks "
-                        "a free port)")
+    d.add_argument("--dashboard", default="127.0.0.1:8787", metavar="ADDR",
+                   help="address of the Dask dashboard of a cluster started here (default: 127.0.0.1:8787, "
+                        "this machine only; 0.0.0.0:8787 opens it to the network; :0 picks a free port)")
     m = p.add_argument_group("model (defaults: the first user's Pixel Transformer)")
     m.add_argument("--img-size", type=_positive("--img-size"), default=None, metavar="N",
                    help="images are N x N pixels; every image is one token (default: 200, or the .npz's)")

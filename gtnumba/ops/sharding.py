@@ -252,15 +252,39 @@ def matmul(attrs, layouts, ins, outs):
     n = len(out_shape)
     if {type(a), type(b)} == {Partial, Replicate}:
         return (a, b), (PARTIAL,)
+    options = []
     if isinstance(a, Shard):
         found = _matmul_from(a, sa, sb, n, True, out_shape)
         if found is not None:
-            return (a, found[0]), (found[1],)
+            options.append(((a, found[0]), (found[1],)))
     if isinstance(b, Shard):
         found = _matmul_from(b, sb, sa, n, False, out_shape)
         if found is not None:
-            return (found[0], b), (found[1],)
+            options.append(((found[0], b), (found[1],)))
+    if options:
+        return min(options, key=lambda o: _bytes_moved(o, layouts, ins, outs))   # ties: a's option
     return (REPLICATE, REPLICATE), (REPLICATE,)
+
+
+# ---- begin: layouts chosen by cost (engineer "cost", issue 9 item 4) ------------------------------
+from ..layout import collective_bytes, redistribution_bytes  # noqa: E402
+
+
+def _bytes_moved(option, layouts, ins, outs):
+    """Bytes per worker an option moves: its inputs' redistributions and the reduction of a
+    Partial output.  When both operands are sharded (a tensor-parallel weight times a batch),
+    this keeps the large operand in place and moves the small one."""
+    workers = next(len(l.sizes) for l in layouts if isinstance(l, Shard))
+    (want_in, (out,)) = option
+    moved = sum(redistribution_bytes(h, w, _nbytes(s), workers) for h, w, s in zip(layouts, want_in, ins))
+    if isinstance(out, Partial):
+        moved += collective_bytes("allreduce", _nbytes(outs[0]), workers)
+    return moved
+
+
+def _nbytes(spec):
+    return math.prod(spec.shape) * spec.dtype.itemsize
+# ---- end: layouts chosen by cost ---------------------------------------------------------------
 
 
 # ---- fused rows ----------------------------------------------------------------------------

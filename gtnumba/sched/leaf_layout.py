@@ -1,18 +1,42 @@
 """Where each leaf of a step lives on the mesh: its current layout, the user's placement, or the
-automatic choice."""
+layout chosen by cost (sched.cost) for parameters and data nobody placed."""
 from ..layout import REPLICATE, Shard, even_sizes
+from . import cost
 from .mesh import DistValue
 
 
+def leaf_layouts(key, leaves, workers):
+    """The layout of every leaf of the step `key` (see plan.describe): parameters and data batches
+    that are not on the mesh yet and that nobody placed get the layout moving the fewest bytes."""
+    layouts = tuple(leaf_layout(n, workers) for n in leaves)
+    free = {i: _is_data(n) for i, n in enumerate(leaves) if _choosable(n, workers)}
+    if not free:
+        return layouts
+    return cost.choose(key, layouts, free, workers)[0]
+
+
 def leaf_layout(node, workers):
-    """Where a leaf lives: its current layout, the user's placement, or the auto-sharding rule
+    """Where a leaf lives: its current layout, the user's placement, or the auto-sharding default
     (user data batches on Shard(0), everything else replicated)."""
     if isinstance(node.value, DistValue):
         return node.value.layout
     shape = node.shape
     placement = node.placement
-    if placement is None and node.role == "data" and not node.requires_grad and len(shape) >= 1:
+    if placement is None and _is_data(node) and len(shape) >= 1:
         placement = Shard(0)
     if isinstance(placement, Shard):
         return Shard(placement.dim, even_sizes(shape[placement.dim], workers))
     return REPLICATE
+
+
+def _is_data(node):
+    return node.role == "data" and not node.requires_grad
+
+
+def _choosable(node, workers):
+    """A parameter (a leaf that requires grad) or a data batch, not placed yet, by nobody."""
+    if isinstance(node.value, DistValue) or node.placement is not None or workers < 2:
+        return False
+    if not (node.requires_grad or _is_data(node)) or len(node.shape) < 1 + _is_data(node):
+        return False
+    return cost.nbytes(node.specs[0]) >= cost.MIN_BYTES

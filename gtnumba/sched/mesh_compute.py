@@ -9,7 +9,7 @@ import time
 
 from ..kernels import backend
 from .distribute import build_dist_plan
-from .leaf_layout import leaf_layout
+from .leaf_layout import leaf_layouts
 from .mesh import DistValue, Mesh, WorkerLost, set_mesh, split
 from .plan_cache import STATS, cached
 
@@ -28,7 +28,7 @@ def compute_on_mesh(mesh, order, key, leaves):
 def _run_on_mesh(mesh, order, key, leaves):
     workers, runner = mesh.workers, mesh.runner
     t0 = time.perf_counter()
-    layouts = tuple(leaf_layout(n, workers) for n in leaves)
+    layouts = leaf_layouts(key, leaves, workers)
     plan = cached(("mesh", workers, backend.current(), key, layouts),
                    lambda: build_dist_plan(key, layouts, workers))
     t1 = time.perf_counter()
