@@ -174,6 +174,17 @@ class _FakeCupy:
         def __init__(self, dev):
             self.dev = dev
 
+    class cuda:
+        class ExternalStream:
+            def __init__(self, handle):
+                self.handle = handle
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                return False
+
     def __init__(self):
         self.calls = []
 
@@ -191,6 +202,7 @@ def test_cublas_dispatch(monkeypatch):
     fake = _FakeCupy()
     monkeypatch.setattr(gemm, "USE_CUBLAS", True)
     monkeypatch.setattr(gemm, "_cublas", lambda: fake)
+    monkeypatch.setattr(gemm, "_CUPY_STREAM", [])
 
     def no_numba_gemm(*args, **kwargs):
         raise AssertionError("the Numba GEMM ran although cuBLAS was available")

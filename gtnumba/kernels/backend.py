@@ -30,6 +30,13 @@ def _cuda_to_backend(array):
     return to_device(array)
 
 
+def _cuda_to_host(value):
+    if isinstance(value, np.ndarray):
+        return value
+    from .cuda import to_host
+    return to_host(value) if hasattr(value, "copy_to_host") else np.asarray(value)
+
+
 def _cuda_available():
     from .cuda import usable
     return usable()
@@ -37,7 +44,7 @@ def _cuda_available():
 
 _BACKENDS = {
     "cpu": {"to_backend": _cpu_to_backend, "to_host": _host, "available": lambda: True},
-    "cuda": {"to_backend": _cuda_to_backend, "to_host": _host, "available": _cuda_available},
+    "cuda": {"to_backend": _cuda_to_backend, "to_host": _cuda_to_host, "available": _cuda_available},
 }
 _current = None
 

@@ -174,10 +174,23 @@ def _cublas():
 
 
 def _matmul_cublas(cupy, a, b, out):
-    """out[...] = a @ b by cupy.matmul (cuBLAS), all three Numba arrays viewed by CuPy in place."""
-    ca, cb, co = cupy.asarray(a), cupy.asarray(b), cupy.asarray(out)
-    cupy.matmul(ca, cb, out=co)
+    """out[...] = a @ b by cupy.matmul (cuBLAS), all three Numba arrays viewed by CuPy in place,
+    queued on the backend's stream."""
+    with _cupy_stream(cupy):
+        ca, cb, co = cupy.asarray(a), cupy.asarray(b), cupy.asarray(out)
+        cupy.matmul(ca, cb, out=co)
     return out
+
+
+_CUPY_STREAM = []
+
+
+def _cupy_stream(cupy):
+    """The backend's stream as a CuPy stream (made once)."""
+    if not _CUPY_STREAM:
+        handle = runtime.stream().handle
+        _CUPY_STREAM.append(cupy.cuda.ExternalStream(int(getattr(handle, "value", handle) or 0)))
+    return _CUPY_STREAM[0]
 
 
 # ---- host side ------------------------------------------------------------------------------------
@@ -215,8 +228,8 @@ def gemm(a, b, out, cfg=None):
             max(1, min(nbatch, MAX_GRID_Z)))
     threads = (bm // tm) * (bn // tn)
     kernel = compiled_kernel(np.dtype(out.dtype), cfg)
-    kernel[grid, threads](runtime.flat(out), runtime.flat(a), runtime.flat(b), M, N, K, nbatch,
-                          bshape, a_bs, b_bs)
+    runtime.launch_config(kernel, grid, threads, runtime.flat(out), runtime.flat(a), runtime.flat(b), M, N, K,
+                          nbatch, bshape, a_bs, b_bs)
     return out
 
 
@@ -244,7 +257,7 @@ def matmul(a, b):
         return fill(out_shape, 0, out_dtype)
     cupy = _cublas() if compute in (F32, F64) else None
     if cupy is not None:
-        _matmul_cublas(cupy, a, b, out)
+        runtime.host_call(functools.partial(_matmul_cublas, cupy), a, b, out)
     else:
         gemm(a, b, out)
     return out if compute == out_dtype else _cast(out, out_dtype)

@@ -12,8 +12,14 @@ Three allocators behind one interface, chosen once (or with `GTNUMBA_CUDA_POOL=c
   empties the cache and retries once.
 - "numba": plain `cuda.device_array` (the simulator, where pooling buys nothing).
 
-All work runs on the default stream, so a block reused after its arrays died is ordered after
-every kernel that used it.
+All work (kernels, copies, cuBLAS) runs on one stream (`runtime.stream()`), so a block reused
+after its arrays died is ordered after every kernel that used it.
+
+Copies between host and device happen only in `to_device` and `to_host`, and `COPIES` counts
+them (tests and benchmarks read it).  A 0-d host array (a scalar constant, a learning rate) is
+copied once and its device copy reused for every later equal scalar: such leaf values are never
+written by a kernel (kernels write only into arrays they allocate).  `to_host` synchronizes the
+stream and then raises any data error a kernel recorded (gtnumba.kernels.cuda.checks).
 """
 import os
 import threading
@@ -21,7 +27,7 @@ import threading
 import numpy as np
 from numba import cuda
 
-from . import runtime
+from . import checks, runtime
 
 ROUND = 512
 _lock = threading.RLock()   # re-entrant: a finalizer may return a block while we hold it
@@ -190,26 +196,69 @@ def empty(shape, dtype):
     return allocator().empty(shape, np.dtype(dtype))
 
 
+COPIES = {"h2d": 0, "d2h": 0, "h2d_bytes": 0, "d2h_bytes": 0}
+_SCALARS = {}            # (dtype, bytes) -> device copy of a 0-d host array
+_SCALARS_LIMIT = 4096
+
+
 def to_device(array):
-    """Host array -> fresh C-contiguous device array (a device array is returned as is)."""
+    """Host array -> fresh C-contiguous device array (a device array is returned as is; a 0-d
+    array equal to one copied before returns that shared, read-only copy)."""
     if runtime.is_device_array(array):
         return array
     host = np.asarray(array, order="C")      # (np.ascontiguousarray would make 0-d arrays 1-d)
     if host.dtype not in runtime.DTYPES:
         raise TypeError(f"to_device: unsupported dtype {host.dtype} for an array of shape {host.shape}")
+    if host.ndim == 0:
+        return constant(host)
+    if runtime.RECORDER:
+        runtime.RECORDER[-1].unbindable("a host -> device copy inside a kernel")
+    return _copy_in(host)
+
+
+def constant(host):
+    """The shared, read-only device copy of a small host constant (copied on first use only)."""
+    host = np.asarray(host, order="C")
+    key = (host.dtype.str, host.shape, host.tobytes())
+    dev = _SCALARS.get(key)
+    if dev is None:
+        if len(_SCALARS) >= _SCALARS_LIMIT:
+            _SCALARS.pop(next(iter(_SCALARS)))
+        dev = _SCALARS[key] = _copy_in(host)
+    return dev
+
+
+def _copy_in(host):
+    COPIES["h2d"] += 1
+    COPIES["h2d_bytes"] += host.nbytes
     if runtime.SIMULATOR:
-        return cuda.to_device(host)
+        return cuda.to_device(host, stream=runtime.stream())
     out = empty(host.shape, host.dtype)
     if host.size:
-        out.copy_to_device(host)
+        out.copy_to_device(host, stream=runtime.stream())
     return out
 
 
 def to_host(value):
-    """Device array -> host NumPy array (host arrays pass through)."""
-    if runtime.is_device_array(value):
-        return value.copy_to_host()
-    return np.asarray(value)
+    """Device array -> host NumPy array (host arrays pass through).  Synchronizes the stream, then
+    raises a data error a kernel recorded since the last read."""
+    if not runtime.is_device_array(value):
+        return np.asarray(value)
+    if runtime.RECORDER:
+        runtime.RECORDER[-1].unbindable("a device -> host copy inside a kernel")
+    COPIES["d2h"] += 1
+    COPIES["d2h_bytes"] += int(value.size) * value.dtype.itemsize
+    s = runtime.stream()
+    host = value.copy_to_host(stream=s)
+    s.synchronize()
+    checks.raise_pending()
+    return host
+
+
+def synchronize():
+    """Wait for the stream, then raise a data error a kernel recorded."""
+    runtime.stream().synchronize()
+    checks.raise_pending()
 
 
 def stats():

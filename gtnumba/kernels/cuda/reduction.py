@@ -248,7 +248,7 @@ def compiled_kernel(op, acc, path, has_index=False, tree=None):
 
 @functools.lru_cache(maxsize=None)
 def _dummy_index():
-    return memory.to_device(np.zeros(1, np.int64))
+    return memory.constant(np.zeros(1, np.int64))
 
 
 # ---- host side ------------------------------------------------------------------------------

@@ -13,12 +13,17 @@ threads of a block-per-output reduction; also the size of its shared-memory tree
 is split before a second pass).
 """
 import math
+import os
 
 import numpy as np
 from numba import config as _numba_config
 from numba import cuda
 
 SIMULATOR = bool(_numba_config.ENABLE_CUDASIM)
+# Numba warns about low occupancy on every launch of a small grid; small launches are normal here
+# (a tiny model's rows), so the warning is off unless NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS asks for it.
+if "NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS" not in os.environ:
+    _numba_config.CUDA_LOW_OCCUPANCY_WARNINGS = 0
 
 
 def _patch_simulator_shared_arrays():
@@ -113,6 +118,38 @@ def grid_for(n, block, max_grid=None):
     return max(1, min(-(-n // block), cap))
 
 
+# ---- the stream every launch and copy goes to ----------------------------------------------
+_STREAM = []
+
+
+def stream():
+    """This process's one non-default stream (made on first use).  Every kernel, copy and cuBLAS
+    call of the backend is queued on it, so work stays ordered without syncs, a pool block freed
+    by one op is safe for the next, and a plan's launches can be captured as a CUDA graph."""
+    if not _STREAM:
+        _STREAM.append(cuda.stream())
+    return _STREAM[0]
+
+
+# A recorder (gtnumba.kernels.cuda.bound) sees every launch and host call of one plan step the
+# first time it runs, to replay them later without the host code around them.
+RECORDER = []
+
+
+def launch_config(kernel, grid, block, *args):
+    """The one place a kernel is launched: on the backend's stream, seen by an active recorder."""
+    kernel[grid, block, stream()](*args)
+    if RECORDER:
+        RECORDER[-1].launch(kernel, grid, block, args)
+
+
+def host_call(fn, *args):
+    """Run `fn(*args)` (a library call on device arrays, e.g. cuBLAS), seen by an active recorder."""
+    fn(*args)
+    if RECORDER:
+        RECORDER[-1].call(fn, args)
+
+
 def launch(kernel, n, *args, block=None, grid=None, name="kernel"):
     """Launch `kernel` over `n` work items (no launch when n == 0); returns (grid, block)."""
     block = BLOCK if block is None else block
@@ -123,7 +160,7 @@ def launch(kernel, n, *args, block=None, grid=None, name="kernel"):
     grid = grid_for(n, block) if grid is None else grid
     if grid < 1:
         raise ValueError(f"{name}: grid size must be positive, got {grid}")
-    kernel[grid, block](*args)
+    launch_config(kernel, grid, block, *args)
     return grid, block
 
 
