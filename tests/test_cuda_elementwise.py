@@ -303,7 +303,7 @@ def test_launch_helper():
             return lambda *args: calls.append(args)
     assert runtime.launch(Fake(), 0, 1, 2) == (0, runtime.BLOCK) and not calls
     assert runtime.launch(Fake(), 100, "x", block=32) == (4, 32)
-    assert calls == [(4, 32), ("x",)]
+    assert calls == [(4, 32, runtime.stream()), ("x",)], "launched on the backend's stream"
     with pytest.raises(ValueError, match="k: block size must be an int in 1..1024"):
         runtime.launch(Fake(), 10, block=2048, name="k")
 

@@ -536,9 +536,10 @@ def test_index_plan_matches_numpy(monkeypatch):
             k = plan.idx[flat_i]
             off = off + np.where(k < 0, k + plan.size, k) * plan.stride
         for idx, istrides, size, stride, axis in plan.parts:      # combined on the device
-            bpos = np.indices(plan.bshape).reshape(len(plan.bshape), -1)
+            bpos = (np.indices(plan.bshape).reshape(len(plan.bshape), -1) if plan.bshape
+                    else np.zeros((0, 1), int))
             k = idx[sum(p * s for p, s in zip(bpos, istrides))]
-            off = off + (np.where(k < 0, k + size, k) * stride)[np.asarray(flat_i, int)]
+            off = off + np.atleast_1d(np.where(k < 0, k + size, k) * stride)[np.asarray(flat_i, int)]
         got = x.reshape(-1)[np.asarray(off, int)].reshape(plan.shape) if want.size else want
         np.testing.assert_array_equal(got, want, err_msg=str(spec))
         checked += 1
