@@ -64,6 +64,30 @@ def cuda_complete():
     return all("cuda" in row.kernels for row in OPS.values())
 
 
+def bound_steps(plan):
+    """Per step of `plan`, the callable the executor runs: on "cuda" a step bound once
+    (gtnumba.kernels.cuda.bound: launches replayed without their host code), elsewhere the op's
+    kernel.  Kept on the plan, so this is one dict lookup per plan run."""
+    steps = plan.__dict__.get("_backend_steps")
+    if steps is None:
+        if current() == "cuda" and os.environ.get("GTNUMBA_CUDA_BIND", "1") != "0":
+            from .cuda.bound import bound_steps as cuda_steps
+            steps = cuda_steps(plan)
+        else:
+            steps = [step.kernel for step in plan.steps]
+        plan._backend_steps = steps
+    return steps
+
+
+def graph_runner(plan):
+    """A callable that runs the whole plan as one CUDA graph replay (real GPU, cached plan,
+    GTNUMBA_CUDA_GRAPHS not 0), or None: run the plan's steps."""
+    if current() != "cuda":
+        return None
+    from .cuda.graphs import runner
+    return runner(plan)
+
+
 def default():
     """The backend used when nothing forces one: "cuda" only on a real GPU, and only once every
     op row has a CUDA kernel (until then a GPU machine keeps working on "cpu"; GTNUMBA_DEVICE=cuda

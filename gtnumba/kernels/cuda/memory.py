@@ -193,7 +193,10 @@ def allocator():
 def empty(shape, dtype):
     """A fresh C-contiguous device array of `shape` and `dtype` from the pool."""
     shape = (int(shape),) if np.isscalar(shape) else tuple(int(d) for d in shape)
-    return allocator().empty(shape, np.dtype(dtype))
+    out = allocator().empty(shape, np.dtype(dtype))
+    if runtime.RECORDER:
+        runtime.RECORDER[-1].alloc(out)
+    return out
 
 
 COPIES = {"h2d": 0, "d2h": 0, "h2d_bytes": 0, "d2h_bytes": 0}

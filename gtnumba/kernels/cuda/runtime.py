@@ -180,6 +180,13 @@ def is_device_array(x):
     return isinstance(x, _DEVICE_TYPES)
 
 
+def device_pointer(x):
+    """The device address of a device array's first element (a host address in the simulator)."""
+    if SIMULATOR:
+        return x._ary.__array_interface__["data"][0]
+    return x.device_ctypes_pointer.value or 0
+
+
 def check_array(name, x, what="input", dtypes=DTYPES):
     """Raise a clear error, naming the kernel, unless `x` is a C-contiguous device array of a
     supported dtype.  Returns the array's dtype."""
