@@ -18,9 +18,10 @@ import gtnumba as gt
 import gtnumba.kernels.cuda as gcuda
 from gtnumba.kernels import backend
 from gtnumba.ops import OPS
+from conftest import dev as _dev, host as _host, needs_cuda, rng as _rng  # noqa: E402,F401
 
-needs_cuda = pytest.mark.skipif(not cuda.is_available(),
-                                reason="needs a CUDA GPU or Numba's simulator (NUMBA_ENABLE_CUDASIM=1)")
+pytestmark = pytest.mark.usefixtures("fast_simulator")
+
 
 CUDA_ROWS = sorted(n for n, r in OPS.items() if "cuda" in r.kernels)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,14 +29,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _plan_cache():
     return importlib.import_module("gtnumba.sched.plan_cache")._CACHE
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _fast_simulator():
-    saved = sys.getswitchinterval()
-    sys.setswitchinterval(1e-4)
-    yield
-    sys.setswitchinterval(saved)
 
 
 @pytest.fixture

@@ -9,8 +9,6 @@ range rejected before any launch; layer norm with a large offset and its backwar
 sum paths; several SGD (momentum, dampening, Nesterov, weight decay) and Adam/AdamW steps matching
 the CPU kernels, with lr and step as device or host 0-d arrays.
 """
-import sys
-import zlib
 
 import numpy as np
 import pytest
@@ -22,19 +20,14 @@ if not cuda.is_available():
 from gtnumba.kernels import cpu  # noqa: E402
 from gtnumba.kernels.cuda import fused, memory, runtime, updates  # noqa: E402
 from gtnumba.ops import OPS, Spec  # noqa: E402
+from conftest import dev as _dev, host as _host, needs_cuda, rng as _rng  # noqa: E402,F401
+
+pytestmark = pytest.mark.usefixtures("fast_simulator")
 
 FUSED_ROWS = ["softmax", "softmax_backward", "log_softmax", "log_softmax_backward", "cross_entropy",
               "cross_entropy_backward", "layer_norm", "layer_norm_backward"]
 UPDATE_ROWS = ["sgd_update", "adam_update"]
 DTYPES = [np.float32, np.float64]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _fast_simulator():
-    saved = sys.getswitchinterval()
-    sys.setswitchinterval(1e-4)
-    yield
-    sys.setswitchinterval(saved)
 
 
 @pytest.fixture(autouse=True)
@@ -43,19 +36,6 @@ def small_launch(monkeypatch):
     if runtime.SIMULATOR:
         monkeypatch.setattr(runtime, "REDUCE_BLOCK", 8)
         monkeypatch.setattr(runtime, "BLOCK", 8)
-
-
-def _rng(*key):
-    return np.random.default_rng(zlib.crc32(repr(key).encode()))
-
-
-def _dev(a):
-    return memory.to_device(np.asarray(a))
-
-
-def _host(d):
-    assert runtime.is_device_array(d), f"kernel returned {type(d).__name__}, not a device array"
-    return d.copy_to_host()
 
 
 def _tol(dtype):

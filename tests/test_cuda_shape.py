@@ -15,7 +15,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import zlib
 
 import numpy as np
 import pytest
@@ -74,18 +73,10 @@ def test_every_shape_kernel_compiles_to_ptx_for_sm90():
 
 # ---- the rest runs kernels: the simulator or a GPU ------------------------------------------------
 from numba import cuda  # noqa: E402
+from conftest import dev as _dev, host as _host, needs_cuda, rng as _rng  # noqa: E402,F401
 
-needs_cuda = pytest.mark.skipif(not cuda.is_available(),
-                                reason="needs a CUDA GPU or Numba's simulator (NUMBA_ENABLE_CUDASIM=1)")
+pytestmark = pytest.mark.usefixtures("fast_simulator")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _fast_simulator():
-    """The simulator runs each CUDA thread as a Python thread: switch between them quickly."""
-    saved = sys.getswitchinterval()
-    sys.setswitchinterval(1e-4)
-    yield
-    sys.setswitchinterval(saved)
 
 
 def _modules():
@@ -114,20 +105,6 @@ def count_transposes(monkeypatch):
         return real(*key)
     monkeypatch.setattr(shape, "_transpose", wrapped)
     return calls
-
-
-def _rng(*key):
-    return np.random.default_rng(zlib.crc32(repr(key).encode()))
-
-
-def _dev(a):
-    return _modules()[1].to_device(np.asarray(a))
-
-
-def _host(d):
-    assert _modules()[2].is_device_array(d), f"kernel returned {type(d).__name__}, not a device array"
-    assert d.is_c_contiguous()
-    return d.copy_to_host()
 
 
 def _as(a, dtype):

@@ -188,7 +188,7 @@ _CUPY_STREAM = []
 def _cupy_stream(cupy):
     """The backend's stream as a CuPy stream (made once)."""
     if not _CUPY_STREAM:
-        handle = runtime.stream().handle
+        handle = getattr(runtime.stream(), "handle", 0)       # (the simulator's stream has none)
         _CUPY_STREAM.append(cupy.cuda.ExternalStream(int(getattr(handle, "value", handle) or 0)))
     return _CUPY_STREAM[0]
 
