@@ -169,9 +169,10 @@ def bind(rec, result, packed=None):
     if rec.reason is not None:
         raise Unbindable(rec.reason)
     packed = (not runtime.SIMULATOR) if packed is None else packed
-    launches = []
+    launches, written = [], set()
     for kind, fn, grid, block, args, n in rec.ops:
         refs = [rec.ref(a, n) for a in args]
+        written.update(r[1] for r in refs if r is not None and r[0] == _TMP)
         launch = _packed(fn, grid, block, args, refs) if packed and kind == "launch" else None
         if launch is None:
             launch = DispatcherLaunch(kind, fn, grid, block,
@@ -183,6 +184,9 @@ def bind(rec, result, packed=None):
         ref = rec.ref(value, len(rec.allocs))
         if ref is None:
             raise Unbindable(f"an output of type {type(value).__name__}")
+        if ref[0] == _TMP and value.size and ref[1] not in written:
+            # a safety net: the kernel launched something the recorder did not see
+            raise Unbindable("an output that no recorded launch wrote")
         outputs.append(ref)
     specs = tuple((tuple(a.shape), a.dtype) for a in rec.allocs)
     return BoundStep(specs, launches, tuple(outputs), tuple_out)

@@ -288,8 +288,8 @@ def permute(x, axes):
     if T % R or T * R > 1024:
         raise ValueError(f"{name}: TILE_ROWS {R} must divide TILE {T}, with TILE * TILE_ROWS <= 1024")
     grid = (min(-(-cols // T), TILE_GRID), min(-(-rows // T), TILE_GRID), min(nbatch, TILE_GRID))
-    _transpose(dt, T, R)[grid, (T, R)](dst, src, rows, cols, nbatch, bshape, bsx, bso,
-                                       in_strides[q], out_strides[p])
+    runtime.launch_config(_transpose(dt, T, R), grid, (T, R), dst, src, rows, cols, nbatch, bshape, bsx, bso,
+                          in_strides[q], out_strides[p])
     return out
 
 

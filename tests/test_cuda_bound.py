@@ -1,0 +1,114 @@
+"""Plan steps bound once on the CUDA backend (gtnumba/kernels/cuda/bound.py), the host <-> device
+copies of a steady-state training step, and the whole-plan CUDA graph (real GPU only).
+
+- a replayed step runs none of the kernels' host code (checks, layouts, launch configuration)
+  and gives the results of the unbound path;
+- a steady-state simulated-CUDA training step that reads only its loss makes one device -> host
+  copy and copies to the device only its new data (plus Adam's step count, a new 0-d tensor
+  that optim makes each step);
+- a captured CUDA graph replays a cached training step exactly as the bound steps do.
+"""
+import numpy as np
+import pytest
+
+import gtnumba as gt
+from gtnumba import optim
+from gtnumba._tensor import apply
+from gtnumba.kernels import backend
+from gtnumba.kernels.cuda import elementwise, memory
+from conftest import needs_cuda
+
+pytestmark = [needs_cuda, pytest.mark.usefixtures("fast_simulator")]
+B, E, C = 3, 4, 5
+
+
+def _drop_cuda_plans():
+    from gtnumba.sched.plan_cache import _CACHE
+    for key in [k for k in _CACHE if k[0] == "cuda"]:
+        del _CACHE[key]
+
+
+@pytest.fixture
+def on_cuda():
+    """The CUDA backend, with no cached CUDA plan before or after."""
+    saved = backend._current
+    gt.set_device("cuda")
+    _drop_cuda_plans()
+    yield
+    _drop_cuda_plans()
+    backend._current = saved
+
+
+def _params(seed):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((E, C)), rng.standard_normal(C)]
+
+
+def _train(make_opt, steps, seed=0):
+    """Steps of a linear softmax classifier (the raw cross_entropy row: nn.functional reads labels
+    on the host for its own check); returns losses, params and the copies of each step."""
+    w, b = (gt.tensor(p, dtype=gt.float64, requires_grad=True) for p in _params(seed))
+    opt = make_opt([w, b])
+    rng = np.random.default_rng(seed + 1)
+    losses, copies = [], []
+    for _ in range(steps):
+        x, labels = rng.standard_normal((B, E)), rng.integers(0, C, B)
+        before = dict(memory.COPIES)
+        opt.zero_grad()
+        logits = gt.tensor(x, dtype=gt.float64) @ w + b
+        loss = apply("cross_entropy", logits, gt.tensor(labels))[0].mean()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        copies.append({k: memory.COPIES[k] - before[k] for k in ("h2d", "d2h")})
+    return losses, [w.numpy(), b.numpy()], copies
+
+
+SGD = lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9)          # noqa: E731
+ADAM = lambda ps: optim.Adam(ps, lr=0.05)                       # noqa: E731
+
+
+@pytest.mark.parametrize("make_opt,extra_h2d", [(SGD, 0), (ADAM, 1)], ids=["sgd", "adam"])
+def test_steady_state_step_copies(on_cuda, make_opt, extra_h2d):
+    _, _, copies = _train(make_opt, 3)
+    for c in copies[1:]:
+        assert c["d2h"] == 1, f"only the loss comes back: {c}"
+        assert c["h2d"] == 2 + extra_h2d, f"only the new data (x, labels) goes over: {c}"
+
+
+def test_replayed_steps_skip_the_host_code_and_match(on_cuda, monkeypatch):
+    calls = []
+    real = elementwise.run
+    monkeypatch.setattr(elementwise, "run", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    losses, params, _ = _train(SGD, 3)
+    assert calls, "the first steps ran the elementwise host code"
+    calls.clear()
+    _train(SGD, 1, seed=5)            # a fresh model of the same structure: the cached plans replay
+    assert not calls, f"replayed steps ran host code for {sorted(set(calls))}"
+    monkeypatch.setenv("GTNUMBA_CUDA_BIND", "0")
+    _drop_cuda_plans()
+    unbound_losses, unbound_params, _ = _train(SGD, 3)
+    assert losses == unbound_losses
+    for a, b in zip(params, unbound_params):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.gpu
+def test_cuda_graph_replays_the_cached_step(on_cuda, monkeypatch):
+    """On a real GPU, from the third run a cached plan runs as one CUDA graph; its results are
+    those of the bound steps (GTNUMBA_CUDA_GRAPHS=0)."""
+    from gtnumba.kernels.cuda import graphs, runtime
+    from gtnumba.sched.plan_cache import _CACHE
+    with_graphs = _train(SGD, 5)
+    plans = [p for k, p in _CACHE.items() if k[0] == "cuda"]
+    if runtime.SIMULATOR:              # the dry run: the simulator never captures
+        assert not graphs.enabled() and all(backend.graph_runner(p) is None for p in plans)
+    else:
+        captured = [p for p in plans if p.__dict__.get("_cuda_graph")]
+        assert captured and all(p._cuda_graph.ok and p._cuda_graph.exec is not None for p in captured)
+    monkeypatch.setenv("GTNUMBA_CUDA_GRAPHS", "0")
+    _drop_cuda_plans()
+    without = _train(SGD, 5)
+    np.testing.assert_allclose(with_graphs[0], without[0], rtol=1e-12)
+    for a, b in zip(with_graphs[1], without[1]):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
