@@ -89,14 +89,23 @@ def graph_runner(plan):
 
 
 def default():
-    """The backend used when nothing forces one: "cuda" only on a real GPU, and only once every
-    op row has a CUDA kernel (until then a GPU machine keeps working on "cpu"; GTNUMBA_DEVICE=cuda
-    or set_device("cuda") still force it)."""
+    """The backend used when nothing forces one: "cuda" only on a real GPU where every op row has
+    a CUDA kernel and a tiny kernel compiles and runs; otherwise "cpu", with one warning saying
+    why when a GPU is there (GTNUMBA_DEVICE=cuda or set_device("cuda") still force it)."""
     name = os.environ.get("GTNUMBA_DEVICE", "").strip().lower()
     if name:
         return name
     from . import cuda
-    return "cuda" if cuda.gpu_present() and cuda_complete() else "cpu"
+    if not cuda.gpu_present():
+        return "cpu"
+    ok, why = cuda.probe() if cuda_complete() else (False, "some op rows have no CUDA kernel")
+    if ok:
+        return "cuda"
+    import warnings
+    warnings.warn(f"gtnumba: a CUDA GPU is present but the CUDA backend is not usable ({why}); "
+                  f"running on the CPU. GTNUMBA_DEVICE=cuda forces the CUDA backend.", RuntimeWarning,
+                  stacklevel=3)
+    return "cpu"
 
 
 def current():

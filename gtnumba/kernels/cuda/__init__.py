@@ -98,6 +98,21 @@ def gpu_present():
         return False
 
 
+def probe():
+    """(True, "") when a tiny kernel compiles, runs and gives the right answer here, else
+    (False, why).  Backend choice calls it before picking "cuda" on its own."""
+    try:
+        import numpy as np
+        from .elementwise import fill
+        from .memory import to_host
+        got = to_host(fill((4,), 3, np.float32))
+        if not (got == 3).all():
+            return False, f"a test kernel computed {got.tolist()} instead of [3, 3, 3, 3]"
+        return True, ""
+    except Exception as exc:  # any failure means: do not pick this backend on our own
+        return False, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
 def usable():
     """Can the CUDA backend run here: a real GPU, or the simulator."""
     return simulator() or gpu_present()
