@@ -118,7 +118,21 @@ def host_cost():
         row("same plan as a CUDA graph (us per plan run)", f"{t_graph * 1e6:.0f}")
 
 
-def host_cost_fake(repeats=20000):
+def _per_call(fn, repeats):
+    """Thread CPU seconds per call (the machine may be shared: CPU time, not wall time), the
+    median of 5 rounds after a warm-up."""
+    for _ in range(200):
+        fn()
+    rounds = []
+    for _ in range(5):
+        t0 = time.thread_time()
+        for _ in range(repeats // 5):
+            fn()
+        rounds.append((time.thread_time() - t0) / (repeats // 5))
+    return statistics.median(rounds)
+
+
+def host_cost_fake(repeats=50000):
     """Host cost of one bound launch with the simulator off and fake device pointers: the output's
     allocation (caching pool) and wrapping, the argument template with the new pointers, up to
     the driver call (a stub).  Also the unbound path (the op's host code, then Numba's dispatcher
@@ -150,25 +164,15 @@ def host_cost_fake(repeats=20000):
     calls = []
     refs = [(bound._TMP, 0, (n,)), None, None, (bound._IN, 0, (n,)), None, (bound._IN, 1, (n,)), None]
     packed = bound.pack(kern, args, refs, lambda *a: calls.append(1), None, None, None)
-    step = bound.BoundStep((((n,), np.dtype(np.float32)),), [packed], ((bound._TMP, 0, (n,)),), False)
-    for _ in range(100):
-        step(a, b)
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        step(a, b)
-    t_bound = (time.perf_counter() - t0) / repeats
+    step = bound.BoundStep((((n,), np.dtype(np.float32)),), [packed], ((bound._TMP, 0, (n,)),), False, False)
+    t_bound = _per_call(lambda: step(a, b), repeats)
     saved = runtime.launch_config
     runtime.launch_config = lambda kernel, grid, block, *args: None      # stop before Numba's dispatcher
     try:
-        for _ in range(100):
-            ew.add(a, b)
-        t0 = time.perf_counter()
-        for _ in range(repeats // 4):
-            ew.add(a, b)
-        t_unbound = (time.perf_counter() - t0) / (repeats // 4)
+        t_unbound = _per_call(lambda: ew.add(a, b), repeats // 4)
     finally:
         runtime.launch_config = saved
-    print(f"host cost per launch, fake pointers, driver call stubbed: bound step {t_bound * 1e6:.2f} us; "
+    print(f"host cost per launch (thread CPU time), fake pointers, driver call stubbed: bound step {t_bound * 1e6:.2f} us; "
           f"unbound op host code (before Numba's own launch) {t_unbound * 1e6:.2f} us "
           f"({len(calls)} stub launches)")
     return t_bound, t_unbound

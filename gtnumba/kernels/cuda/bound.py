@@ -34,8 +34,9 @@ class Unbindable(Exception):
 class Recorder:
     """What one call of a kernel function did on the device."""
 
-    def __init__(self, inputs):
+    def __init__(self, inputs, nested=True):
         self.inputs = inputs                # flat list of the step's input device arrays
+        self.nested = nested
         self.allocs = []                    # every memory.empty of the call, in order
         self.ops = []                       # (kind, fn, grid, block, args, allocs made before it)
         self.reason = None
@@ -118,7 +119,9 @@ class PackedLaunch:
     def __call__(self, ins, tmps):
         args = self.template.copy()
         for pos, kind, j in self.slots:
-            args[pos] = runtime.device_pointer(ins[j] if kind == _IN else tmps[j])
+            buf = ins[j] if kind == _IN else tmps[j]
+            p = getattr(buf.gpu_data, "ptr_value", None)          # runtime.device_pointer, inlined
+            args[pos] = p if p is not None else runtime.device_pointer(buf)
         self.launch_fn(self.stream, self.config, self.handle, *args)
 
 
@@ -150,14 +153,16 @@ def _packed(kernel, grid, block, args, refs):
 
 class BoundStep:
     """A plan step's launches, replayed: allocate the step's buffers, run each launch."""
-    __slots__ = ("alloc_specs", "launches", "outputs", "tuple_out")
+    __slots__ = ("alloc_specs", "launches", "outputs", "tuple_out", "nested")
 
-    def __init__(self, alloc_specs, launches, outputs, tuple_out):
+    def __init__(self, alloc_specs, launches, outputs, tuple_out, nested=True):
         self.alloc_specs, self.launches, self.outputs, self.tuple_out = alloc_specs, launches, outputs, tuple_out
+        self.nested = nested            # some input is a tuple (a multi-output op's value)
 
     def __call__(self, *inputs, **attrs):
-        ins = _flatten(inputs)
-        tmps = [memory.empty(shape, dtype) for shape, dtype in self.alloc_specs]
+        ins = _flatten(inputs) if self.nested else inputs
+        empty = memory.allocator().empty
+        tmps = [empty(shape, dtype) for shape, dtype in self.alloc_specs]
         for launch in self.launches:
             launch(ins, tmps)
         outs = tuple(_resolve(r, ins, tmps) for r in self.outputs)
@@ -189,7 +194,7 @@ def bind(rec, result, packed=None):
             raise Unbindable("an output that no recorded launch wrote")
         outputs.append(ref)
     specs = tuple((tuple(a.shape), a.dtype) for a in rec.allocs)
-    return BoundStep(specs, launches, tuple(outputs), tuple_out)
+    return BoundStep(specs, launches, tuple(outputs), tuple_out, rec.nested)
 
 
 class StepRunner:
@@ -204,7 +209,8 @@ class StepRunner:
             return self.bound(*inputs)
         if self.reason is not None:
             return self.kernel(*inputs, **attrs)
-        rec = Recorder(_flatten(inputs))
+        flat = _flatten(inputs)
+        rec = Recorder(flat, nested=len(flat) != len(inputs) or any(isinstance(v, tuple) for v in inputs))
         runtime.RECORDER.append(rec)
         try:
             result = self.kernel(*inputs, **attrs)

@@ -53,14 +53,74 @@ class _NumbaAllocator:
 def _wrap(context, shape, dtype, pointer_value, nbytes, owner=None, finalizer=None):
     """A Numba device array over raw device memory (real CUDA target only).
 
-    Every view Numba makes of it (reshape, slices) holds the MemoryPointer made here, or holds it
-    as owner, so `owner` stays alive and `finalizer` runs only once the last view is gone."""
+    Every view Numba makes of it (reshape, slices) holds the pointer object made here, or holds it
+    as owner, so `owner` stays alive and `finalizer` runs only once the last view is gone.  Built
+    from a per-(shape, dtype) template array (its __dict__ copied, the pointer swapped in): Numba's
+    constructor re-derives the layout every time, which is most of an allocation's host cost."""
+    mem = _pointer_class()(context, int(pointer_value), nbytes, owner, finalizer)
+    return _array(_template(shape, dtype, mem)[2], mem)
+
+
+_TEMPLATES = {}            # (shape, dtype) -> (nbytes, rounded size, template DeviceNDArray)
+_POINTER = []
+
+
+def _template(shape, dtype, mem):
+    t = _TEMPLATES.get((shape, dtype))
+    if t is None:
+        from numba.cuda.cudadrv.devicearray import DeviceNDArray
+        strides = tuple(s * dtype.itemsize for s in runtime.c_strides(shape))
+        nbytes = runtime.prod(shape) * dtype.itemsize
+        template = DeviceNDArray(shape, strides, dtype, gpu_data=mem)
+        template.gpu_data = None                 # (copies get their own pointer; keep no block alive)
+        t = (nbytes, _round(nbytes), template)
+        if len(_TEMPLATES) < 4096:
+            _TEMPLATES[(shape, dtype)] = t
+    return t
+
+
+def _array(template, mem):
+    arr = object.__new__(type(template))
+    arr.__dict__.update(template.__dict__)
+    arr.gpu_data = mem
+    return arr
+
+
+def _pointer_class():
+    """A Numba MemoryPointer whose release runs from __del__ (cheaper than weakref.finalize), which
+    keeps its address as an int (`ptr_value`, read by the launch path) and makes the driver's
+    pointer object only when Numba asks for it."""
+    if _POINTER:
+        return _POINTER[0]
     from numba.cuda.cudadrv import driver
-    from numba.cuda.cudadrv.devicearray import DeviceNDArray
-    ptr = driver.binding.CUdeviceptr(int(pointer_value))
-    mem = driver.MemoryPointer(context, ptr, nbytes, owner=owner, finalizer=finalizer)
-    strides = tuple(s * dtype.itemsize for s in runtime.c_strides(shape))
-    return DeviceNDArray(shape, strides, dtype, gpu_data=mem)
+
+    class PooledPointer(driver.MemoryPointer):
+        def __init__(self, context, ptr_value, size, owner=None, finalizer=None):
+            self.context = context
+            self.ptr_value = ptr_value
+            self.size = self._cuda_memsize_ = size
+            self.is_managed = False
+            self.refct = 1
+            self._owner = owner
+            self._release = finalizer
+
+        @property
+        def device_pointer(self):
+            return driver.binding.CUdeviceptr(self.ptr_value)
+
+        handle = device_pointer
+
+        @property
+        def device_pointer_value(self):
+            return self.ptr_value
+
+        def __del__(self):
+            release = self._release
+            if release is not None:
+                self._release = None
+                release()
+    _POINTER.append(PooledPointer)
+    return PooledPointer
 
 
 class _CupyAllocator:
@@ -115,10 +175,11 @@ class _CachingAllocator:
             return ctx.memalloc(size)
 
     def empty(self, shape, dtype):
-        nbytes = runtime.prod(shape) * dtype.itemsize
+        t = _TEMPLATES.get((shape, dtype))
+        nbytes, size = (t[0], t[1]) if t is not None else (runtime.prod(shape) * dtype.itemsize, 0)
         if nbytes == 0:
             return cuda.device_array(shape, dtype=dtype)
-        size = _round(nbytes)
+        size = size or _round(nbytes)
         with _lock:
             blocks = self.free.get(size)
             raw = blocks.pop() if blocks else None
@@ -130,8 +191,9 @@ class _CachingAllocator:
             self.used_bytes += size
         if raw is None:
             raw = self._raw(size)
-        return _wrap(self._context(), shape, dtype, raw.device_pointer_value, nbytes,
-                     finalizer=_Release(self, size, raw))
+        mem = _pointer_class()(self.context or self._context(), raw.device_pointer_value, nbytes, None,
+                               _Release(self, size, raw))
+        return _array((t or _template(shape, dtype, mem))[2], mem)
 
     def release(self, size, raw):
         with _lock:

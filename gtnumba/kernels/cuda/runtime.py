@@ -184,7 +184,8 @@ def device_pointer(x):
     """The device address of a device array's first element (a host address in the simulator)."""
     if SIMULATOR:
         return x._ary.__array_interface__["data"][0]
-    return x.device_ctypes_pointer.value or 0
+    p = getattr(x.gpu_data, "ptr_value", None)      # a pool block (or a reshape of one: same start)
+    return p if p is not None else (x.device_ctypes_pointer.value or 0)
 
 
 def check_array(name, x, what="input", dtypes=DTYPES):
