@@ -112,3 +112,67 @@ def test_cuda_graph_replays_the_cached_step(on_cuda, monkeypatch):
     np.testing.assert_allclose(with_graphs[0], without[0], rtol=1e-12)
     for a, b in zip(with_graphs[1], without[1]):
         np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+PACKED_SCRIPT = """
+import functools, types
+import numpy as np
+from numba import typeof
+from numba.cuda.dispatcher import _Kernel
+from gtnumba.kernels.cuda import bound, memory, runtime
+assert not runtime.SIMULATOR
+
+class Raw:
+    def __init__(self, p):
+        self.device_pointer_value = p
+
+class Context:
+    top = 1 << 32
+    def memalloc(self, size):
+        Context.top += size
+        return Raw(Context.top)
+
+memory._allocator[:] = [memory._CachingAllocator(context=Context())]
+n = 6
+def arrays():
+    return [memory.empty((2, 3), np.dtype(np.float32)) for _ in range(3)]
+
+def numba_args(values):
+    kern = types.SimpleNamespace(argument_types=[typeof(v) for v in values], extensions=[])
+    kern._prepare_args = functools.partial(_Kernel._prepare_args, kern)
+    out = []
+    for t, v in zip(kern.argument_types, values):
+        kern._prepare_args(t, v, None, [], out)
+    return kern, out
+
+def call_args(out, a, b):
+    return [runtime.flat(out), n, (n,), runtime.flat(a), (1,), b.reshape(3, 2), np.float32(0.5), True]
+
+out, a, b = arrays()
+kern, _ = numba_args(call_args(out, a, b))
+refs = [(bound._TMP, 0, (n,)), None, None, (bound._IN, 0, (n,)), None, (bound._IN, 1, (3, 2)), None, None]
+seen = []
+packed = bound.pack(kern, call_args(out, a, b), refs, lambda s, c, h, *args: seen.append(list(args)), None, None, None)
+out2, a2, b2 = arrays()
+packed([a2, b2], [out2])
+_, want = numba_args(call_args(out2, a2, b2))
+norm = lambda xs: [getattr(x, "value", x) for x in xs]
+assert norm(seen[0]) == norm(want), (norm(seen[0]), norm(want))
+assert len({runtime.device_pointer(x) for x in (out, a, b, out2, a2, b2)}) == 6
+print("packed launch args match Numba's")
+"""
+
+
+def test_packed_launch_arguments_match_numbas_marshalling():
+    """On a real GPU a bound launch writes new device pointers into an argument list that Numba's
+    own marshalling built once; with the simulator off and fake device pointers (no GPU needed),
+    the arguments it hands to the driver equal what Numba's marshalling gives for the new arrays."""
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    res = subprocess.run([sys.executable, "-c", PACKED_SCRIPT], capture_output=True, text=True, env=env,
+                         cwd=root, timeout=120)
+    assert res.returncode == 0 and "match" in res.stdout, res.stdout + res.stderr
