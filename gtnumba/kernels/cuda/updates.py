@@ -141,4 +141,4 @@ def ptx_cases(full=False):
     for dt in FLOATS:
         a = types.Array(from_dtype(dt), 1, "C")
         yield f"sgd_update {dt}", _sgd_kernel, (a,) * 5 + (i, a, f, f, f, b, b)
-        yield f"adam_update {dt}", _adam_kernel, (a,) * 7 + (i, a, steps) + (f,) * 5 + (b, steps, i)
+        yield f"adam_update {dt}", _adam_kernel, (a,) * 7 + (i, a, steps) + (f,) * 4 + (b, steps, i)
