@@ -73,7 +73,9 @@ def test_steady_state_step_copies(on_cuda, make_opt, extra_h2d):
     _, _, copies = _train(make_opt, 3)
     for c in copies[1:]:
         assert c["d2h"] == 1, f"only the loss comes back: {c}"
-        assert c["h2d"] == 2 + extra_h2d, f"only the new data (x, labels) goes over: {c}"
+        # the new data (x, labels); Adam's step count too, unless an earlier step count of the same
+        # value was copied before (0-d constants are copied once per process)
+        assert 2 <= c["h2d"] <= 2 + extra_h2d, f"only the new data (x, labels) goes over: {c}"
 
 
 def test_replayed_steps_skip_the_host_code_and_match(on_cuda, monkeypatch):

@@ -19,7 +19,7 @@ import numpy as np
 from numba import cuda
 
 from . import memory, runtime
-from .runtime import jit
+from .runtime import jit, offset
 
 F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
 I64, BOOL = np.dtype(np.int64), np.dtype(np.bool_)
@@ -37,80 +37,32 @@ _erf = math.erf
 _fabs = abs
 
 
-# ---- index math (device) -----------------------------------------------------------------
-@jit(device=True)
-def _off1(i, shape, s0):
-    o0 = 0
-    r = i
-    for d in range(len(shape) - 1, 0, -1):
-        n = shape[d]
-        q = r // n
-        k = r - q * n
-        o0 += k * s0[d]
-        r = q
-    return o0 + r * s0[0]
-
-
-@jit(device=True)
-def _off2(i, shape, s0, s1):
-    o0 = 0
-    o1 = 0
-    r = i
-    for d in range(len(shape) - 1, 0, -1):
-        n = shape[d]
-        q = r // n
-        k = r - q * n
-        o0 += k * s0[d]
-        o1 += k * s1[d]
-        r = q
-    return o0 + r * s0[0], o1 + r * s1[0]
-
-
-@jit(device=True)
-def _off3(i, shape, s0, s1, s2):
-    o0 = 0
-    o1 = 0
-    o2 = 0
-    r = i
-    for d in range(len(shape) - 1, 0, -1):
-        n = shape[d]
-        q = r // n
-        k = r - q * n
-        o0 += k * s0[d]
-        o1 += k * s1[d]
-        o2 += k * s2[d]
-        r = q
-    return o0 + r * s0[0], o1 + r * s1[0], o2 + r * s2[0]
-
-
 # ---- kernel templates, one per arity -------------------------------------------------------
 def _unary_template(fn):
     def unary_kernel(out, n, shape, x, sx):
         for i in range(cuda.grid(1), n, cuda.gridsize(1)):
-            out[i] = fn(x[_off1(i, shape, sx)])
+            out[i] = fn(x[offset(i, shape, sx)])
     return unary_kernel
 
 
 def _unary_param_template(fn):
     def unary_param_kernel(out, n, shape, x, sx, p, q):
         for i in range(cuda.grid(1), n, cuda.gridsize(1)):
-            out[i] = fn(x[_off1(i, shape, sx)], p, q)
+            out[i] = fn(x[offset(i, shape, sx)], p, q)
     return unary_param_kernel
 
 
 def _binary_template(fn):
     def binary_kernel(out, n, shape, a, sa, b, sb):
         for i in range(cuda.grid(1), n, cuda.gridsize(1)):
-            ia, ib = _off2(i, shape, sa, sb)
-            out[i] = fn(a[ia], b[ib])
+            out[i] = fn(a[offset(i, shape, sa)], b[offset(i, shape, sb)])
     return binary_kernel
 
 
 def _ternary_template(fn):
     def ternary_kernel(out, n, shape, c, sc, a, sa, b, sb):
         for i in range(cuda.grid(1), n, cuda.gridsize(1)):
-            ic, ia, ib = _off3(i, shape, sc, sa, sb)
-            out[i] = fn(c[ic], a[ia], b[ib])
+            out[i] = fn(c[offset(i, shape, sc)], a[offset(i, shape, sa)], b[offset(i, shape, sb)])
     return ternary_kernel
 
 

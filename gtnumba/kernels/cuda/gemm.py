@@ -31,7 +31,7 @@ import numpy as np
 from numba import cuda
 
 from . import memory, runtime
-from .runtime import jit
+from .runtime import jit, offset
 
 F32, F64, I32, I64, BOOL = (np.dtype(t) for t in (np.float32, np.float64, np.int32, np.int64, np.bool_))
 GEMM_DTYPES = (F32, F64, I32, I64)
@@ -62,21 +62,6 @@ def tiles():
 
 
 # ---- device code --------------------------------------------------------------------------------
-@jit(device=True)
-def _batch_offsets(z, bshape, a_bs, b_bs):
-    oa = 0
-    ob = 0
-    r = z
-    for d in range(len(bshape) - 1, 0, -1):
-        n = bshape[d]
-        q = r // n
-        k = r - q * n
-        oa += k * a_bs[d]
-        ob += k * b_bs[d]
-        r = q
-    return oa + r * a_bs[0], ob + r * b_bs[0]
-
-
 def _gemm_template(T, bm, bn, bk, tm, tn):
     rm, rn = bm // tm, bn // tn          # threads along M and N
     nt = rm * rn                         # threads per block
@@ -96,7 +81,8 @@ def _gemm_template(T, bm, bn, bk, tm, tn):
         n_tiles_n = (N + bn - 1) // bn
         n_tiles_m = (M + bm - 1) // bm
         for z in range(cuda.blockIdx.z, nbatch, cuda.gridDim.z):
-            oa, ob = _batch_offsets(z, bshape, a_bs, b_bs)
+            oa = offset(z, bshape, a_bs)
+            ob = offset(z, bshape, b_bs)
             oc = z * M * N
             for tm_i in range(cuda.blockIdx.y, n_tiles_m, cuda.gridDim.y):
                 row0 = tm_i * bm

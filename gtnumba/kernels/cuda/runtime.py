@@ -95,6 +95,21 @@ def jit(func=None, **options):
     return cuda.jit(func, **options)
 
 
+@jit(device=True)
+def offset(i, shape, strides):
+    """The element offset, in an operand walked at `strides`, of flat index i over `shape` (C
+    order): the one index-unravel helper of every kernel (one call per operand; with one
+    coalesced dim, the common case, the loop does nothing)."""
+    o = 0
+    r = i
+    for d in range(len(shape) - 1, 0, -1):
+        n = shape[d]
+        q = r // n
+        o += (r - q * n) * strides[d]
+        r = q
+    return o + r * strides[0]
+
+
 _device_tuned = []
 
 

@@ -47,8 +47,7 @@ from numba.np.numpy_support import from_dtype
 from . import checks
 from . import elementwise as ew
 from . import memory, runtime
-from .elementwise import _off1, _off2, _off3
-from .runtime import jit
+from .runtime import jit, offset
 
 F32, F64, I32, I64, BOOL = (np.dtype(t) for t in (np.float32, np.float64, np.int32, np.int64, np.bool_))
 ALL = runtime.DTYPES
@@ -64,8 +63,7 @@ TILE_GRID = 2 if runtime.SIMULATOR else 65535   # most blocks along each of the 
 # ---- kernels -----------------------------------------------------------------------------------
 def _copy_kernel(dst, dbase, sd, src, sbase, ss, n, shape):
     for i in range(cuda.grid(1), n, cuda.gridsize(1)):
-        od, os = _off2(i, shape, sd, ss)
-        dst[dbase + od] = src[sbase + os]
+        dst[dbase + offset(i, shape, sd)] = src[sbase + offset(i, shape, ss)]
 
 
 @jit(device=True)
@@ -82,34 +80,31 @@ def _checked(k, size, flag, code, axis):
 
 def _gather_index_kernel(out, n, shape, x, base, sx, idx, si, size, stride, flag, code, axis):
     for i in range(cuda.grid(1), n, cuda.gridsize(1)):
-        ox, oi = _off2(i, shape, sx, si)
-        k = _checked(idx[oi], size, flag, code, axis)
+        k = _checked(idx[offset(i, shape, si)], size, flag, code, axis)
         if k >= 0:
-            out[i] = x[base + ox + k * stride]
+            out[i] = x[base + offset(i, shape, sx) + k * stride]
         else:
             out[i] = 0
 
 
 def _scatter_index_kernel(dst, base, sd, src, ss, n, shape, idx, si, size, stride, flag, code, axis):
     for i in range(cuda.grid(1), n, cuda.gridsize(1)):
-        od, os, oi = _off3(i, shape, sd, ss, si)
-        k = _checked(idx[oi], size, flag, code, axis)
+        k = _checked(idx[offset(i, shape, si)], size, flag, code, axis)
         if k >= 0:
-            dst[base + od + k * stride] = src[os]
+            dst[base + offset(i, shape, sd) + k * stride] = src[offset(i, shape, ss)]
 
 
 def _scatter_add_index_kernel(dst, base, sd, src, ss, n, shape, idx, si, size, stride, flag, code, axis):
     for i in range(cuda.grid(1), n, cuda.gridsize(1)):
-        od, os, oi = _off3(i, shape, sd, ss, si)
-        k = _checked(idx[oi], size, flag, code, axis)
+        k = _checked(idx[offset(i, shape, si)], size, flag, code, axis)
         if k >= 0:
-            cuda.atomic.add(dst, base + od + k * stride, src[os])
+            cuda.atomic.add(dst, base + offset(i, shape, sd) + k * stride, src[offset(i, shape, ss)])
 
 
 def _combine_index_kernel(offsets, n, shape, idx, si, size, stride, flag, code, axis):
     """offsets[i] += wrapped idx * stride over the broadcast index shape; -1 once any is bad."""
     for i in range(cuda.grid(1), n, cuda.gridsize(1)):
-        k = _checked(idx[_off1(i, shape, si)], size, flag, code, axis)
+        k = _checked(idx[offset(i, shape, si)], size, flag, code, axis)
         if k < 0 or offsets[i] < 0:
             offsets[i] = -1
         else:
@@ -136,7 +131,8 @@ def transpose_function(dtype, tile, rows_per_block):
         col_tiles = (cols + T - 1) // T
         # every loop bound depends only on the block's indices: syncthreads is block-uniform
         for b in range(cuda.blockIdx.z, nbatch, cuda.gridDim.z):
-            bx, bo = _off2(b, bshape, bsx, bso)
+            bx = offset(b, bshape, bsx)
+            bo = offset(b, bshape, bso)
             for tr in range(cuda.blockIdx.y, row_tiles, cuda.gridDim.y):
                 r0 = tr * T
                 for tc in range(cuda.blockIdx.x, col_tiles, cuda.gridDim.x):
