@@ -112,10 +112,10 @@ def host_cost():
     t_bound = median_time(lambda: chain().numpy(), lambda: None, repeats)
     os.environ["GTNUMBA_CUDA_GRAPHS"] = "1"
     t_graph = median_time(lambda: chain().numpy(), lambda: None, repeats) if graphs.enabled() else None
-    row("plan of 50 tiny launches, bound (us per launch, incl. recording the ops)",
+    row("eager chain of 50 tiny ops, recorded + bound launches + read (us per op)",
         f"{t_bound / n_ops * 1e6:.1f}")
     if t_graph is not None:
-        row("same plan as a CUDA graph (us per plan run)", f"{t_graph * 1e6:.0f}")
+        row("same chain, its plan replayed as one CUDA graph (us per op)", f"{t_graph / n_ops * 1e6:.1f}")
 
 
 def _per_call(fn, repeats):
@@ -271,6 +271,38 @@ def pixel_transformer():
             f"first step {t_first:.1f} s (compiles), loss {loss:.3f}")
 
 
+FRESH = """
+import sys, time
+t0 = time.perf_counter()
+import benchmarks.gpu as g
+import gtnumba as gt
+gt.set_device(sys.argv[1])
+t1 = time.perf_counter()
+cfg = g.TINY if g.DRY else g.SMALL
+t, t_first, loss = g._ours_step(cfg, 1)
+print(f"FRESH import {t1 - t0:.2f} first_step {t_first:.2f} next_step {t:.4f}")
+"""
+
+
+def fresh_process(device="cuda"):
+    """The first step of a fresh process (a restarted worker), with an empty kernel cache and then
+    with the cache the first run left (NUMBA_CACHE_DIR: a new directory for this run)."""
+    import subprocess
+    import tempfile
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, NUMBA_CACHE_DIR=tempfile.mkdtemp(prefix="gtnumba-cache-"))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    for label in ("empty kernel cache", "warm kernel cache"):
+        res = subprocess.run([sys.executable, "-c", FRESH, device], capture_output=True, text=True, env=env,
+                             cwd=root, timeout=200)
+        line = [x for x in res.stdout.splitlines() if x.startswith("FRESH")]
+        if res.returncode or not line:
+            raise RuntimeError(f"fresh process failed: {res.stdout[-2000:]} {res.stderr[-2000:]}")
+        _, _, imp, _, first, _, nxt = line[0].split()
+        row(f"fresh process on {device}, {label}: first step (s)", first, "",
+            f"import {imp} s, next step {float(nxt) * 1e3:.1f} ms")
+
+
 def peak_memory():
     from gtnumba.kernels.cuda import memory, runtime
     if runtime.SIMULATOR:
@@ -321,7 +353,7 @@ def main():
     gt.set_device("cuda")
     print(f"card: {card()}\nversions: {versions()}", flush=True)
     failed = 0
-    for section in (bandwidth, gemm_bench, host_cost, pixel_transformer, peak_memory):
+    for section in (fresh_process, bandwidth, gemm_bench, host_cost, pixel_transformer, peak_memory):
         print(f"== {section.__name__}", flush=True)
         t0 = time.perf_counter()
         try:

@@ -19,9 +19,9 @@ mkdir -p "$OUT"
   fi
   date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
   echo "== pytest -m gpu"
-  timeout 240 python3 -m pytest -q -p no:cacheprovider -m gpu tests/ ; tests=$?
+  timeout 180 python3 -m pytest -q -p no:cacheprovider -m gpu tests/ ; tests=$?
   echo "== benchmarks/gpu.py"
-  timeout 300 python3 -m benchmarks.gpu; bench=$?
+  timeout 420 python3 -m benchmarks.gpu; bench=$?
   timeout 60 env -u NUMBA_ENABLE_CUDASIM python3 -m benchmarks.gpu --host-cost-fake
   [ -z "$GTNUMBA_GPU_DRYRUN" ] && cp benchmarks/RESULTS.md "$OUT/RESULTS.md"
   echo "pytest -m gpu exit $tests, benchmarks exit $bench"

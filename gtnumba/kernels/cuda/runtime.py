@@ -85,14 +85,70 @@ _SIM_JIT_OPTIONS = {"device", "debug", "argtypes", "inline", "restype", "fastmat
 
 
 def jit(func=None, **options):
-    """`numba.cuda.jit` that also works in the simulator: options it refuses are dropped there."""
+    """`numba.cuda.jit` that also works in the simulator (options it refuses are dropped there)
+    and, on the real target, caches compiled kernels on disk (see `disk_cache`)."""
     if SIMULATOR:
         options = {k: v for k, v in options.items() if k in _SIM_JIT_OPTIONS}
         if options.get("inline") not in (None, False, True):
             options.pop("inline")
     if func is None:
-        return lambda f: cuda.jit(f, **options)
-    return cuda.jit(func, **options)
+        return lambda f: jit(f, **options)
+    dispatcher = cuda.jit(func, **options)
+    if not SIMULATOR and not options.get("device") and cache_key_of(func) is not None:
+        disk_cache(dispatcher, func)
+    return dispatcher
+
+
+# ---- compiled kernels cached on disk -----------------------------------------------------------
+# Numba-cuda's cache (the `cache=True` machinery: __pycache__ next to the source, or the user's
+# cache directory) keys a kernel by its signature, the device, its own bytecode and its closure
+# variables.  It does not see the device functions a kernel calls through module globals (the
+# index helper, the error reporter), so gtnumba adds a digest of every kernel source file to the
+# key: any edit of this package misses the old entries instead of loading a stale kernel.
+# GTNUMBA_CUDA_CACHE=0 turns the disk cache off.
+_DIGEST = []
+_CACHE_CLASS = []
+
+
+def sources_digest():
+    if not _DIGEST:
+        import hashlib
+        h = hashlib.sha256()
+        here = os.path.dirname(os.path.abspath(__file__))
+        for name in sorted(os.listdir(here)):
+            if name.endswith(".py"):
+                with open(os.path.join(here, name), "rb") as f:
+                    h.update(name.encode() + f.read())
+        _DIGEST.append(h.hexdigest()[:16])
+    return _DIGEST[0]
+
+
+def cache_key_of(func):
+    """The bytes numba-cuda's cache hashes for `func`'s closure (None: not cacheable, or the disk
+    cache is off)."""
+    if os.environ.get("GTNUMBA_CUDA_CACHE", "1").strip() == "0":
+        return None
+    if func.__closure__ is None:
+        return b""
+    try:
+        from numba.cuda.serialize import dumps
+        return dumps(tuple(c.cell_contents for c in func.__closure__))
+    except Exception:  # a closure numba cannot pickle: compile it each run
+        return None
+
+
+def disk_cache(dispatcher, func):
+    if not _CACHE_CLASS:
+        from numba.cuda.dispatcher import CUDACache
+
+        class KernelCache(CUDACache):
+            def _index_key(self, sig, codegen):
+                return super()._index_key(sig, codegen) + (("gtnumba-kernels", sources_digest()),)
+        _CACHE_CLASS.append(KernelCache)
+    try:
+        dispatcher._cache = _CACHE_CLASS[0](func)
+    except Exception:  # no writable cache directory: compile each run
+        pass
 
 
 @jit(device=True)
