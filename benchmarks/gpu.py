@@ -46,8 +46,10 @@ def median_time(fn, sync, repeats, warmup=2):
 
 
 def _sync():
-    from gtnumba.kernels.cuda import memory
-    memory.synchronize()
+    from gtnumba.kernels import backend
+    if backend.current() == "cuda":
+        from gtnumba.kernels.cuda import memory
+        memory.synchronize()
 
 
 def _dev(a):
