@@ -178,3 +178,68 @@ def test_packed_launch_arguments_match_numbas_marshalling():
     res = subprocess.run([sys.executable, "-c", PACKED_SCRIPT], capture_output=True, text=True, env=env,
                          cwd=root, timeout=120)
     assert res.returncode == 0 and "match" in res.stdout, res.stdout + res.stderr
+
+
+class _FakeGraphDriver:
+    """Stands in for cuda.bindings' driver in the simulator: 'capture' runs the steps (the
+    simulator cannot defer them; data checks they raise on the uninitialized static inputs are
+    dropped), and a 'graph launch' runs the plan's bound steps on the static inputs and writes
+    the results into the static outputs, as a replayed graph would."""
+
+    class CUstreamCaptureMode:
+        CU_STREAM_CAPTURE_MODE_RELAXED = 1
+
+    def __init__(self, fail=False):
+        self.fail, self.graphs, self.launches = fail, {}, 0
+
+    def cuStreamBeginCapture(self, stream, mode):
+        if self.fail:
+            raise RuntimeError("capture refused")
+        return (0,)
+
+    def cuStreamEndCapture(self, stream):
+        from gtnumba.kernels.cuda import checks
+        checks.clear()
+        return (0, object())
+
+    def cuGraphInstantiate(self, graph, flags):
+        token = object()
+        self.graphs[token] = graph
+        return (0, token)
+
+    def cuGraphLaunch(self, token, stream):
+        from gtnumba.sched.plan_cache import _CACHE
+        self.launches += 1
+        for plan in _CACHE.values():
+            g = plan.__dict__.get("_cuda_graph")
+            if g is not None and g.exec is token:
+                fresh = g._run_steps(g.static_in)
+                for slot, value in g.static_out.items():
+                    value.copy_to_device(fresh[slot])
+        return (0,)
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["captured", "capture-fails"])
+def test_graph_runner_plumbing_with_a_stand_in_driver(on_cuda, monkeypatch, fail):
+    """The whole-plan graph path in the simulator with a stand-in driver: from the third run of a
+    plan its leaves are copied into static inputs, the 'graph' runs, kept values are copied out
+    into new arrays; results equal the bound steps' (GTNUMBA_CUDA_GRAPHS=0).  A failed capture
+    falls back to the bound steps for good."""
+    from gtnumba.kernels.cuda import graphs
+    reference = _train(SGD, 5)
+    _drop_cuda_plans()
+    fake = _FakeGraphDriver(fail)
+    monkeypatch.setattr(graphs, "enabled", lambda: True)
+    monkeypatch.setattr(graphs, "_driver", lambda: fake)
+    monkeypatch.setattr(graphs, "_handle", lambda: 0)
+    got = _train(SGD, 5)
+    assert got[0] == reference[0]
+    for a, b in zip(got[1], reference[1]):
+        np.testing.assert_array_equal(a, b)
+    from gtnumba.sched.plan_cache import _CACHE
+    made = [p._cuda_graph for p in _CACHE.values() if p.__dict__.get("_cuda_graph")]
+    assert made, "no plan reached the graph runner"
+    if fail:
+        assert all(not g.ok for g in made) and fake.launches == 0
+    else:
+        assert all(g.ok for g in made) and fake.launches >= 1
