@@ -146,9 +146,10 @@ def _packed(kernel, grid, block, args, refs):
         flag = {"is_cooperative" if nd.CUDA_CORE_GE_1_0 else "cooperative_launch": kern.cooperative}
         config = nd.LaunchConfig(grid=grid_, block=block_, shmem_size=0, **flag)
         handle = kern._codelibrary.get_cufunc().kernel
+        stream = nd.driver._to_core_stream(runtime.stream())     # what Numba hands cuda.core's launch
     except Exception:  # pragma: no cover - an unusual dispatcher: replay through it instead
         return None
-    return pack(kern, args, refs, nd.launch, runtime.stream(), config, handle)
+    return pack(kern, args, refs, nd.launch, stream, config, handle)
 
 
 class BoundStep:
