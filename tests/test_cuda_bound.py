@@ -241,5 +241,10 @@ def test_graph_runner_plumbing_with_a_stand_in_driver(on_cuda, monkeypatch, fail
     assert made, "no plan reached the graph runner"
     if fail:
         assert all(not g.ok for g in made) and fake.launches == 0
-    else:
-        assert all(g.ok for g in made) and fake.launches >= 1
+        return
+    assert all(g.ok for g in made) and fake.launches >= 1
+    from gtnumba.kernels.cuda import runtime
+    for g in made:        # the graph owns every buffer its launches touch, kept outputs included
+        owned = {runtime.device_pointer(b) for b in g.keep.buffers + g.static_in}
+        assert all(runtime.device_pointer(v) in owned for v in g.static_out.values())
+        assert len(g.keep.buffers) >= sum(len(s.bound.alloc_specs) for s in g.steps)

@@ -164,6 +164,10 @@ class BoundStep:
         ins = _flatten(inputs) if self.nested else inputs
         empty = memory.allocator().empty
         tmps = [empty(shape, dtype) for shape, dtype in self.alloc_specs]
+        rec = runtime.recorder()
+        if rec is not None:                 # a graph capture keeps every buffer its launches use
+            for t in tmps:
+                rec.alloc(t)
         for launch in self.launches:
             launch(ins, tmps)
         outs = tuple(_resolve(r, ins, tmps) for r in self.outputs)
@@ -212,11 +216,8 @@ class StepRunner:
             return self.kernel(*inputs, **attrs)
         flat = _flatten(inputs)
         rec = Recorder(flat, nested=len(flat) != len(inputs) or any(isinstance(v, tuple) for v in inputs))
-        runtime.RECORDER.append(rec)
-        try:
+        with runtime.recording(rec):
             result = self.kernel(*inputs, **attrs)
-        finally:
-            runtime.RECORDER.pop()
         try:
             self.bound = bind(rec, result)
         except Unbindable as exc:

@@ -95,11 +95,10 @@ class GraphPlan:
         stream = _handle()
         _ok(drv.cuStreamBeginCapture(stream, drv.CUstreamCaptureMode.CU_STREAM_CAPTURE_MODE_RELAXED),
             "begin capture")
-        runtime.RECORDER.append(self.keep)
         try:
-            self.static_out = self._run_steps(self.static_in)
+            with runtime.recording(self.keep):
+                self.static_out = self._run_steps(self.static_in)
         finally:
-            runtime.RECORDER.pop()
             graph = _ok(drv.cuStreamEndCapture(stream), "end capture")
         self.graph = graph
         self.exec = _ok(drv.cuGraphInstantiate(graph, 0), "instantiate")

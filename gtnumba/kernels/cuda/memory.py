@@ -256,8 +256,9 @@ def empty(shape, dtype):
     """A fresh C-contiguous device array of `shape` and `dtype` from the pool."""
     shape = (int(shape),) if np.isscalar(shape) else tuple(int(d) for d in shape)
     out = allocator().empty(shape, np.dtype(dtype))
-    if runtime.RECORDER:
-        runtime.RECORDER[-1].alloc(out)
+    rec = runtime.recorder()
+    if rec is not None:
+        rec.alloc(out)
     return out
 
 
@@ -276,8 +277,8 @@ def to_device(array):
         raise TypeError(f"to_device: unsupported dtype {host.dtype} for an array of shape {host.shape}")
     if host.ndim == 0:
         return constant(host)
-    if runtime.RECORDER:
-        runtime.RECORDER[-1].unbindable("a host -> device copy inside a kernel")
+    if runtime.recorder() is not None:
+        runtime.recorder().unbindable("a host -> device copy inside a kernel")
     return _copy_in(host)
 
 
@@ -309,8 +310,8 @@ def to_host(value):
     raises a data error a kernel recorded since the last read."""
     if not runtime.is_device_array(value):
         return np.asarray(value)
-    if runtime.RECORDER:
-        runtime.RECORDER[-1].unbindable("a device -> host copy inside a kernel")
+    if runtime.recorder() is not None:
+        runtime.recorder().unbindable("a device -> host copy inside a kernel")
     COPIES["d2h"] += 1
     COPIES["d2h_bytes"] += int(value.size) * value.dtype.itemsize
     s = runtime.stream()

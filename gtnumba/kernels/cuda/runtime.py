@@ -12,8 +12,10 @@ threads of a block-per-output reduction; also the size of its shared-memory tree
 (grid-stride loops cover the rest), `TARGET_BLOCKS` / `TARGET_THREADS` (how far a large reduction
 is split before a second pass).
 """
+import contextlib
 import math
 import os
+import threading
 
 import numpy as np
 from numba import config as _numba_config
@@ -202,23 +204,40 @@ def stream():
     return _STREAM[0]
 
 
-# A recorder (gtnumba.kernels.cuda.bound) sees every launch and host call of one plan step the
-# first time it runs, to replay them later without the host code around them.
-RECORDER = []
+# A recorder (gtnumba.kernels.cuda.bound) sees every allocation, launch and host call of one plan
+# step the first time it runs, to replay them later without the host code around them.  One per
+# thread: a thread recording a step never sees another thread's launches.
+_RECORDING = threading.local()
+
+
+def recorder():
+    """This thread's active recorder, or None."""
+    return getattr(_RECORDING, "active", None)
+
+
+@contextlib.contextmanager
+def recording(rec):
+    saved, _RECORDING.active = recorder(), rec
+    try:
+        yield rec
+    finally:
+        _RECORDING.active = saved
 
 
 def launch_config(kernel, grid, block, *args):
     """The one place a kernel is launched: on the backend's stream, seen by an active recorder."""
     kernel[grid, block, stream()](*args)
-    if RECORDER:
-        RECORDER[-1].launch(kernel, grid, block, args)
+    rec = recorder()
+    if rec is not None:
+        rec.launch(kernel, grid, block, args)
 
 
 def host_call(fn, *args):
     """Run `fn(*args)` (a library call on device arrays, e.g. cuBLAS), seen by an active recorder."""
     fn(*args)
-    if RECORDER:
-        RECORDER[-1].call(fn, args)
+    rec = recorder()
+    if rec is not None:
+        rec.call(fn, args)
 
 
 def launch(kernel, n, *args, block=None, grid=None, name="kernel"):
