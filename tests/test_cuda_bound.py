@@ -248,3 +248,29 @@ def test_graph_runner_plumbing_with_a_stand_in_driver(on_cuda, monkeypatch, fail
         owned = {runtime.device_pointer(b) for b in g.keep.buffers + g.static_in}
         assert all(runtime.device_pointer(v) in owned for v in g.static_out.values())
         assert len(g.keep.buffers) >= sum(len(s.bound.alloc_specs) for s in g.steps)
+
+
+def test_bad_label_in_a_step_raises_at_the_read_naming_op_and_value(on_cuda):
+    """A label out of range inside a plan is found on the device: the step runs to its end without
+    a host round trip, and reading its loss raises, naming the op and the label; the next step with
+    good labels (replaying the same bound plan) reads fine."""
+    w = gt.tensor(_params(0)[0], dtype=gt.float64, requires_grad=True)
+    x = gt.tensor(np.ones((B, E)), dtype=gt.float64)
+
+    def loss_of(labels):
+        return apply("cross_entropy", x @ w, gt.tensor(np.array(labels)))[0].mean()
+    good = loss_of([0, 1, 2]).item()
+    d2h = memory.COPIES["d2h"]
+    bad = loss_of([0, C + 2, 1])
+    with pytest.raises(ValueError, match=f"cross_entropy: label {C + 2} is out of range for {C} classes"):
+        bad.item()
+    assert memory.COPIES["d2h"] == d2h + 1, "the step itself copied nothing back"
+    assert loss_of([0, 1, 2]).item() == good
+
+
+def test_low_occupancy_warning_is_off():
+    import os
+    from numba import config
+    from gtnumba.kernels.cuda import runtime  # noqa: F401  (sets it)
+    if "NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS" not in os.environ:
+        assert config.CUDA_LOW_OCCUPANCY_WARNINGS == 0
