@@ -274,3 +274,21 @@ def test_low_occupancy_warning_is_off():
     from gtnumba.kernels.cuda import runtime  # noqa: F401  (sets it)
     if "NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS" not in os.environ:
         assert config.CUDA_LOW_OCCUPANCY_WARNINGS == 0
+
+
+def test_a_step_that_cannot_be_replayed_keeps_running_its_host_code():
+    """A launch argument the recorder cannot tie to the step's inputs, allocations or the shared
+    constants (here a view at an offset into the input) makes the step unbindable: every call
+    then runs the kernel function itself, with the right results."""
+    from gtnumba.kernels.cuda import bound, runtime, shape
+
+    def tail_copy(x):                   # out = x[1:], through an offset view (no kernel does this)
+        n = x.shape[0] - 1
+        out = memory.empty((n,), x.dtype)
+        runtime.launch(shape._copy, n, out, 0, (1,), x[1:], 0, (1,), n, (n,))
+        return out
+    runner = bound.StepRunner(tail_copy)
+    for start in (0.0, 10.0):
+        x = np.arange(start, start + 5)
+        np.testing.assert_array_equal(memory.to_host(runner(memory.to_device(x))), x[1:])
+        assert runner.bound is None and "neither a step input" in runner.reason

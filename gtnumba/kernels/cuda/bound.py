@@ -67,7 +67,18 @@ class Recorder:
         for j, a in enumerate(self.inputs):
             if a.size and runtime.device_pointer(a) == ptr and value.nbytes <= a.nbytes:
                 return (_IN, j, tuple(value.shape))
+        if ptr not in _constant_pointers():
+            # e.g. a view at an offset into an input: replaying it would read stale memory
+            raise Unbindable(f"a device argument of shape {tuple(value.shape)} that is neither a step input, "
+                             f"an allocation of the step nor a shared constant")
         return (_CONST, value, None)
+
+
+def _constant_pointers():
+    """Device arrays that live for the whole process: shared scalar constants, the error flag."""
+    from . import checks
+    arrays = list(memory._SCALARS.values()) + list(checks._FLAG)
+    return {runtime.device_pointer(a) for a in arrays}
 
 
 def _flatten(values):
