@@ -79,6 +79,16 @@ def bound_steps(plan):
     return steps
 
 
+def step_runner(kernel):
+    """One kernel call site bound once (for executors other than run_plan, e.g. SPMD blocks: keep
+    one per block step and call it instead of the kernel): on "cuda" it records the first call and
+    replays its launches later; elsewhere the kernel itself."""
+    if current() == "cuda" and os.environ.get("GTNUMBA_CUDA_BIND", "1") != "0":
+        from .cuda.bound import StepRunner
+        return StepRunner(kernel)
+    return kernel
+
+
 def graph_runner(plan):
     """A callable that runs the whole plan as one CUDA graph replay (real GPU, cached plan,
     GTNUMBA_CUDA_GRAPHS not 0), or None: run the plan's steps."""
