@@ -292,3 +292,17 @@ def test_a_step_that_cannot_be_replayed_keeps_running_its_host_code():
         x = np.arange(start, start + 5)
         np.testing.assert_array_equal(memory.to_host(runner(memory.to_device(x))), x[1:])
         assert runner.bound is None and "neither a step input" in runner.reason
+
+
+def test_step_runner_binds_one_call_site(on_cuda, monkeypatch):
+    from gtnumba.ops import OPS
+    calls = []
+    real = elementwise.run
+    monkeypatch.setattr(elementwise, "run", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    runner = backend.step_runner(OPS["mul"].kernels["cuda"])
+    for k in range(3):
+        a = memory.to_device(np.arange(4.0) + k)
+        np.testing.assert_array_equal(memory.to_host(runner(a, a)), (np.arange(4.0) + k) ** 2)
+    assert calls == ["mul"], "the host code ran on the first call only"
+    gt.set_device("cpu")
+    assert backend.step_runner(OPS["mul"].kernels["cpu"]) is OPS["mul"].kernels["cpu"]
