@@ -18,9 +18,10 @@ import gtnumba as gt
 import gtnumba.kernels.cuda as gcuda
 from gtnumba.kernels import backend
 from gtnumba.ops import OPS
+from conftest import dev as _dev, host as _host, needs_cuda, rng as _rng  # noqa: E402,F401
 
-needs_cuda = pytest.mark.skipif(not cuda.is_available(),
-                                reason="needs a CUDA GPU or Numba's simulator (NUMBA_ENABLE_CUDASIM=1)")
+pytestmark = pytest.mark.usefixtures("fast_simulator")
+
 
 CUDA_ROWS = sorted(n for n, r in OPS.items() if "cuda" in r.kernels)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,14 +29,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _plan_cache():
     return importlib.import_module("gtnumba.sched.plan_cache")._CACHE
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _fast_simulator():
-    saved = sys.getswitchinterval()
-    sys.setswitchinterval(1e-4)
-    yield
-    sys.setswitchinterval(saved)
 
 
 @pytest.fixture
@@ -91,7 +84,31 @@ def test_gpu_default_waits_for_every_row(monkeypatch):
     monkeypatch.setattr(gcuda, "gpu_present", lambda: True)
     monkeypatch.setitem(OPS, "_no_cuda_kernel", OPS["reshape"].__class__("_no_cuda_kernel", None, None))
     assert not backend.cuda_complete()
-    assert backend.default() == "cpu"
+    with pytest.warns(RuntimeWarning, match="some op rows have no CUDA kernel"):
+        assert backend.default() == "cpu"
+
+
+@needs_cuda
+def test_gpu_default_needs_a_tiny_kernel_to_run(monkeypatch):
+    """"cuda" is picked on its own only if a test kernel compiles and runs; else "cpu" and one
+    warning that says why (here the real probe, in the simulator or on the GPU, then a failing one)."""
+    import warnings
+    monkeypatch.delenv("GTNUMBA_DEVICE", raising=False)
+    monkeypatch.setattr(gcuda, "gpu_present", lambda: True)
+    assert gcuda.probe() == (True, "")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert backend.default() == "cuda"
+
+    def broken(*args):
+        raise RuntimeError("NVVM: cannot compile (np.row_stack is gone)")
+    from gtnumba.kernels.cuda import elementwise
+    monkeypatch.setattr(elementwise, "fill", broken)
+    assert gcuda.probe()[0] is False
+    with pytest.warns(RuntimeWarning) as record:
+        assert backend.default() == "cpu"
+    assert len(record) == 1
+    assert "CUDA backend is not usable (RuntimeError: NVVM: cannot compile" in str(record[0].message)
 
 
 @needs_cuda

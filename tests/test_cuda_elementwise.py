@@ -6,8 +6,6 @@ on shapes that are not multiples of the block size (with a grid too small to cov
 grid-stride loops wrap), broadcasting of every kind, 0-d and empty arrays, every dtype, the
 IEEE edge cases NumPy defines (NaN, inf, overflow), and the errors raised before a launch.
 """
-import sys
-import zlib
 
 import numpy as np
 import pytest
@@ -19,19 +17,13 @@ if not cuda.is_available():
 from gtnumba.kernels.cuda import elementwise as ew  # noqa: E402
 from gtnumba.kernels.cuda import memory, runtime  # noqa: E402
 from gtnumba.ops import OPS, Spec  # noqa: E402
+from conftest import dev as _dev, host as _host, needs_cuda, rng as _rng  # noqa: E402,F401
+
+pytestmark = pytest.mark.usefixtures("fast_simulator")
 
 EW_MODULE = "gtnumba.ops.elementwise"
 EW_ROWS = sorted(n for n, r in OPS.items() if r.infer.__module__ == EW_MODULE)
 DTYPES = [np.float32, np.float64]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _fast_simulator():
-    """The simulator runs each CUDA thread as a Python thread: switch between them quickly."""
-    saved = sys.getswitchinterval()
-    sys.setswitchinterval(1e-4)
-    yield
-    sys.setswitchinterval(saved)
 
 
 @pytest.fixture
@@ -39,19 +31,6 @@ def small_launch(monkeypatch):
     """A block and a grid far smaller than the arrays: grid-stride loops must cover the rest."""
     monkeypatch.setattr(runtime, "BLOCK", 8)
     monkeypatch.setattr(runtime, "MAX_GRID", 2)
-
-
-def _rng(*key):
-    return np.random.default_rng(zlib.crc32(repr(key).encode()))
-
-
-def _dev(a):
-    return memory.to_device(np.asarray(a))
-
-
-def _host(d):
-    assert runtime.is_device_array(d), f"kernel returned {type(d).__name__}, not a device array"
-    return d.copy_to_host()
 
 
 def _as(a, dtype):
@@ -303,7 +282,7 @@ def test_launch_helper():
             return lambda *args: calls.append(args)
     assert runtime.launch(Fake(), 0, 1, 2) == (0, runtime.BLOCK) and not calls
     assert runtime.launch(Fake(), 100, "x", block=32) == (4, 32)
-    assert calls == [(4, 32), ("x",)]
+    assert calls == [(4, 32, runtime.stream()), ("x",)], "launched on the backend's stream"
     with pytest.raises(ValueError, match="k: block size must be an int in 1..1024"):
         runtime.launch(Fake(), 10, block=2048, name="k")
 

@@ -9,7 +9,6 @@ and mixed dtypes, empty shapes, and the errors; the cuBLAS (CuPy) dispatch with 
 """
 import sys
 import types
-import zlib
 
 import numpy as np
 import pytest
@@ -20,14 +19,9 @@ if not cuda.is_available():
 
 from gtnumba.kernels.cuda import gemm, memory, runtime  # noqa: E402
 from gtnumba.ops import OPS, Spec  # noqa: E402
+from conftest import dev as _dev, host as _host, needs_cuda, rng as _rng  # noqa: E402,F401
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _fast_simulator():
-    saved = sys.getswitchinterval()
-    sys.setswitchinterval(1e-4)
-    yield
-    sys.setswitchinterval(saved)
+pytestmark = pytest.mark.usefixtures("fast_simulator")
 
 
 @pytest.fixture(autouse=True)
@@ -41,19 +35,6 @@ def small_tiles(monkeypatch):
 def _tiles(monkeypatch, cfg):
     for name, v in zip(("BM", "BN", "BK", "TM", "TN"), cfg):
         monkeypatch.setattr(gemm, name, v)
-
-
-def _rng(*key):
-    return np.random.default_rng(zlib.crc32(repr(key).encode()))
-
-
-def _dev(a):
-    return memory.to_device(np.asarray(a))
-
-
-def _host(d):
-    assert runtime.is_device_array(d), f"kernel returned {type(d).__name__}, not a device array"
-    return d.copy_to_host()
 
 
 def _check(got, want, what, dtype=np.float64):
@@ -174,6 +155,17 @@ class _FakeCupy:
         def __init__(self, dev):
             self.dev = dev
 
+    class cuda:
+        class ExternalStream:
+            def __init__(self, handle):
+                self.handle = handle
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                return False
+
     def __init__(self):
         self.calls = []
 
@@ -191,6 +183,7 @@ def test_cublas_dispatch(monkeypatch):
     fake = _FakeCupy()
     monkeypatch.setattr(gemm, "USE_CUBLAS", True)
     monkeypatch.setattr(gemm, "_cublas", lambda: fake)
+    monkeypatch.setattr(gemm, "_CUPY_STREAM", [])
 
     def no_numba_gemm(*args, **kwargs):
         raise AssertionError("the Numba GEMM ran although cuBLAS was available")

@@ -9,8 +9,6 @@ max/min/argmax/argmin; integer and bool dtypes; float32 accuracy against an exac
 """
 import itertools
 import math
-import sys
-import zlib
 
 import numpy as np
 import pytest
@@ -21,19 +19,14 @@ if not cuda.is_available():
 
 from gtnumba.kernels.cuda import memory, reduction, runtime  # noqa: E402
 from gtnumba.ops import OPS, Spec  # noqa: E402
+from conftest import dev as _dev, host as _host, needs_cuda, rng as _rng  # noqa: E402,F401
+
+pytestmark = pytest.mark.usefixtures("fast_simulator")
 
 RD_MODULE = "gtnumba.ops.reduce"
 RD_ROWS = sorted(n for n, r in OPS.items() if r.infer.__module__ == RD_MODULE)
 DTYPES = [np.float32, np.float64]
 NP = {"sum": np.sum, "max": np.max, "min": np.min, "argmax": np.argmax, "argmin": np.argmin}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _fast_simulator():
-    saved = sys.getswitchinterval()
-    sys.setswitchinterval(1e-4)
-    yield
-    sys.setswitchinterval(saved)
 
 
 @pytest.fixture(params=["serial", "block", "block-split", "serial-split"])
@@ -71,19 +64,6 @@ def path(request, monkeypatch):
     assert first[0] == m.split("-")[0], f"asked for {m}, planned {first}"
     if m.endswith("split"):
         assert any(p[1] > 1 for p in plans), f"{m}: no reduction was split ({plans})"
-
-
-def _rng(*key):
-    return np.random.default_rng(zlib.crc32(repr(key).encode()))
-
-
-def _dev(a):
-    return memory.to_device(np.asarray(a))
-
-
-def _host(d):
-    assert runtime.is_device_array(d), f"kernel returned {type(d).__name__}, not a device array"
-    return d.copy_to_host()
 
 
 def _check(got, want, what, dtype=np.float64):

@@ -6,7 +6,7 @@ samples in float32 and float64, then on tiny extra cases: every permutation of 3
 transpose and strided gather, shapes that are not multiples of the tile, a grid too small so the
 grid-stride loops wrap), NumPy's advanced-indexing rules (arrays anywhere, adjacent or not, with
 ints, slices with negative steps, None, ...), repeated indices that must accumulate in
-index_backward, and bad index arrays that must raise before any launch.  The host-side index plan
+index_backward, and bad index arrays that must raise at the next read.  The host-side index plan
 is also checked against NumPy over many specs without launching anything.  Last, every kernel of
 the module compiles to PTX for sm_90 (no simulator, no GPU: a subprocess with the real target).
 """
@@ -15,7 +15,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import zlib
 
 import numpy as np
 import pytest
@@ -74,18 +73,10 @@ def test_every_shape_kernel_compiles_to_ptx_for_sm90():
 
 # ---- the rest runs kernels: the simulator or a GPU ------------------------------------------------
 from numba import cuda  # noqa: E402
+from conftest import dev as _dev, host as _host, needs_cuda, rng as _rng  # noqa: E402,F401
 
-needs_cuda = pytest.mark.skipif(not cuda.is_available(),
-                                reason="needs a CUDA GPU or Numba's simulator (NUMBA_ENABLE_CUDASIM=1)")
+pytestmark = pytest.mark.usefixtures("fast_simulator")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _fast_simulator():
-    """The simulator runs each CUDA thread as a Python thread: switch between them quickly."""
-    saved = sys.getswitchinterval()
-    sys.setswitchinterval(1e-4)
-    yield
-    sys.setswitchinterval(saved)
 
 
 def _modules():
@@ -114,20 +105,6 @@ def count_transposes(monkeypatch):
         return real(*key)
     monkeypatch.setattr(shape, "_transpose", wrapped)
     return calls
-
-
-def _rng(*key):
-    return np.random.default_rng(zlib.crc32(repr(key).encode()))
-
-
-def _dev(a):
-    return _modules()[1].to_device(np.asarray(a))
-
-
-def _host(d):
-    assert _modules()[2].is_device_array(d), f"kernel returned {type(d).__name__}, not a device array"
-    assert d.is_c_contiguous()
-    return d.copy_to_host()
 
 
 def _as(a, dtype):
@@ -424,25 +401,49 @@ def test_setitem_casts_the_value_and_checks_its_shape():
 @needs_cuda
 @pytest.mark.parametrize("op", ["index", "index_backward", "setitem"])
 @pytest.mark.parametrize("bad,axis", [(5, 0), (-6, 0), (3, 1)])
-def test_bad_index_arrays_raise_before_any_launch(op, bad, axis, monkeypatch):
-    shape, _, runtime = _modules()
-    launched = []
-    monkeypatch.setattr(runtime, "launch", lambda *a, **k: launched.append(a))
-    monkeypatch.setattr(shape, "_transpose", lambda *a: launched.append(a))
-    x = np.zeros((5, 3), np.float32)
+def test_bad_index_arrays_raise_at_the_next_read(op, bad, axis, monkeypatch):
+    """A bad index is found on the device (no host copy at the call): it is never read or written
+    (the other positions are), and the next read raises, naming the op, index, axis and size."""
+    shape, memory, runtime = _modules()
+    copies = dict(memory.COPIES)
+    x = np.arange(15, dtype=np.float32).reshape(5, 3)
     idx = _dev(np.array([0, bad, 1]))
     spec = (("array", 0),) if axis == 0 else (S, ("array", 0))
     size = x.shape[axis]
+    if op == "index":
+        out = shape.index(_dev(x), idx, spec=spec)
+    elif op == "setitem":
+        out = shape.setitem(_dev(x), _dev(np.float32(-1)), idx, spec=spec)
+    else:
+        g = np.ones((3, 3) if axis == 0 else (5, 3), np.float32)
+        out = shape.index_backward(_dev(g), idx, spec=spec, shape=x.shape)
+    assert memory.COPIES["d2h"] == copies["d2h"], f"{op}: the call copied to the host"
     msg = rf"{op}: index {bad} is out of bounds for axis {axis} with size {size}"
     with pytest.raises(IndexError, match=msg):
-        if op == "index":
-            shape.index(_dev(x), idx, spec=spec)
-        elif op == "setitem":
-            shape.setitem(_dev(x), _dev(np.float32(1)), idx, spec=spec)
-        else:
-            g = np.zeros((3, 3) if axis == 0 else (5, 3), np.float32)
-            shape.index_backward(_dev(g), idx, spec=spec, shape=x.shape)
-    assert not launched, f"{op}: launched a kernel before the bounds check"
+        memory.to_host(out)
+    got = memory.to_host(out)                    # the error is raised once
+    good = [0, 1]
+    sel = (good,) if axis == 0 else (slice(None), good)
+    if op == "index":
+        np.testing.assert_array_equal(got[(slice(None), [0, 2]) if axis == 1 else [0, 2]], x[sel])
+    elif op == "setitem":
+        want = x.copy()
+        want[sel] = -1
+        np.testing.assert_array_equal(got, want)
+    else:
+        want = np.zeros_like(x)
+        want[sel] = 1
+        np.testing.assert_array_equal(got, want)
+
+
+@needs_cuda
+def test_bad_index_in_combined_arrays_raises_at_the_next_read():
+    shape, memory, _ = _modules()
+    x = np.arange(15, dtype=np.float32).reshape(5, 3)
+    out = shape.index(_dev(x), _dev(np.array([0, 4])), _dev(np.array([2, 7])), spec=(("array", 0), ("array", 1)))
+    with pytest.raises(IndexError, match="index: index 7 is out of bounds for axis 1 with size 3"):
+        memory.to_host(out)
+    assert memory.to_host(out)[0] == x[0, 2]
 
 
 @needs_cuda
@@ -507,9 +508,15 @@ def test_index_plan_matches_numpy(monkeypatch):
         assert plan.shape == want.shape, f"{spec}: plan shape {plan.shape}, NumPy {want.shape}"
         pos = np.indices(plan.shape).reshape(len(plan.shape), -1) if plan.shape else np.zeros((0, 1), int)
         off = plan.base + sum(p * s for p, s in zip(pos, plan.xstrides))
+        flat_i = sum(p * s for p, s in zip(pos, plan.istrides))
         if plan.idx is not None:
-            k = plan.idx[sum(p * s for p, s in zip(pos, plan.istrides))]
+            k = plan.idx[flat_i]
             off = off + np.where(k < 0, k + plan.size, k) * plan.stride
+        for idx, istrides, size, stride, axis in plan.parts:      # combined on the device
+            bpos = (np.indices(plan.bshape).reshape(len(plan.bshape), -1) if plan.bshape
+                    else np.zeros((0, 1), int))
+            k = idx[sum(p * s for p, s in zip(bpos, istrides))]
+            off = off + np.atleast_1d(np.where(k < 0, k + size, k) * stride)[np.asarray(flat_i, int)]
         got = x.reshape(-1)[np.asarray(off, int)].reshape(plan.shape) if want.size else want
         np.testing.assert_array_equal(got, want, err_msg=str(spec))
         checked += 1

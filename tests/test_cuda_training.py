@@ -9,7 +9,6 @@ on the device, and they match the CPU backend.
   parameters.
 """
 import importlib
-import sys
 
 import numpy as np
 import pytest
@@ -20,18 +19,11 @@ from gtnumba import nn, optim
 from gtnumba.kernels import backend
 from gtnumba.ops import OPS
 from gt_style_model import B, C, E, H, S, gt_forward, init_params
+from conftest import dev as _dev, host as _host, needs_cuda, rng as _rng  # noqa: E402,F401
 
-needs_cuda = pytest.mark.skipif(not cuda.is_available(),
-                                reason="needs a CUDA GPU or Numba's simulator (NUMBA_ENABLE_CUDASIM=1)")
+pytestmark = pytest.mark.usefixtures("fast_simulator")
+
 RTOL = 1e-9
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _fast_simulator():
-    saved = sys.getswitchinterval()
-    sys.setswitchinterval(1e-4)
-    yield
-    sys.setswitchinterval(saved)
 
 
 def _on(device):

@@ -30,6 +30,13 @@ def _cuda_to_backend(array):
     return to_device(array)
 
 
+def _cuda_to_host(value):
+    if isinstance(value, np.ndarray):
+        return value
+    from .cuda import to_host
+    return to_host(value) if hasattr(value, "copy_to_host") else np.asarray(value)
+
+
 def _cuda_available():
     from .cuda import usable
     return usable()
@@ -37,7 +44,7 @@ def _cuda_available():
 
 _BACKENDS = {
     "cpu": {"to_backend": _cpu_to_backend, "to_host": _host, "available": lambda: True},
-    "cuda": {"to_backend": _cuda_to_backend, "to_host": _host, "available": _cuda_available},
+    "cuda": {"to_backend": _cuda_to_backend, "to_host": _cuda_to_host, "available": _cuda_available},
 }
 _current = None
 
@@ -57,15 +64,58 @@ def cuda_complete():
     return all("cuda" in row.kernels for row in OPS.values())
 
 
+def bound_steps(plan):
+    """Per step of `plan`, the callable the executor runs: on "cuda" a step bound once
+    (gtnumba.kernels.cuda.bound: launches replayed without their host code), elsewhere the op's
+    kernel.  Kept on the plan, so this is one dict lookup per plan run."""
+    steps = plan.__dict__.get("_backend_steps")
+    if steps is None:
+        if current() == "cuda" and os.environ.get("GTNUMBA_CUDA_BIND", "1") != "0":
+            from .cuda.bound import bound_steps as cuda_steps
+            steps = cuda_steps(plan)
+        else:
+            steps = [step.kernel for step in plan.steps]
+        plan._backend_steps = steps
+    return steps
+
+
+def step_runner(kernel):
+    """One kernel call site bound once (for executors other than run_plan, e.g. SPMD blocks: keep
+    one per block step and call it instead of the kernel): on "cuda" it records the first call and
+    replays its launches later; elsewhere the kernel itself."""
+    if current() == "cuda" and os.environ.get("GTNUMBA_CUDA_BIND", "1") != "0":
+        from .cuda.bound import StepRunner
+        return StepRunner(kernel)
+    return kernel
+
+
+def graph_runner(plan):
+    """A callable that runs the whole plan as one CUDA graph replay (real GPU, cached plan,
+    GTNUMBA_CUDA_GRAPHS not 0), or None: run the plan's steps."""
+    if current() != "cuda":
+        return None
+    from .cuda.graphs import runner
+    return runner(plan)
+
+
 def default():
-    """The backend used when nothing forces one: "cuda" only on a real GPU, and only once every
-    op row has a CUDA kernel (until then a GPU machine keeps working on "cpu"; GTNUMBA_DEVICE=cuda
-    or set_device("cuda") still force it)."""
+    """The backend used when nothing forces one: "cuda" only on a real GPU where every op row has
+    a CUDA kernel and a tiny kernel compiles and runs; otherwise "cpu", with one warning saying
+    why when a GPU is there (GTNUMBA_DEVICE=cuda or set_device("cuda") still force it)."""
     name = os.environ.get("GTNUMBA_DEVICE", "").strip().lower()
     if name:
         return name
     from . import cuda
-    return "cuda" if cuda.gpu_present() and cuda_complete() else "cpu"
+    if not cuda.gpu_present():
+        return "cpu"
+    ok, why = cuda.probe() if cuda_complete() else (False, "some op rows have no CUDA kernel")
+    if ok:
+        return "cuda"
+    import warnings
+    warnings.warn(f"gtnumba: a CUDA GPU is present but the CUDA backend is not usable ({why}); "
+                  f"running on the CPU. GTNUMBA_DEVICE=cuda forces the CUDA backend.", RuntimeWarning,
+                  stacklevel=3)
+    return "cpu"
 
 
 def current():

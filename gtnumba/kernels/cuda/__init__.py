@@ -5,8 +5,13 @@ handles, and the kernel modules (runtime, memory, elementwise, reduction) are im
 first call, so `import gtnumba` costs nothing extra on a machine without a GPU.
 
 Modules:
-    runtime      simulator switch, launch configuration, `jit` wrapper, `launch`, argument checks
-    memory       the device memory pool (CuPy's pool, a caching allocator, or plain device_array)
+    runtime      simulator switch, the stream, launch configuration, `jit` wrapper (disk cache),
+                 `launch`, argument checks, the one index-unravel helper `offset`
+    memory       the device memory pool (CuPy's pool, a caching allocator, or plain device_array),
+                 the only host <-> device copies (counted in COPIES), shared scalar constants
+    checks       data errors found on the device (labels, indices, step) raised at the next read
+    bound        plan steps bound once: recorded launches replayed without their host code
+    graphs       a cached plan replayed as one CUDA graph (real GPU; GTNUMBA_CUDA_GRAPHS=0: off)
     elementwise  one broadcasting kernel template per arity + a scalar device function per op
     reduction    sum/max/min over any axis set, argmax/argmin, tree-combined in float64/int64
     gemm         matmul: cuBLAS through CuPy on a real GPU when installed, else a register-blocked
@@ -15,6 +20,7 @@ Modules:
     updates      sgd_update / adam_update, one elementwise kernel each
     shape        reshape/permute (tiled transpose)/expand/concat, indexing gather, scatter(-add)
     ptx          every kernel at the signatures the backend launches, for `compile_ptx` checks
+                 (elementwise dtypes derived from the op table)
 """
 import importlib
 
@@ -96,6 +102,21 @@ def gpu_present():
         return bool(cuda.is_available())
     except Exception:
         return False
+
+
+def probe():
+    """(True, "") when a tiny kernel compiles, runs and gives the right answer here, else
+    (False, why).  Backend choice calls it before picking "cuda" on its own."""
+    try:
+        import numpy as np
+        from .elementwise import fill
+        from .memory import to_host
+        got = to_host(fill((4,), 3, np.float32))
+        if not (got == 3).all():
+            return False, f"a test kernel computed {got.tolist()} instead of [3, 3, 3, 3]"
+        return True, ""
+    except Exception as exc:  # any failure means: do not pick this backend on our own
+        return False, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 
 def usable():

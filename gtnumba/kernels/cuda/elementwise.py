@@ -19,7 +19,7 @@ import numpy as np
 from numba import cuda
 
 from . import memory, runtime
-from .runtime import jit
+from .runtime import jit, offset
 
 F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
 I64, BOOL = np.dtype(np.int64), np.dtype(np.bool_)
@@ -37,80 +37,32 @@ _erf = math.erf
 _fabs = abs
 
 
-# ---- index math (device) -----------------------------------------------------------------
-@jit(device=True)
-def _off1(i, shape, s0):
-    o0 = 0
-    r = i
-    for d in range(len(shape) - 1, 0, -1):
-        n = shape[d]
-        q = r // n
-        k = r - q * n
-        o0 += k * s0[d]
-        r = q
-    return o0 + r * s0[0]
-
-
-@jit(device=True)
-def _off2(i, shape, s0, s1):
-    o0 = 0
-    o1 = 0
-    r = i
-    for d in range(len(shape) - 1, 0, -1):
-        n = shape[d]
-        q = r // n
-        k = r - q * n
-        o0 += k * s0[d]
-        o1 += k * s1[d]
-        r = q
-    return o0 + r * s0[0], o1 + r * s1[0]
-
-
-@jit(device=True)
-def _off3(i, shape, s0, s1, s2):
-    o0 = 0
-    o1 = 0
-    o2 = 0
-    r = i
-    for d in range(len(shape) - 1, 0, -1):
-        n = shape[d]
-        q = r // n
-        k = r - q * n
-        o0 += k * s0[d]
-        o1 += k * s1[d]
-        o2 += k * s2[d]
-        r = q
-    return o0 + r * s0[0], o1 + r * s1[0], o2 + r * s2[0]
-
-
 # ---- kernel templates, one per arity -------------------------------------------------------
 def _unary_template(fn):
     def unary_kernel(out, n, shape, x, sx):
         for i in range(cuda.grid(1), n, cuda.gridsize(1)):
-            out[i] = fn(x[_off1(i, shape, sx)])
+            out[i] = fn(x[offset(i, shape, sx)])
     return unary_kernel
 
 
 def _unary_param_template(fn):
     def unary_param_kernel(out, n, shape, x, sx, p, q):
         for i in range(cuda.grid(1), n, cuda.gridsize(1)):
-            out[i] = fn(x[_off1(i, shape, sx)], p, q)
+            out[i] = fn(x[offset(i, shape, sx)], p, q)
     return unary_param_kernel
 
 
 def _binary_template(fn):
     def binary_kernel(out, n, shape, a, sa, b, sb):
         for i in range(cuda.grid(1), n, cuda.gridsize(1)):
-            ia, ib = _off2(i, shape, sa, sb)
-            out[i] = fn(a[ia], b[ib])
+            out[i] = fn(a[offset(i, shape, sa)], b[offset(i, shape, sb)])
     return binary_kernel
 
 
 def _ternary_template(fn):
     def ternary_kernel(out, n, shape, c, sc, a, sa, b, sb):
         for i in range(cuda.grid(1), n, cuda.gridsize(1)):
-            ic, ia, ib = _off3(i, shape, sc, sa, sb)
-            out[i] = fn(c[ic], a[ia], b[ib])
+            out[i] = fn(c[offset(i, shape, sc)], a[offset(i, shape, sa)], b[offset(i, shape, sb)])
     return ternary_kernel
 
 
@@ -286,18 +238,19 @@ def _identity(T):
     return _dev(lambda x: x)
 
 
-# op name -> (template kind, scalar factory)
+# op name -> (template kind, scalar factory, input dtypes the kernel takes): the kernel side of
+# each row; which of those dtypes the API launches comes from the op table (see ptx.py)
 SCALAR = {
-    "add": ("binary", _add), "sub": ("binary", _sub), "mul": ("binary", _mul), "div": ("binary", _div),
-    "pow": ("binary", _pow), "maximum": ("binary", _maximum), "minimum": ("binary", _minimum),
-    "eq": ("binary", _cmp("eq")), "ne": ("binary", _cmp("ne")), "lt": ("binary", _cmp("lt")),
-    "le": ("binary", _cmp("le")), "gt": ("binary", _cmp("gt")), "ge": ("binary", _cmp("ge")),
-    "logical_and": ("binary", _logical_and), "gelu_backward": ("binary", _gelu_backward),
-    "where": ("ternary", _where),
-    "neg": ("unary", _neg), "abs": ("unary", _abs), "sign": ("unary", _sign), "exp": ("unary", _exp_f),
-    "log": ("unary", _log_f), "sqrt": ("unary", _sqrt_f), "relu": ("unary", _relu),
-    "sigmoid": ("unary", _sigmoid), "tanh": ("unary", _tanh_f), "gelu": ("unary", _gelu),
-    "cast": ("unary", _identity), "clamp": ("param", _clamp),
+    "add": ("binary", _add, ALL), "sub": ("binary", _sub, ALL), "mul": ("binary", _mul, ALL),
+    "div": ("binary", _div, ALL), "pow": ("binary", _pow, ALL), "maximum": ("binary", _maximum, ALL),
+    "minimum": ("binary", _minimum, ALL), "eq": ("binary", _cmp("eq"), ALL), "ne": ("binary", _cmp("ne"), ALL),
+    "lt": ("binary", _cmp("lt"), ALL), "le": ("binary", _cmp("le"), ALL), "gt": ("binary", _cmp("gt"), ALL),
+    "ge": ("binary", _cmp("ge"), ALL), "logical_and": ("binary", _logical_and, ALL),
+    "gelu_backward": ("binary", _gelu_backward, FLOATS), "where": ("ternary", _where, ALL),
+    "neg": ("unary", _neg, NUMERIC), "abs": ("unary", _abs, ALL), "sign": ("unary", _sign, NUMERIC),
+    "exp": ("unary", _exp_f, FLOATS), "log": ("unary", _log_f, FLOATS), "sqrt": ("unary", _sqrt_f, FLOATS),
+    "relu": ("unary", _relu, ALL), "sigmoid": ("unary", _sigmoid, FLOATS), "tanh": ("unary", _tanh_f, FLOATS),
+    "gelu": ("unary", _gelu, FLOATS), "cast": ("unary", _identity, ALL), "clamp": ("param", _clamp, ALL),
 }
 
 
@@ -309,8 +262,7 @@ def scalar_function(op, dtype):
 @functools.lru_cache(maxsize=None)
 def kernel_function(op, dtype):
     """The Python function of `op`'s kernel for compute dtype `dtype` (what `jit` compiles)."""
-    kind, _ = SCALAR[op]
-    return TEMPLATES[kind](scalar_function(op, dtype))
+    return TEMPLATES[SCALAR[op][0]](scalar_function(op, dtype))
 
 
 @functools.lru_cache(maxsize=None)
@@ -417,7 +369,7 @@ def logical_and(a, b):
 
 
 def gelu_backward(x, g):
-    dx, dg = _check("gelu_backward", (x, g), FLOATS)
+    dx, dg = _check("gelu_backward", (x, g), SCALAR["gelu_backward"][2])
     out = _promote(dx, dg)
     return run("gelu_backward", "gelu_backward", (x, g), out, out)
 
@@ -430,9 +382,9 @@ def where(c, a, b):
     return run(name, name, (c, a, b), out, out)
 
 
-def _unary(op, dtypes):
+def _unary(op):
     def kernel(x):
-        dt = runtime.check_array(op, x, "input", dtypes)
+        dt = runtime.check_array(op, x, "input", SCALAR[op][2])
         return run(op, op, (x,), dt, dt)
     kernel.__name__ = kernel.__qualname__ = f"cuda_{op}"
     return kernel
@@ -470,10 +422,9 @@ def alias(x, placement=None):
 add, sub, mul, power = _arith("add"), _arith("sub"), _arith("mul"), _arith("pow")
 maximum, minimum = _arith("maximum"), _arith("minimum")
 eq, ne, lt, le, gt, ge = (_compare(op) for op in ("eq", "ne", "lt", "le", "gt", "ge"))
-neg, sign = _unary("neg", NUMERIC), _unary("sign", NUMERIC)
-abs_, relu = _unary("abs", ALL), _unary("relu", ALL)
-exp, log, sqrt, tanh = (_unary(op, FLOATS) for op in ("exp", "log", "sqrt", "tanh"))
-sigmoid, gelu = _unary("sigmoid", FLOATS), _unary("gelu", FLOATS)
+neg, sign, abs_, relu = _unary("neg"), _unary("sign"), _unary("abs"), _unary("relu")
+exp, log, sqrt, tanh = (_unary(op) for op in ("exp", "log", "sqrt", "tanh"))
+sigmoid, gelu = _unary("sigmoid"), _unary("gelu")
 
 # op row name -> kernel (what the op table's "cuda" slots point at)
 KERNELS = {

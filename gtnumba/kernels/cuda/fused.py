@@ -25,7 +25,7 @@ import math
 import numpy as np
 from numba import cuda
 
-from . import memory, runtime
+from . import checks, memory, runtime
 from .elementwise import _exp, _log, _sqrt
 from .runtime import jit
 
@@ -34,6 +34,10 @@ FLOATS = (F32, F64)
 LABELS = (I32, I64)
 F = np.float64
 NEG_INF = -math.inf
+NAN = math.nan
+BAD_LABEL = {name: checks.site(ValueError, name + ": label {value} is out of range for {bound} classes "
+                               "(valid: 0..{last})")
+             for name in ("cross_entropy", "cross_entropy_backward")}
 
 # layer_norm_backward column sums: a chunk has at least this many rows (module constant, read at
 # launch; tests lower it to force the two-pass path)
@@ -218,7 +222,7 @@ def _log_softmax_backward_template(T, tree):
 def _cross_entropy_template(T, tree):
     row_max, row_sumexp = _row_max_sum(T)
 
-    def cross_entropy_kernel(loss, lse_out, x, labels, n_rows, n, g):
+    def cross_entropy_kernel(loss, lse_out, x, labels, n_rows, n, g, flag, code):
         sh = cuda.shared.array(tree, np.float64)
         tid = cuda.threadIdx.x
         lane = tid % g
@@ -232,17 +236,25 @@ def _cross_entropy_template(T, tree):
             if lane == 0 and r < n_rows:
                 lse = m + _log(s)
                 lse_out[r] = lse
-                loss[r] = lse - F(x[base + labels[r]])
+                lab = labels[r]
+                if lab < 0 or lab >= n:                  # a bad label: reported, never read past
+                    checks.report(flag, code, lab, n, 0)
+                    loss[r] = NAN
+                else:
+                    loss[r] = lse - F(x[base + lab])
     return cross_entropy_kernel
 
 
 def _cross_entropy_backward_template(T, tree):
-    def cross_entropy_backward_kernel(gx, x, labels, lse, gl, n_rows, n):
+    def cross_entropy_backward_kernel(gx, x, labels, lse, gl, n_rows, n, flag, code):
         for t in range(cuda.grid(1), n_rows * n, cuda.gridsize(1)):
             r = t // n
             c = t - r * n
             e = _exp(x[t] - lse[r])
-            if c == labels[r]:
+            lab = labels[r]
+            if c == 0 and (lab < 0 or lab >= n):
+                checks.report(flag, code, lab, n, 0)
+            if c == lab:
                 gx[t] = (F(e) - 1.0) * F(gl[r])
             else:
                 gx[t] = F(e) * F(gl[r])
@@ -379,12 +391,14 @@ def _row_plan(n_rows, n):
 
 
 def _launch_rows(kind, name, dtype, n_rows, n, *args):
-    """Launch row-group kernel `kind`: args are (outputs and inputs..., scalars...) up to g."""
+    """Launch row-group kernel `kind`: args are (outputs and inputs..., scalars...) up to g, then
+    any after it (cross_entropy's error flag and code)."""
     if n_rows == 0 or n == 0:
         return
     tree, g, block, grid = _row_plan(n_rows, n)
     kernel = compiled_kernel(kind, np.dtype(dtype), tree)
-    kernel[grid, block](*args, g)
+    head, tail = (args[:-2], args[-2:]) if kind == "cross_entropy" else (args, ())
+    runtime.launch_config(kernel, grid, block, *head, g, *tail)
 
 
 def _check_float(name, x, what="input"):
@@ -450,18 +464,14 @@ def log_softmax_backward(y, g, axis):
 
 
 def _check_labels(name, labels, x_shape):
-    """Labels are small: read them on the host and check them before any launch."""
+    """Labels' dtype and shape are checked here; their values on the device (a label out of range
+    is raised at the next read, see gtnumba.kernels.cuda.checks)."""
     rows, cols = x_shape
     runtime.check_array(name, labels, "labels", LABELS + (F32, F64, np.dtype(np.bool_)))
     if np.dtype(labels.dtype) not in LABELS:
         raise TypeError(f"{name}: labels must be integers, got {np.dtype(labels.dtype)}")
     if tuple(labels.shape) != (rows,):
         raise ValueError(f"{name}: labels must have shape ({rows},), got {tuple(labels.shape)}")
-    host = labels.copy_to_host() if rows else np.zeros(0, np.int64)
-    bad = (host < 0) | (host >= cols)
-    if bad.any():
-        raise ValueError(f"{name}: label {int(host[np.argmax(bad)])} is out of range for {cols} classes "
-                         f"(valid: 0..{cols - 1}) (logits shape {tuple(x_shape)})")
 
 
 def _logits(name, x):
@@ -477,7 +487,8 @@ def cross_entropy(x, labels):
     _check_labels(name, labels, shape)
     rows, cols = shape
     loss, lse = memory.empty((rows,), dt), memory.empty((rows,), dt)
-    _launch_rows(name, name, dt, rows, cols, loss, lse, runtime.flat(x), labels, rows, cols)
+    _launch_rows(name, name, dt, rows, cols, loss, lse, runtime.flat(x), labels, rows, cols,
+                 checks.flag(), BAD_LABEL[name])
     return loss, lse
 
 
@@ -492,7 +503,7 @@ def cross_entropy_backward(x, labels, lse, g):
     n = rows * cols
     if n:
         runtime.launch(compiled_kernel(name, dt), n, runtime.flat(gx), runtime.flat(x), labels, lse, g,
-                       rows, cols, name=name)
+                       rows, cols, checks.flag(), BAD_LABEL[name], name=name)
     return gx
 
 
@@ -581,11 +592,12 @@ def ptx_cases(full=False):
             yield f"{kind} {dt}", kernel_function(kind, dt, tree), (a, a, i, i, i, i)
         for kind in ("softmax_backward", "log_softmax_backward"):
             yield f"{kind} {dt}", kernel_function(kind, dt, tree), (a, a, a, i, i, i, i)
+        flag = arr(I64)
         for lab in LABELS:
             yield (f"cross_entropy {dt} labels {lab}", kernel_function("cross_entropy", dt, tree),
-                   (a, a, a, arr(lab), i, i, i))
+                   (a, a, a, arr(lab), i, i, i, flag, i))
             yield (f"cross_entropy_backward {dt} labels {lab}",
-                   kernel_function("cross_entropy_backward", dt, None), (a, a, arr(lab), a, a, i, i))
+                   kernel_function("cross_entropy_backward", dt, None), (a, a, arr(lab), a, a, i, i, flag, i))
         yield (f"layer_norm {dt}", kernel_function("layer_norm", dt, tree),
                (a, a, a, a, a, a, i, i, types.float64, i))
         yield f"layer_norm_backward {dt}", kernel_function("layer_norm_backward", dt, tree), (a,) * 6 + (i, i, i)

@@ -31,7 +31,7 @@ import numpy as np
 from numba import cuda
 
 from . import memory, runtime
-from .runtime import jit
+from .runtime import jit, offset
 
 F32, F64, I32, I64, BOOL = (np.dtype(t) for t in (np.float32, np.float64, np.int32, np.int64, np.bool_))
 GEMM_DTYPES = (F32, F64, I32, I64)
@@ -62,21 +62,6 @@ def tiles():
 
 
 # ---- device code --------------------------------------------------------------------------------
-@jit(device=True)
-def _batch_offsets(z, bshape, a_bs, b_bs):
-    oa = 0
-    ob = 0
-    r = z
-    for d in range(len(bshape) - 1, 0, -1):
-        n = bshape[d]
-        q = r // n
-        k = r - q * n
-        oa += k * a_bs[d]
-        ob += k * b_bs[d]
-        r = q
-    return oa + r * a_bs[0], ob + r * b_bs[0]
-
-
 def _gemm_template(T, bm, bn, bk, tm, tn):
     rm, rn = bm // tm, bn // tn          # threads along M and N
     nt = rm * rn                         # threads per block
@@ -96,7 +81,8 @@ def _gemm_template(T, bm, bn, bk, tm, tn):
         n_tiles_n = (N + bn - 1) // bn
         n_tiles_m = (M + bm - 1) // bm
         for z in range(cuda.blockIdx.z, nbatch, cuda.gridDim.z):
-            oa, ob = _batch_offsets(z, bshape, a_bs, b_bs)
+            oa = offset(z, bshape, a_bs)
+            ob = offset(z, bshape, b_bs)
             oc = z * M * N
             for tm_i in range(cuda.blockIdx.y, n_tiles_m, cuda.gridDim.y):
                 row0 = tm_i * bm
@@ -174,10 +160,23 @@ def _cublas():
 
 
 def _matmul_cublas(cupy, a, b, out):
-    """out[...] = a @ b by cupy.matmul (cuBLAS), all three Numba arrays viewed by CuPy in place."""
-    ca, cb, co = cupy.asarray(a), cupy.asarray(b), cupy.asarray(out)
-    cupy.matmul(ca, cb, out=co)
+    """out[...] = a @ b by cupy.matmul (cuBLAS), all three Numba arrays viewed by CuPy in place,
+    queued on the backend's stream."""
+    with _cupy_stream(cupy):
+        ca, cb, co = cupy.asarray(a), cupy.asarray(b), cupy.asarray(out)
+        cupy.matmul(ca, cb, out=co)
     return out
+
+
+_CUPY_STREAM = []
+
+
+def _cupy_stream(cupy):
+    """The backend's stream as a CuPy stream (made once)."""
+    if not _CUPY_STREAM:
+        handle = getattr(runtime.stream(), "handle", 0)       # (the simulator's stream has none)
+        _CUPY_STREAM.append(cupy.cuda.ExternalStream(int(getattr(handle, "value", handle) or 0)))
+    return _CUPY_STREAM[0]
 
 
 # ---- host side ------------------------------------------------------------------------------------
@@ -215,8 +214,8 @@ def gemm(a, b, out, cfg=None):
             max(1, min(nbatch, MAX_GRID_Z)))
     threads = (bm // tm) * (bn // tn)
     kernel = compiled_kernel(np.dtype(out.dtype), cfg)
-    kernel[grid, threads](runtime.flat(out), runtime.flat(a), runtime.flat(b), M, N, K, nbatch,
-                          bshape, a_bs, b_bs)
+    runtime.launch_config(kernel, grid, threads, runtime.flat(out), runtime.flat(a), runtime.flat(b), M, N, K,
+                          nbatch, bshape, a_bs, b_bs)
     return out
 
 
@@ -244,7 +243,7 @@ def matmul(a, b):
         return fill(out_shape, 0, out_dtype)
     cupy = _cublas() if compute in (F32, F64) else None
     if cupy is not None:
-        _matmul_cublas(cupy, a, b, out)
+        runtime.host_call(functools.partial(_matmul_cublas, cupy), a, b, out)
     else:
         gemm(a, b, out)
     return out if compute == out_dtype else _cast(out, out_dtype)

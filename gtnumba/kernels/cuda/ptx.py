@@ -40,21 +40,39 @@ def _tup(nd):
     return types.UniTuple(types.int64, nd)
 
 
-# compute dtypes each elementwise op is launched with through the API (inputs are cast first)
-_EW_DTYPES = {
-    "add": NUMERIC, "sub": NUMERIC, "mul": NUMERIC, "pow": NUMERIC, "div": (F32, F64),
-    "maximum": ALL, "minimum": ALL, "eq": ALL, "ne": ALL, "lt": ALL, "le": ALL, "gt": ALL, "ge": ALL,
-    "logical_and": ALL, "where": ALL, "gelu_backward": (F32, F64),
-    "neg": NUMERIC, "sign": NUMERIC, "abs": ALL, "relu": ALL, "clamp": ALL,
-    "exp": (F32, F64), "log": (F32, F64), "sqrt": (F32, F64), "tanh": (F32, F64),
-    "sigmoid": (F32, F64), "gelu": (F32, F64), "cast": ALL,
-}
-_BOOL_OUT = {"eq", "ne", "lt", "le", "gt", "ge", "logical_and"}
+def _sample_attrs(row):
+    cases = row.sample(np.random.default_rng(0)) if row.sample else []
+    return dict(cases[0][1]) if cases else {}
+
+
+def launched_dtypes(op):
+    """The compute dtypes elementwise `op` is launched with through the API, derived from its op
+    row (the dtypes its shape rule accepts, cast as its input_dtypes rule says) and kept to those
+    the kernel takes (elementwise.SCALAR); no second per-op dtype table to drift."""
+    from ...ops import OPS, Spec
+    row, (kind, _, takes) = OPS[op], ew.SCALAR[op]
+    attrs, n = _sample_attrs(row), {"unary": 1, "param": 1, "binary": 2, "ternary": 3}[kind]
+    found = []
+    for dt in ALL:
+        specs = [Spec((2,), BOOL if op == "where" and i == 0 else dt) for i in range(n)]
+        try:
+            out = row.infer(attrs, *specs)
+        except (TypeError, ValueError):
+            continue
+        compute = np.dtype(row.input_dtypes(attrs, *specs, out=out)[-1] if row.input_dtypes else dt)
+        if compute in takes and compute not in found:
+            found.append(compute)
+    return tuple(found)
+
+
+def _bool_out(op):
+    from ...ops import OPS, Spec
+    return OPS[op].infer({}, Spec((2,), F32), Spec((2,), F32)).dtype == BOOL
 
 
 def _ew_signature(op, dt, nd, out=None):
-    kind, _ = ew.SCALAR[op]
-    out = out or (BOOL if op in _BOOL_OUT else dt)
+    kind = ew.SCALAR[op][0]
+    out = out or (BOOL if kind == "binary" and _bool_out(op) else dt)
     n, shape = types.int64, _tup(nd)
     if kind == "unary":
         return (_arr(out), n, shape, _arr(dt), shape)
@@ -67,8 +85,8 @@ def _ew_signature(op, dt, nd, out=None):
 
 
 def elementwise_cases(full=False):
-    for op, dts in _EW_DTYPES.items():
-        for dt in dts:
+    for op in ew.SCALAR:
+        for dt in launched_dtypes(op):
             if op == "cast":
                 for dst in ALL:
                     yield (f"cast {dt}->{dst} nd1", ew.kernel_function(op, dt), _ew_signature(op, dt, 1, dst))

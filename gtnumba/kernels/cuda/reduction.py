@@ -26,7 +26,7 @@ from numba import cuda
 
 from . import memory, runtime
 from .elementwise import fill
-from .runtime import jit
+from .runtime import jit, offset
 
 F64, I64, BOOL = np.dtype(np.float64), np.dtype(np.int64), np.dtype(np.bool_)
 OPS = ("sum", "max", "min", "argmax", "argmin")
@@ -38,19 +38,6 @@ def acc_dtype(op, dtype):
     if op == "sum":
         return F64 if dtype.kind == "f" else I64
     return I64 if dtype == BOOL else dtype
-
-
-# ---- index math (device) -----------------------------------------------------------------
-@jit(device=True)
-def _offset(i, shape, strides):
-    o = 0
-    r = i
-    for d in range(len(shape) - 1, 0, -1):
-        n = shape[d]
-        q = r // n
-        o += (r - q * n) * strides[d]
-        r = q
-    return o + r * strides[0]
 
 
 # ---- combine functions (device), built per accumulator dtype -----------------------------------
@@ -122,12 +109,12 @@ def _serial_value(op, A):
         for t in range(cuda.grid(1), n_out * n_split, cuda.gridsize(1)):
             o = t % n_out
             c = t // n_out
-            base = _offset(o, kshape, kstrides)
+            base = offset(o, kshape, kstrides)
             lo = c * chunk
             hi = min(lo + chunk, n_red)
-            acc = init(x, base + _offset(lo, rshape, rstrides))
+            acc = init(x, base + offset(lo, rshape, rstrides))
             for r in range(lo, hi):
-                acc = combine(acc, x[base + _offset(r, rshape, rstrides)])
+                acc = combine(acc, x[base + offset(r, rshape, rstrides)])
             out[c * n_out + o] = acc          # partials laid out (n_split, n_out)
     return serial_reduce
 
@@ -140,14 +127,14 @@ def _serial_arg(op, A, has_index):
         for t in range(cuda.grid(1), n_out * n_split, cuda.gridsize(1)):
             o = t % n_out
             c = t // n_out
-            base = _offset(o, kshape, kstrides)
+            base = offset(o, kshape, kstrides)
             lo = c * chunk
             hi = min(lo + chunk, n_red)
-            p = base + _offset(lo, rshape, rstrides)
+            p = base + offset(lo, rshape, rstrides)
             bv = A(x[p])
             bi = index(xi, p, lo)
             for r in range(lo + 1, hi):
-                p = base + _offset(r, rshape, rstrides)
+                p = base + offset(r, rshape, rstrides)
                 v = A(x[p])
                 i = index(xi, p, r)
                 if better(v, i, bv, bi):
@@ -168,12 +155,12 @@ def _block_value(op, A, tree):
         for b in range(cuda.blockIdx.x, n_out * n_split, cuda.gridDim.x):
             o = b // n_split
             c = b - o * n_split
-            base = _offset(o, kshape, kstrides)
+            base = offset(o, kshape, kstrides)
             lo = c * chunk
             hi = min(lo + chunk, n_red)
-            acc = init(x, base + _offset(lo, rshape, rstrides))
+            acc = init(x, base + offset(lo, rshape, rstrides))
             for r in range(lo + tid, hi, bd):
-                acc = combine(acc, x[base + _offset(r, rshape, rstrides)])
+                acc = combine(acc, x[base + offset(r, rshape, rstrides)])
             sh[tid] = acc
             cuda.syncthreads()
             s = bd // 2
@@ -200,14 +187,14 @@ def _block_arg(op, A, has_index, tree):
         for b in range(cuda.blockIdx.x, n_out * n_split, cuda.gridDim.x):
             o = b // n_split
             c = b - o * n_split
-            base = _offset(o, kshape, kstrides)
+            base = offset(o, kshape, kstrides)
             lo = c * chunk
             hi = min(lo + chunk, n_red)
-            p = base + _offset(lo, rshape, rstrides)
+            p = base + offset(lo, rshape, rstrides)
             bv = A(x[p])                       # threads without elements hold the chunk's first
             bi = index(xi, p, lo)
             for r in range(lo + tid, hi, bd):
-                p = base + _offset(r, rshape, rstrides)
+                p = base + offset(r, rshape, rstrides)
                 v = A(x[p])
                 i = index(xi, p, r)
                 if better(v, i, bv, bi):
@@ -248,7 +235,7 @@ def compiled_kernel(op, acc, path, has_index=False, tree=None):
 
 @functools.lru_cache(maxsize=None)
 def _dummy_index():
-    return memory.to_device(np.zeros(1, np.int64))
+    return memory.constant(np.zeros(1, np.int64))
 
 
 # ---- host side ------------------------------------------------------------------------------

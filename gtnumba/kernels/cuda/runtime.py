@@ -12,13 +12,20 @@ threads of a block-per-output reduction; also the size of its shared-memory tree
 (grid-stride loops cover the rest), `TARGET_BLOCKS` / `TARGET_THREADS` (how far a large reduction
 is split before a second pass).
 """
+import contextlib
 import math
+import os
+import threading
 
 import numpy as np
 from numba import config as _numba_config
 from numba import cuda
 
 SIMULATOR = bool(_numba_config.ENABLE_CUDASIM)
+# Numba warns about low occupancy on every launch of a small grid; small launches are normal here
+# (a tiny model's rows), so the warning is off unless NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS asks for it.
+if "NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS" not in os.environ:
+    _numba_config.CUDA_LOW_OCCUPANCY_WARNINGS = 0
 
 
 def _patch_simulator_shared_arrays():
@@ -80,14 +87,85 @@ _SIM_JIT_OPTIONS = {"device", "debug", "argtypes", "inline", "restype", "fastmat
 
 
 def jit(func=None, **options):
-    """`numba.cuda.jit` that also works in the simulator: options it refuses are dropped there."""
+    """`numba.cuda.jit` that also works in the simulator (options it refuses are dropped there)
+    and, on the real target, caches compiled kernels on disk (see `disk_cache`)."""
     if SIMULATOR:
         options = {k: v for k, v in options.items() if k in _SIM_JIT_OPTIONS}
         if options.get("inline") not in (None, False, True):
             options.pop("inline")
     if func is None:
-        return lambda f: cuda.jit(f, **options)
-    return cuda.jit(func, **options)
+        return lambda f: jit(f, **options)
+    dispatcher = cuda.jit(func, **options)
+    if not SIMULATOR and not options.get("device") and cache_key_of(func) is not None:
+        disk_cache(dispatcher, func)
+    return dispatcher
+
+
+# ---- compiled kernels cached on disk -----------------------------------------------------------
+# Numba-cuda's cache (the `cache=True` machinery: __pycache__ next to the source, or the user's
+# cache directory) keys a kernel by its signature, the device, its own bytecode and its closure
+# variables.  It does not see the device functions a kernel calls through module globals (the
+# index helper, the error reporter), so gtnumba adds a digest of every kernel source file to the
+# key: any edit of this package misses the old entries instead of loading a stale kernel.
+# GTNUMBA_CUDA_CACHE=0 turns the disk cache off.
+_DIGEST = []
+_CACHE_CLASS = []
+
+
+def sources_digest():
+    if not _DIGEST:
+        import hashlib
+        h = hashlib.sha256()
+        here = os.path.dirname(os.path.abspath(__file__))
+        for name in sorted(os.listdir(here)):
+            if name.endswith(".py"):
+                with open(os.path.join(here, name), "rb") as f:
+                    h.update(name.encode() + f.read())
+        _DIGEST.append(h.hexdigest()[:16])
+    return _DIGEST[0]
+
+
+def cache_key_of(func):
+    """The bytes numba-cuda's cache hashes for `func`'s closure (None: not cacheable, or the disk
+    cache is off)."""
+    if os.environ.get("GTNUMBA_CUDA_CACHE", "1").strip() == "0":
+        return None
+    if func.__closure__ is None:
+        return b""
+    try:
+        from numba.cuda.serialize import dumps
+        return dumps(tuple(c.cell_contents for c in func.__closure__))
+    except Exception:  # a closure numba cannot pickle: compile it each run
+        return None
+
+
+def disk_cache(dispatcher, func):
+    if not _CACHE_CLASS:
+        from numba.cuda.dispatcher import CUDACache
+
+        class KernelCache(CUDACache):
+            def _index_key(self, sig, codegen):
+                return super()._index_key(sig, codegen) + (("gtnumba-kernels", sources_digest()),)
+        _CACHE_CLASS.append(KernelCache)
+    try:
+        dispatcher._cache = _CACHE_CLASS[0](func)
+    except Exception:  # no writable cache directory: compile each run
+        pass
+
+
+@jit(device=True)
+def offset(i, shape, strides):
+    """The element offset, in an operand walked at `strides`, of flat index i over `shape` (C
+    order): the one index-unravel helper of every kernel (one call per operand; with one
+    coalesced dim, the common case, the loop does nothing)."""
+    o = 0
+    r = i
+    for d in range(len(shape) - 1, 0, -1):
+        n = shape[d]
+        q = r // n
+        o += (r - q * n) * strides[d]
+        r = q
+    return o + r * strides[0]
 
 
 _device_tuned = []
@@ -113,6 +191,55 @@ def grid_for(n, block, max_grid=None):
     return max(1, min(-(-n // block), cap))
 
 
+# ---- the stream every launch and copy goes to ----------------------------------------------
+_STREAM = []
+
+
+def stream():
+    """This process's one non-default stream (made on first use).  Every kernel, copy and cuBLAS
+    call of the backend is queued on it, so work stays ordered without syncs, a pool block freed
+    by one op is safe for the next, and a plan's launches can be captured as a CUDA graph."""
+    if not _STREAM:
+        _STREAM.append(cuda.stream())
+    return _STREAM[0]
+
+
+# A recorder (gtnumba.kernels.cuda.bound) sees every allocation, launch and host call of one plan
+# step the first time it runs, to replay them later without the host code around them.  One per
+# thread: a thread recording a step never sees another thread's launches.
+_RECORDING = threading.local()
+
+
+def recorder():
+    """This thread's active recorder, or None."""
+    return getattr(_RECORDING, "active", None)
+
+
+@contextlib.contextmanager
+def recording(rec):
+    saved, _RECORDING.active = recorder(), rec
+    try:
+        yield rec
+    finally:
+        _RECORDING.active = saved
+
+
+def launch_config(kernel, grid, block, *args):
+    """The one place a kernel is launched: on the backend's stream, seen by an active recorder."""
+    kernel[grid, block, stream()](*args)
+    rec = recorder()
+    if rec is not None:
+        rec.launch(kernel, grid, block, args)
+
+
+def host_call(fn, *args):
+    """Run `fn(*args)` (a library call on device arrays, e.g. cuBLAS), seen by an active recorder."""
+    fn(*args)
+    rec = recorder()
+    if rec is not None:
+        rec.call(fn, args)
+
+
 def launch(kernel, n, *args, block=None, grid=None, name="kernel"):
     """Launch `kernel` over `n` work items (no launch when n == 0); returns (grid, block)."""
     block = BLOCK if block is None else block
@@ -123,7 +250,7 @@ def launch(kernel, n, *args, block=None, grid=None, name="kernel"):
     grid = grid_for(n, block) if grid is None else grid
     if grid < 1:
         raise ValueError(f"{name}: grid size must be positive, got {grid}")
-    kernel[grid, block](*args)
+    launch_config(kernel, grid, block, *args)
     return grid, block
 
 
@@ -141,6 +268,14 @@ _DEVICE_TYPES = _device_array_types()
 
 def is_device_array(x):
     return isinstance(x, _DEVICE_TYPES)
+
+
+def device_pointer(x):
+    """The device address of a device array's first element (a host address in the simulator)."""
+    if SIMULATOR:
+        return x._ary.__array_interface__["data"][0]
+    p = getattr(x.gpu_data, "ptr_value", None)      # a pool block (or a reshape of one: same start)
+    return p if p is not None else (x.device_ctypes_pointer.value or 0)
 
 
 def check_array(name, x, what="input", dtypes=DTYPES):

@@ -28,11 +28,11 @@ Advanced indexing follows NumPy's rules: the index arrays broadcast together to 
 count as advanced indices too when an array is present; B's dims replace the advanced items in
 place when those are adjacent in the index (no slice, None or Ellipsis between them), else they
 come first.  One index array is read by the kernel as it is (int32 or int64, negatives wrapped on
-the device); several (a bool mask of 2+ dims becomes several) are combined on the host into one
-int64 array of element offsets over B (they were copied to the host for the bounds check anyway).
-Index arrays are ALWAYS bounds-checked before a launch: they are copied to the host (the kernel
-never reads stray memory); an out-of-range index raises IndexError naming the op, the index, the
-axis and its size, as the CPU kernel does.
+the device); several (a bool mask of 2+ dims becomes several) are first combined on the device
+into one int64 array of element offsets over B (`_combine_index`, one launch per array).
+Index values are checked on the device, never copied to the host: an out-of-range index is
+skipped (never read or written) and recorded in the device error flag, and the next read raises
+IndexError naming the op, the index, the axis and its size (gtnumba.kernels.cuda.checks).
 
 reshape is a view (the row is alias=True); a permute that only moves size-1 dims is a view too.
 setitem with repeated array indices writes one of the values (NumPy: the last), chosen by the
@@ -44,10 +44,10 @@ import numpy as np
 from numba import cuda, types
 from numba.np.numpy_support import from_dtype
 
+from . import checks
 from . import elementwise as ew
 from . import memory, runtime
-from .elementwise import _off2, _off3
-from .runtime import jit
+from .runtime import jit, offset
 
 F32, F64, I32, I64, BOOL = (np.dtype(t) for t in (np.float32, np.float64, np.int32, np.int64, np.bool_))
 ALL = runtime.DTYPES
@@ -63,35 +63,52 @@ TILE_GRID = 2 if runtime.SIMULATOR else 65535   # most blocks along each of the 
 # ---- kernels -----------------------------------------------------------------------------------
 def _copy_kernel(dst, dbase, sd, src, sbase, ss, n, shape):
     for i in range(cuda.grid(1), n, cuda.gridsize(1)):
-        od, os = _off2(i, shape, sd, ss)
-        dst[dbase + od] = src[sbase + os]
+        dst[dbase + offset(i, shape, sd)] = src[sbase + offset(i, shape, ss)]
 
 
-def _gather_index_kernel(out, n, shape, x, base, sx, idx, si, size, stride):
+@jit(device=True)
+def _checked(k, size, flag, code, axis):
+    """Index k on an axis of `size`, wrapped when negative; -1 (after reporting it) when out of
+    range.  size -1 marks combined element offsets: already checked, -1 when one was bad."""
+    if size < 0:
+        return k
+    if k < -size or k >= size:
+        checks.report(flag, code, k, size, axis)
+        return -1
+    return k + size if k < 0 else k
+
+
+def _gather_index_kernel(out, n, shape, x, base, sx, idx, si, size, stride, flag, code, axis):
     for i in range(cuda.grid(1), n, cuda.gridsize(1)):
-        ox, oi = _off2(i, shape, sx, si)
-        k = idx[oi]
-        if k < 0:
-            k += size
-        out[i] = x[base + ox + k * stride]
+        k = _checked(idx[offset(i, shape, si)], size, flag, code, axis)
+        if k >= 0:
+            out[i] = x[base + offset(i, shape, sx) + k * stride]
+        else:
+            out[i] = 0
 
 
-def _scatter_index_kernel(dst, base, sd, src, ss, n, shape, idx, si, size, stride):
+def _scatter_index_kernel(dst, base, sd, src, ss, n, shape, idx, si, size, stride, flag, code, axis):
     for i in range(cuda.grid(1), n, cuda.gridsize(1)):
-        od, os, oi = _off3(i, shape, sd, ss, si)
-        k = idx[oi]
-        if k < 0:
-            k += size
-        dst[base + od + k * stride] = src[os]
+        k = _checked(idx[offset(i, shape, si)], size, flag, code, axis)
+        if k >= 0:
+            dst[base + offset(i, shape, sd) + k * stride] = src[offset(i, shape, ss)]
 
 
-def _scatter_add_index_kernel(dst, base, sd, src, ss, n, shape, idx, si, size, stride):
+def _scatter_add_index_kernel(dst, base, sd, src, ss, n, shape, idx, si, size, stride, flag, code, axis):
     for i in range(cuda.grid(1), n, cuda.gridsize(1)):
-        od, os, oi = _off3(i, shape, sd, ss, si)
-        k = idx[oi]
-        if k < 0:
-            k += size
-        cuda.atomic.add(dst, base + od + k * stride, src[os])
+        k = _checked(idx[offset(i, shape, si)], size, flag, code, axis)
+        if k >= 0:
+            cuda.atomic.add(dst, base + offset(i, shape, sd) + k * stride, src[offset(i, shape, ss)])
+
+
+def _combine_index_kernel(offsets, n, shape, idx, si, size, stride, flag, code, axis):
+    """offsets[i] += wrapped idx * stride over the broadcast index shape; -1 once any is bad."""
+    for i in range(cuda.grid(1), n, cuda.gridsize(1)):
+        k = _checked(idx[offset(i, shape, si)], size, flag, code, axis)
+        if k < 0 or offsets[i] < 0:
+            offsets[i] = -1
+        else:
+            offsets[i] += k * stride
 
 
 @functools.lru_cache(maxsize=None)
@@ -114,7 +131,8 @@ def transpose_function(dtype, tile, rows_per_block):
         col_tiles = (cols + T - 1) // T
         # every loop bound depends only on the block's indices: syncthreads is block-uniform
         for b in range(cuda.blockIdx.z, nbatch, cuda.gridDim.z):
-            bx, bo = _off2(b, bshape, bsx, bso)
+            bx = offset(b, bshape, bsx)
+            bo = offset(b, bshape, bso)
             for tr in range(cuda.blockIdx.y, row_tiles, cuda.gridDim.y):
                 r0 = tr * T
                 for tc in range(cuda.blockIdx.x, col_tiles, cuda.gridDim.x):
@@ -138,6 +156,10 @@ _copy = jit(_copy_kernel)
 _gather_index = jit(_gather_index_kernel)
 _scatter_index = jit(_scatter_index_kernel)
 _scatter_add_index = jit(_scatter_add_index_kernel)
+_combine_index = jit(_combine_index_kernel)
+BAD_INDEX = {name: checks.site(IndexError, name + ": index {value} is out of bounds for axis {axis} with "
+                               "size {bound}")
+             for name in ("index", "index_backward", "setitem")}
 
 
 @functools.lru_cache(maxsize=None)
@@ -262,8 +284,8 @@ def permute(x, axes):
     if T % R or T * R > 1024:
         raise ValueError(f"{name}: TILE_ROWS {R} must divide TILE {T}, with TILE * TILE_ROWS <= 1024")
     grid = (min(-(-cols // T), TILE_GRID), min(-(-rows // T), TILE_GRID), min(nbatch, TILE_GRID))
-    _transpose(dt, T, R)[grid, (T, R)](dst, src, rows, cols, nbatch, bshape, bsx, bso,
-                                       in_strides[q], out_strides[p])
+    runtime.launch_config(_transpose(dt, T, R), grid, (T, R), dst, src, rows, cols, nbatch, bshape, bsx, bso,
+                          in_strides[q], out_strides[p])
     return out
 
 
@@ -326,19 +348,11 @@ class _Plan:
     xstrides  per result dim, the element stride in the indexed array (0 for None and B dims)
     idx       None (basic indexing), or a flat device int array read at `istrides` (0 except
               along the broadcast index dims B): one index array as it is (wrapped at `size`
-              when negative, times `stride`), or several combined into element offsets
-              (size 0, stride 1)
+              when negative, times `stride`; `axis` names it in errors)
+    parts     several index arrays, (flat array, strides over B, axis size, axis stride, axis)
+              each, combined into element offsets (size -1, stride 1) when a kernel runs
     """
-    __slots__ = ("shape", "base", "xstrides", "idx", "istrides", "size", "stride")
-
-
-def _bounds(name, host, axis, dim, shape):
-    if host.size:
-        lo, hi = int(host.min()), int(host.max())
-        if lo < -dim or hi >= dim:
-            bad = hi if hi >= dim else lo
-            raise IndexError(f"{name}: index {bad} is out of bounds for axis {axis} "
-                             f"with size {dim} (tensor shape {tuple(shape)})")
+    __slots__ = ("shape", "base", "xstrides", "idx", "istrides", "size", "stride", "axis", "parts", "bshape")
 
 
 def _plan(name, shape, spec, arrays):
@@ -392,7 +406,7 @@ def _plan(name, shape, spec, arrays):
         basic.append((shape[a], strides[a]))
 
     plan = _Plan()
-    plan.base, plan.idx, plan.size, plan.stride = base, None, 0, 1
+    plan.base, plan.idx, plan.size, plan.stride, plan.axis, plan.parts = base, None, 0, 1, 0, ()
     if not adv:
         plan.shape = tuple(n for n, _ in basic)
         plan.xstrides = tuple(s for _, s in basic)
@@ -411,10 +425,6 @@ def _plan(name, shape, spec, arrays):
         shown = " ".join(str(tuple(d.shape)) for d in devs)
         raise IndexError(f"{name}: shape mismatch: indexing arrays could not be broadcast together "
                          f"with shapes {shown}") from None
-    # bounds check BEFORE any launch: the (small) index arrays come to the host
-    hosts = [memory.to_host(d) for d in devs]
-    for (k, a), h in zip(adv, hosts):
-        _bounds(name, h, a, shape[a], shape)
     adjacent = adv_pos == list(range(adv_pos[0], adv_pos[0] + len(adv_pos)))
     at = insert_at if adjacent else 0
     bdims = [(n, 0) for n in bshape]
@@ -424,14 +434,28 @@ def _plan(name, shape, spec, arrays):
     plan.istrides = (0,) * at + runtime.c_strides(bshape) + (0,) * (len(basic) - at)
     if len(devs) == 1:
         (k, a), = adv
-        plan.idx, plan.size, plan.stride = runtime.flat(devs[0]), shape[a], strides[a]
+        plan.idx, plan.size, plan.stride, plan.axis = runtime.flat(devs[0]), shape[a], strides[a], a
     else:
-        offsets = np.zeros(bshape, np.int64)
-        for (k, a), h in zip(adv, hosts):
-            h = h.astype(np.int64)
-            offsets += np.where(h < 0, h + shape[a], h) * strides[a]
-        plan.idx = runtime.flat(memory.to_device(np.ascontiguousarray(offsets)))
+        # (flat index array, its strides over B, axis size, axis stride, axis) per array
+        plan.parts = tuple((runtime.flat(d), runtime.broadcast_strides(tuple(d.shape), bshape), shape[a],
+                            strides[a], a) for d, (k, a) in zip(devs, adv))
+        plan.bshape = bshape
     return plan
+
+
+def _index_array(name, plan):
+    """The plan's one index array; several are first combined into element offsets on the device."""
+    if not plan.parts:
+        return plan.idx
+    bshape = plan.bshape
+    offsets = ew.fill(bshape, 0, I64)
+    n = runtime.prod(bshape)
+    for idx, istrides, size, stride, axis in plan.parts:
+        cshape, (si,) = runtime.coalesce(bshape, [istrides])
+        runtime.launch(_combine_index, n, runtime.flat(offsets), n, cshape, idx, si, size, stride,
+                       checks.flag(), BAD_INDEX[name], axis, name=name)
+    plan.idx, plan.size, plan.stride, plan.parts = runtime.flat(offsets), -1, 1, ()
+    return plan.idx
 
 
 def index(x, *arrays, spec):
@@ -443,13 +467,14 @@ def index(x, *arrays, spec):
     n = runtime.prod(plan.shape)
     if n == 0:
         return out
-    if plan.idx is None:
+    if plan.idx is None and not plan.parts:
         _strided_copy(name, runtime.flat(out), 0, runtime.c_strides(plan.shape),
                       runtime.flat(x), plan.base, plan.xstrides, plan.shape)
         return out
+    idx = _index_array(name, plan)
     cshape, (sx, si) = runtime.coalesce(plan.shape, [plan.xstrides, plan.istrides])
     runtime.launch(_gather_index, n, runtime.flat(out), n, cshape, runtime.flat(x), plan.base, sx,
-                   plan.idx, si, plan.size, plan.stride, name=name)
+                   idx, si, plan.size, plan.stride, checks.flag(), BAD_INDEX[name], plan.axis, name=name)
     return out
 
 
@@ -458,13 +483,14 @@ def _scatter(name, kernel, dst, plan, src, src_strides):
     n = runtime.prod(plan.shape)
     if n == 0:
         return
-    if plan.idx is None:
+    if plan.idx is None and not plan.parts:
         _strided_copy(name, runtime.flat(dst), plan.base, plan.xstrides, runtime.flat(src), 0,
                       src_strides, plan.shape)
         return
+    idx = _index_array(name, plan)
     cshape, (sd, ss, si) = runtime.coalesce(plan.shape, [plan.xstrides, tuple(src_strides), plan.istrides])
     runtime.launch(kernel, n, runtime.flat(dst), plan.base, sd, runtime.flat(src), ss, n, cshape,
-                   plan.idx, si, plan.size, plan.stride, name=name)
+                   idx, si, plan.size, plan.stride, checks.flag(), BAD_INDEX[name], plan.axis, name=name)
 
 
 def index_backward(g, *arrays, spec, shape):
@@ -477,7 +503,7 @@ def index_backward(g, *arrays, spec, shape):
     if tuple(g.shape) != plan.shape:
         raise ValueError(f"{name}: gradient of shape {tuple(g.shape)} does not match the index's "
                          f"result shape {plan.shape} (indexed shape {shape})")
-    if plan.idx is not None and dt not in ATOMIC_DTYPES:
+    if (plan.idx is not None or plan.parts) and dt not in ATOMIC_DTYPES:
         raise TypeError(f"{name}: atomic scatter-add needs float32, float64, int32 or int64, got {dt} "
                         f"for a gradient of shape {tuple(g.shape)}")
     out = ew.fill(shape, 0, dt)
@@ -537,14 +563,19 @@ def ptx_cases(full=False):
         for it in (INDEX_DTYPES if more else (I64,)):
             for nd in (range(1, 4) if full else (1, 2) if dt == F32 and it == I64 else (1,)):
                 t = _tup(nd)
+                chk = (_arr(I64), i64, i64)
                 yield (f"shape gather_index {dt} idx {it} nd{nd}", _gather_index_kernel,
-                       (_arr(dt), i64, t, _arr(dt), i64, t, _arr(it), t, i64, i64))
-                scatter_sig = (_arr(dt), i64, t, _arr(dt), t, i64, t, _arr(it), t, i64, i64)
+                       (_arr(dt), i64, t, _arr(dt), i64, t, _arr(it), t, i64, i64) + chk)
+                scatter_sig = (_arr(dt), i64, t, _arr(dt), t, i64, t, _arr(it), t, i64, i64) + chk
                 yield f"shape scatter_index {dt} idx {it} nd{nd}", _scatter_index_kernel, scatter_sig
                 if dt in ATOMIC_DTYPES:
                     yield (f"shape scatter_add_index {dt} idx {it} nd{nd}", _scatter_add_index_kernel,
                            scatter_sig)
         fn = transpose_function(dt, TILE, TILE_ROWS)
+        if dt in INDEX_DTYPES:
+            for nd in (1, 2):
+                yield (f"shape combine_index idx {dt} nd{nd}", _combine_index_kernel,
+                       (_arr(I64), i64, _tup(nd), _arr(dt), _tup(nd), i64, i64, _arr(I64), i64, i64))
         for nb in (range(1, 5) if full else (1, 2) if more else (1,)):
             t = _tup(nb)
             yield (f"shape transpose {dt} tile{TILE}x{TILE_ROWS} batch{nb}", fn,
