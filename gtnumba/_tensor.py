@@ -15,6 +15,7 @@ from .ops import OPS, Spec
 from .ops.shapes import normalize_axes, normalize_axis, resolve_reshape
 from .sched import materialize
 from .sched.mesh import DistValue
+from .sched.replay import REC
 
 
 def _attrs_key(attrs):
@@ -27,11 +28,49 @@ def as_node(value, like=None):
         return value._node
     if isinstance(value, (bool, int, float, np.number, np.bool_)):
         dtype = dtypes.scalar_dtype(value, like.dtype) if like is not None else dtypes.as_dtype(None)
+        if type(value) in (float, int, bool):
+            return scalar_node(value, dtype)
         return constant(np.asarray(value, dtype=dtype))
     if isinstance(value, (np.ndarray, list, tuple)):
         from .creation import array_node
         return array_node(value, None, "operand")
     raise TypeError(f"expected a Tensor, a number or an array, got {type(value).__name__}")
+
+
+_SCALARS = {}
+
+
+def scalar_node(value, dtype):
+    """The constant leaf of a Python scalar, one per (value, dtype): a step that multiplies by the
+    same learning rate every time sees the same leaf (its value is never written: it stays referenced
+    here, so the executor's in-place reuse never picks it)."""
+    key = (dtype, value.__class__, value if value else repr(value))
+    node = _SCALARS.get(key)
+    if node is None:
+        if len(_SCALARS) > 4096:
+            _SCALARS.clear()
+        node = _SCALARS[key] = constant(np.asarray(value, dtype=dtype))
+    return node
+
+
+def _fast_nodes(inputs):
+    """Input nodes for the replay fast path (Tensors and Python scalars), or None for anything
+    the normal path must handle (arrays, an int tensor next to a float scalar, ...)."""
+    like = next((i for i in inputs if isinstance(i, Tensor)), None)
+    out = []
+    for i in inputs:
+        if isinstance(i, Tensor):
+            out.append(i._node)
+        elif type(i) in (float, int, bool) and like is not None:
+            if type(i) is float and not dtypes.is_float(like.dtype):
+                return None
+            out.append(scalar_node(i, dtypes.scalar_dtype(i, like.dtype)))
+        else:
+            return None
+    return out
+
+
+_MULTI = set()   # ops whose shape rule gives several outputs (the fast path wraps them alike)
 
 
 def constant(array):
@@ -63,6 +102,13 @@ def _cast_operands(row, attrs, nodes, specs):
 
 def apply(op, *inputs, **attrs):
     """Record `op` on `inputs`; returns a Tensor (or a tuple of Tensors for multi-output ops)."""
+    if REC.trace is not None:
+        nodes = _fast_nodes(inputs)
+        node = REC.match_op(op, nodes, attrs) if nodes is not None else None
+        if node is not None:
+            if len(PENDING) > AUTO_FLUSH_NODES:
+                materialize()
+            return outputs(node) if op in _MULTI else Tensor._wrap(node)
     row = OPS[op]
     nodes = _operand_nodes(inputs)
     specs = row.infer(attrs, *[_spec(n) for n in nodes])
@@ -73,6 +119,9 @@ def apply(op, *inputs, **attrs):
     requires_grad = (GRAD_MODE.enabled and row.differentiable and out_float
                      and any(n.requires_grad for n in nodes))
     node = Node(op, _attrs_key(attrs), nodes, specs if multi else (specs,), requires_grad)
+    REC.on_node(node)
+    if multi:
+        _MULTI.add(op)
     if len(PENDING) > AUTO_FLUSH_NODES:
         materialize()
     return outputs(node) if multi else Tensor._wrap(node)
@@ -85,6 +134,7 @@ def outputs(node):
     for i, spec in enumerate(node.specs):
         differentiable = n_grad is None or i < n_grad
         sel = Node("select", (("index", i),), (node,), (spec,), node.requires_grad and differentiable)
+        REC.on_node(sel)
         outs.append(Tensor._wrap(sel))
     return tuple(outs)
 
@@ -156,6 +206,7 @@ class Tensor:
             if node.requires_grad and not node.leaf:
                 raise RuntimeError("requires_grad: can only be turned off on leaf tensors; use detach()")
             node.requires_grad, node.leaf, node.owner = False, False, None
+            REC.mark(node)
             return
         if not dtypes.is_float(self.dtype):
             raise TypeError(f"requires_grad: only floating-point tensors can require gradients, "
@@ -167,6 +218,7 @@ class Tensor:
             self._bind(apply("alias", self)._node)
             node = self._node
         node.requires_grad, node.leaf, node.owner = True, True, weakref.ref(self)
+        REC.mark(node)
 
     def requires_grad_(self, flag=True):
         self.requires_grad = flag
@@ -274,6 +326,7 @@ class Tensor:
             if node.n_tensors > 1 or node.value is not None:
                 node = apply("alias", result)._node   # do not turn a shared node into our leaf
             node.requires_grad, node.leaf, node.owner = True, True, weakref.ref(self)
+            REC.mark(node)
         self._bind(node)
         return self
 
