@@ -44,7 +44,7 @@ def scalar_node(value, dtype):
     """The constant leaf of a Python scalar, one per (value, dtype): a step that multiplies by the
     same learning rate every time sees the same leaf (its value is never written: it stays referenced
     here, so the executor's in-place reuse never picks it)."""
-    key = (dtype, value.__class__, value if value else repr(value))
+    key = (dtype, value.__class__, value if value else repr(value), backend.current())
     node = _SCALARS.get(key)
     if node is None:
         if len(_SCALARS) > 4096:

@@ -289,7 +289,7 @@ class Recorder:
                     k = -r - 1
                     if k >= n_ext + len(fresh):
                         const = trace.consts.get(k)
-                        if const is None or k != n_ext + len(fresh):
+                        if const is None or k != n_ext + len(fresh) or ext_sig(const) != trace.ext_sigs[k]:
                             return False
                         fresh.append(const)
                 continue
