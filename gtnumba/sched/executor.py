@@ -1,10 +1,71 @@
-"""The in-process executor: runs a plan's kernel steps on one backend."""
+"""The in-process executor: runs a plan's kernel steps on one backend, with its memory plan.
+
+Buffers: a step whose kernel takes `out=` (kernels/cpu.py) writes into an input that dies at that
+step (in place), else into a free buffer of the plan's pool, else into a new array.  A value goes
+back to the pool when its slot dies and nothing else can see it: it owns its memory (not a view)
+and the only references left are ours (sys.getrefcount), so a value a live Tensor, a view or
+another node holds is never overwritten.  Leaf values (handed in by materialize) are reused only
+when listed in `donate`: their node dies with this step (materialize checks that).
+
+Hook for other backends: `run_plan` only uses `out=` with kernels that declare `writes_out`, and
+only recycles NumPy arrays; a backend that binds launches per plan can keep its own per-plan state
+next to `Plan.pool` (plans are cached objects, one per structure key and backend).
+"""
+from sys import getrefcount
+
+import numpy as np
+
+_POOL_DEPTH = 64      # free buffers kept per (shape, dtype) and plan
 
 
-def run_plan(plan, leaf_values):
-    slots = list(leaf_values) + [None] * (plan.n_slots - plan.n_leaves)
+def run_plan(plan, slots, donate=frozenset()):
+    """Run `plan`; `slots` holds the leaf values in slot order and is extended with every other
+    slot (so that the leaf values have no other holder here).  Returns {kept slot: value}."""
+    slots.extend([None] * (plan.n_slots - plan.n_leaves))
+    pool, n_leaves = plan.pool, plan.n_leaves
     for step in plan.steps:
-        slots[step.out] = step.kernel(*[slots[s] for s in step.ins], **step.attrs)
+        if step.outs is None:
+            slots[step.out] = step.kernel(*[slots[s] for s in step.ins], **step.attrs)
+        else:
+            out, used = _buffers(step, slots, pool, donate, n_leaves)
+            slots[step.out] = step.kernel(*[slots[s] for s in step.ins], out=out, **step.attrs)
+            for s in used:
+                slots[s] = None           # its buffer is the output now
         for s in step.frees:
-            slots[s] = None
+            _recycle(slots, s, pool, 2)
+        for s in step.leaf_frees:
+            if s in donate:
+                _recycle(slots, s, pool, 3)   # 3: the dying leaf node still points at it
     return {s: slots[s] for s in plan.keep}
+
+
+def _owned(v, refs):
+    # refs: the holders we know of, plus this function's argument and getrefcount's own
+    return (type(v) is np.ndarray and v.base is None and getrefcount(v) == refs
+            and v.flags.c_contiguous and v.flags.writeable)
+
+
+def _buffers(step, slots, pool, donate, n_leaves):
+    bufs, used = [], []
+    for spec, reusable in zip(step.outs, step.reuse):
+        buf = None
+        for s in reusable:
+            leaf = s < n_leaves
+            if (not leaf or s in donate) and s not in used and _owned(slots[s], 4 if leaf else 3):
+                buf = slots[s]
+                used.append(s)
+                break
+        if buf is None:
+            free = pool.get(spec)
+            buf = free.pop() if free else np.empty(spec[0], spec[1])
+        bufs.append(buf)
+    return (tuple(bufs) if step.multi else bufs[0]), used
+
+
+def _recycle(slots, s, pool, refs):
+    v = slots[s]
+    slots[s] = None
+    if _owned(v, refs + 1):
+        free = pool.setdefault((v.shape, v.dtype), [])
+        if len(free) < _POOL_DEPTH:
+            free.append(v)

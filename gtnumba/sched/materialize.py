@@ -100,7 +100,8 @@ def _execute(order, key, leaves, variant):
             STATS["plans_reused"] += 1
             STATS["runs"] += 1
         t1 = time.perf_counter()
-        values = run_plan(plan, [_local(n.value) for n in leaves])
+        donate = REC.donatable(variant, leaves) if variant is not None else ()
+        values = run_plan(plan, [_local(n.value) for n in leaves], donate)
         STATS["plan_seconds"] += t1 - t0
         STATS["run_seconds"] += time.perf_counter() - t1
         first = plan.n_leaves

@@ -21,6 +21,7 @@ its *variant* (which nodes are live decides the order and what is kept) and runs
 Traces are chained by what followed them (a different last batch is a sibling trace).
 """
 import os
+from sys import getrefcount
 
 from ..graph import GRAD_MODE, PENDING, Node
 
@@ -62,10 +63,11 @@ class Trace:
 class Variant:
     """How a matched trace materializes for one set of live nodes: the plan's node order (trace
     positions), its leaves (external indices), the structure key and the plan built for it."""
-    __slots__ = ("order_pos", "leaf_ext", "key", "plans")
+    __slots__ = ("order_pos", "leaf_ext", "key", "plans", "retained")
 
-    def __init__(self, order_pos, leaf_ext, key):
+    def __init__(self, order_pos, leaf_ext, key, retained):
         self.order_pos, self.leaf_ext, self.key, self.plans = order_pos, leaf_ext, key, {}
+        self.retained = retained      # externals a node kept for a later backward still points at
 
 
 class Recorder:
@@ -409,8 +411,23 @@ class Recorder:
         self.trace = trace
         variant = trace.variants.get(sig)
         if variant is None and len(trace.variants) < 8:
-            variant = trace.variants[sig] = Variant(order_pos, leaf_ext, key)
+            # after the run only nodes kept for a later backward still hold their inputs
+            retained = frozenset(-get(id(i)) - 1 for n in order if n.value is not None
+                                 for i in n.inputs if get(id(i), 0) < 0)
+            variant = trace.variants[sig] = Variant(order_pos, leaf_ext, key, retained)
         return variant
+
+    def donatable(self, variant, leaves):
+        """Leaf slots whose values this step may overwrite: their node dies with the step.  No
+        tensor wraps it, no node kept for a later backward points at it, and nothing outside
+        this segment refers to it: its references are exactly the segment's input edges to it
+        (trace.ext_uses) plus `exts`, `leaves`, the loop variable and getrefcount's argument."""
+        uses, retained, leaf_ext, out = self.trace.ext_uses, variant.retained, variant.leaf_ext, set()
+        for slot in range(len(leaves)):
+            node, k = leaves[slot], leaf_ext[slot]
+            if node.n_tensors == 0 and k not in retained and getrefcount(node) == uses[k] + 4:
+                out.add(slot)
+        return out
 
     def _intern(self):
         events, sigs = self.events, self.sigs
