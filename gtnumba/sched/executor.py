@@ -16,6 +16,10 @@ from sys import getrefcount
 import numpy as np
 
 _POOL_DEPTH = 64      # free buffers kept per (shape, dtype) and plan
+# buffers given back between steps (optimizer.zero_grad(set_to_none=True) drops each gradient):
+# the next plan that needs one of that shape takes it before allocating
+SPARE = {}
+_SPARE_DEPTH = 8
 
 
 def run_plan(plan, slots, donate=frozenset()):
@@ -23,19 +27,22 @@ def run_plan(plan, slots, donate=frozenset()):
     slot (so that the leaf values have no other holder here).  Returns {kept slot: value}."""
     slots.extend([None] * (plan.n_slots - plan.n_leaves))
     pool, n_leaves = plan.pool, plan.n_leaves
+    # arrays taken over from dying leaves: their (dead) leaf node still refers to each, once
+    adopted = {}
     for step in plan.steps:
         if step.outs is None:
             slots[step.out] = step.kernel(*[slots[s] for s in step.ins], **step.attrs)
         else:
-            out, used = _buffers(step, slots, pool, donate, n_leaves)
+            out, used = _buffers(step, slots, pool, donate, n_leaves, adopted)
             slots[step.out] = step.kernel(*[slots[s] for s in step.ins], out=out, **step.attrs)
             for s in used:
                 slots[s] = None           # its buffer is the output now
         for s in step.frees:
-            _recycle(slots, s, pool, 2)
+            _recycle(slots, s, pool, 2, adopted)
         for s in step.leaf_frees:
-            if s in donate:
-                _recycle(slots, s, pool, 3)   # 3: the dying leaf node still points at it
+            if s in donate and slots[s] is not None:
+                adopted.setdefault(id(slots[s]), 1)
+                _recycle(slots, s, pool, 2, adopted)
     return {s: slots[s] for s in plan.keep}
 
 
@@ -45,27 +52,51 @@ def _owned(v, refs):
             and v.flags.c_contiguous and v.flags.writeable)
 
 
-def _buffers(step, slots, pool, donate, n_leaves):
+def _buffers(step, slots, pool, donate, n_leaves, adopted):
     bufs, used = [], []
     for spec, reusable in zip(step.outs, step.reuse):
         buf = None
         for s in reusable:
             leaf = s < n_leaves
-            if (not leaf or s in donate) and s not in used and _owned(slots[s], 4 if leaf else 3):
+            if leaf and s in donate:
+                adopted.setdefault(id(slots[s]), 1)
+            elif leaf:
+                continue
+            if s not in used and _owned(slots[s], 3 + adopted.get(id(slots[s]), 0)):
                 buf = slots[s]
                 used.append(s)
                 break
         if buf is None:
-            free = pool.get(spec)
+            free = pool.get(spec) or SPARE.get(spec)
             buf = free.pop() if free else np.empty(spec[0], spec[1])
         bufs.append(buf)
     return (tuple(bufs) if step.multi else bufs[0]), used
 
 
-def _recycle(slots, s, pool, refs):
+def _recycle(slots, s, pool, refs, adopted):
     v = slots[s]
     slots[s] = None
+    if id(v) in adopted:
+        refs += adopted[id(v)]
     if _owned(v, refs + 1):
         free = pool.setdefault((v.shape, v.dtype), [])
         if len(free) < _POOL_DEPTH:
             free.append(v)
+
+
+def give_back(tensor_holder, attr):
+    """Drop `tensor_holder.<attr>` (a Tensor) and keep its array for the next plan, when nothing
+    else refers to the tensor, its node or its value (checked by reference count)."""
+    t = getattr(tensor_holder, attr)
+    setattr(tensor_holder, attr, None)
+    if t is None or getrefcount(t) != 2:            # 2: `t` and getrefcount's argument
+        return
+    node = t._node
+    if node.n_tensors != 1 or getrefcount(node) != 3 or not _owned(node.value, 3):
+        return
+    value = node.value
+    del t, node                                     # the tensor and its node die here
+    if _owned(value, 3):
+        free = SPARE.setdefault((value.shape, value.dtype), [])
+        if len(free) < _SPARE_DEPTH:
+            free.append(value)
