@@ -15,6 +15,7 @@ from .ops import OPS, Spec
 from .ops.shapes import normalize_axes, normalize_axis, resolve_reshape
 from .sched import materialize
 from .sched.mesh import DistValue
+from .sched import replay as _replay
 from .sched.replay import REC
 
 
@@ -53,21 +54,15 @@ def scalar_node(value, dtype):
     return node
 
 
-def _fast_nodes(inputs):
-    """Input nodes for the replay fast path (Tensors and Python scalars), or None for anything
+def _fast_scalar(x, inputs):
+    """The constant node of a Python scalar input on the replay fast path, or None for anything
     the normal path must handle (arrays, an int tensor next to a float scalar, ...)."""
+    if type(x) not in (float, int, bool):
+        return None
     like = next((i for i in inputs if isinstance(i, Tensor)), None)
-    out = []
-    for i in inputs:
-        if isinstance(i, Tensor):
-            out.append(i._node)
-        elif type(i) in (float, int, bool) and like is not None:
-            if type(i) is float and not dtypes.is_float(like.dtype):
-                return None
-            out.append(scalar_node(i, dtypes.scalar_dtype(i, like.dtype)))
-        else:
-            return None
-    return out
+    if like is None or (type(x) is float and not dtypes.is_float(like.dtype)):
+        return None
+    return scalar_node(x, dtypes.scalar_dtype(x, like.dtype))
 
 
 _MULTI = set()   # ops whose shape rule gives several outputs (the fast path wraps them alike)
@@ -103,8 +98,7 @@ def _cast_operands(row, attrs, nodes, specs):
 def apply(op, *inputs, **attrs):
     """Record `op` on `inputs`; returns a Tensor (or a tuple of Tensors for multi-output ops)."""
     if REC.trace is not None:
-        nodes = _fast_nodes(inputs)
-        node = REC.match_op(op, nodes, attrs) if nodes is not None else None
+        node = REC.match_op(op, inputs, attrs, _fast_scalar)
         if node is not None:
             if len(PENDING) > AUTO_FLUSH_NODES:
                 materialize()
@@ -343,8 +337,8 @@ class Tensor:
         return self._assign(self / other, "__itruediv__")
 
     def zero_(self):
-        from .creation import zeros
-        return self._assign(zeros(self.shape, dtype=self.dtype), "zero_")
+        dt = self.dtype      # what zeros(shape, dtype) records, without its argument checks
+        return self._assign(apply("fill", shape=self.shape, value=dt.type(0).item(), dtype=dt), "zero_")
 
     def fill_(self, value):
         from .creation import full
@@ -577,3 +571,6 @@ class Tensor:
     def split(self, split_size_or_sections, axis=0, dim=None):
         from .functions import split
         return split(self, split_size_or_sections, axis if dim is None else dim)
+
+
+_replay.TENSOR[0] = Tensor

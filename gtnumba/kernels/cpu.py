@@ -41,6 +41,7 @@ def binary(ufunc):
     def kernel(a, b, out=None):
         return _arr(ufunc(a, b, out=out))
     kernel.__name__ = ufunc.__name__
+    kernel.ufunc = ufunc      # what a compiled plan may call directly (the result is an array unless 0-d)
     # comparisons give bool whatever the inputs: their out= never changes the arithmetic
     return _writes_out("any" if ufunc in _BOOL_RESULT else "same", "any")(kernel)
 
@@ -53,6 +54,7 @@ def unary(ufunc):
     def kernel(x, out=None):
         return _arr(ufunc(x, out=out))
     kernel.__name__ = ufunc.__name__
+    kernel.ufunc = ufunc
     return _writes_out("same", "any")(kernel)
 
 
@@ -143,7 +145,9 @@ def select(values, index):
 # ---- reductions --------------------------------------------------------------------------
 @_writes_out("same")
 def reduce_sum(x, axes, keepdims, out=None):
-    return _arr(np.sum(x, axis=axes, keepdims=keepdims, out=out))
+    if x.dtype.kind in "biu":     # np.sum's integer promotion (int32 -> int64, bool -> int64)
+        return _arr(np.sum(x, axis=axes, keepdims=keepdims, out=out))
+    return _arr(np.add.reduce(x, axis=axes, keepdims=keepdims, out=out))
 
 
 def reduce_max(x, axes, keepdims):

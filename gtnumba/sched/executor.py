@@ -1,15 +1,21 @@
 """The in-process executor: runs a plan's kernel steps on one backend, with its memory plan.
 
-Buffers: a step whose kernel takes `out=` (kernels/cpu.py) writes into an input that dies at that
-step (in place), else into a free buffer of the plan's pool, else into a new array.  A value goes
-back to the pool when its slot dies and nothing else can see it: it owns its memory (not a view)
-and the only references left are ours (sys.getrefcount), so a value a live Tensor, a view or
-another node holds is never overwritten.  Leaf values (handed in by materialize) are reused only
-when listed in `donate`: their node dies with this step (materialize checks that).
+Buffers: a step whose kernel takes `out=` (kernels/cpu.py) and whose output is big enough to plan
+writes into an input that dies at that step (in place), else into a free buffer of the plan's
+pool, else into a new array.  A value goes back to the pool when its slot dies and nothing else
+can see it: it owns its memory (not a view) and the only references left are ours
+(sys.getrefcount), so a value a live Tensor, a view or another node holds is never overwritten.
+Leaf values (handed in by materialize) are reused only when listed in `donate`: their node dies
+with this step (materialize checks that).
 
-Hook for other backends: `run_plan` only uses `out=` with kernels that declare `writes_out`, and
-only recycles NumPy arrays; a backend that binds launches per plan can keep its own per-plan state
-next to `Plan.pool` (plans are cached objects, one per structure key and backend).
+From its second run on, a plan runs as straight-line generated code (one line per step), so a
+step of tiny kernels pays almost nothing for the loop.
+
+Hooks for a backend that binds its launches per plan (CUDA): a plan is a cached object, one per
+structure key and backend, and `Plan.runs` counts its runs; per-plan state (bound launch
+configurations, a captured CUDA graph) can live next to `Plan.pool`, be made where `_compile`
+is called here (second run), and be run instead of `plan.compiled`.  `run_plan` only passes
+`out=` to kernels that declare `writes_out`, and only recycles NumPy arrays.
 """
 from sys import getrefcount
 
@@ -26,62 +32,108 @@ def run_plan(plan, slots, donate=frozenset()):
     """Run `plan`; `slots` holds the leaf values in slot order and is extended with every other
     slot (so that the leaf values have no other holder here).  Returns {kept slot: value}."""
     slots.extend([None] * (plan.n_slots - plan.n_leaves))
-    pool, n_leaves = plan.pool, plan.n_leaves
-    # arrays taken over from dying leaves: their (dead) leaf node still refers to each, once
-    adopted = {}
-    for step in plan.steps:
-        if step.outs is None:
-            slots[step.out] = step.kernel(*[slots[s] for s in step.ins], **step.attrs)
-        else:
-            out, used = _buffers(step, slots, pool, donate, n_leaves, adopted)
-            slots[step.out] = step.kernel(*[slots[s] for s in step.ins], out=out, **step.attrs)
-            for s in used:
-                slots[s] = None           # its buffer is the output now
-        for s in step.frees:
-            _recycle(slots, s, pool, 2, adopted)
-        for s in step.leaf_frees:
-            if s in donate and slots[s] is not None:
-                adopted.setdefault(id(slots[s]), 1)
-                _recycle(slots, s, pool, 2, adopted)
+    mem = _Memory(plan, slots, donate)
+    plan.runs += 1
+    if plan.runs == 2:
+        plan.compiled = _compile(plan)
+    if plan.compiled is not None:
+        plan.compiled(slots, plan.kernels, plan.kwargs, mem)
+    else:
+        _interpret(plan, slots, mem)
     return {s: slots[s] for s in plan.keep}
 
 
+def _interpret(plan, slots, mem):
+    for i, step in enumerate(plan.steps):
+        if step.outs is None:
+            slots[step.out] = step.kernel(*[slots[s] for s in step.ins], **step.attrs)
+        else:
+            mem.step(i)
+        for s in step.drops:
+            slots[s] = None
+        if step.recycles or step.leaf_frees:
+            mem.free(i)
+
+
+def _compile(plan):
+    """The plan's steps as one generated function: s is the slot list, K the kernels, A their
+    keyword attributes, mem the memory plan (for the steps that write into planned buffers)."""
+    lines = ["def run(s, K, A, mem):"]
+    for i, st in enumerate(plan.steps):
+        if st.outs is None:
+            args = ", ".join([f"s[{x}]" for x in st.ins] + ([f"**A[{i}]"] if st.attrs else []))
+            lines.append(f" s[{st.out}] = K[{i}]({args})")
+        else:
+            lines.append(f" mem.step({i})")
+        lines.extend(f" s[{x}] = None" for x in st.drops)
+        if st.recycles or st.leaf_frees:
+            lines.append(f" mem.free({i})")
+    lines.append(" return None")
+    plan.kernels = [st.direct or st.kernel for st in plan.steps]
+    plan.kwargs = [st.attrs for st in plan.steps]
+    namespace = {}
+    exec(compile("\n".join(lines), "<gtnumba plan>", "exec"), namespace)
+    return namespace["run"]
+
+
+class _Memory:
+    """One run's buffer bookkeeping: the pool, the donated leaf slots and the arrays taken over
+    from dying leaves (their dead leaf node still refers to each of them, once)."""
+    __slots__ = ("plan", "slots", "pool", "donate", "adopted")
+
+    def __init__(self, plan, slots, donate):
+        self.plan, self.slots, self.pool, self.donate, self.adopted = plan, slots, plan.pool, donate, {}
+
+    def step(self, i):
+        step, slots = self.plan.steps[i], self.slots
+        out, used = self._buffers(step)
+        slots[step.out] = step.kernel(*[slots[s] for s in step.ins], out=out, **step.attrs)
+        for s in used:
+            slots[s] = None           # its buffer is the output now
+
+    def free(self, i):
+        step, slots = self.plan.steps[i], self.slots
+        for s in step.recycles:
+            self._recycle(s)
+        for s in step.leaf_frees:
+            if s in self.donate and slots[s] is not None:
+                self.adopted.setdefault(id(slots[s]), 1)
+                self._recycle(s)
+
+    def _buffers(self, step):
+        slots, n_leaves, adopted = self.slots, self.plan.n_leaves, self.adopted
+        bufs, used = [], []
+        for spec, reusable in zip(step.outs, step.reuse):
+            buf = None
+            for s in reusable:
+                if s < n_leaves:
+                    if s not in self.donate:
+                        continue
+                    adopted.setdefault(id(slots[s]), 1)
+                if s not in used and _owned(slots[s], 3 + adopted.get(id(slots[s]), 0)):
+                    buf = slots[s]
+                    used.append(s)
+                    break
+            if buf is None:
+                free = self.pool.get(spec) or SPARE.get(spec)
+                buf = free.pop() if free else np.empty(spec[0], spec[1])
+            bufs.append(buf)
+        return (tuple(bufs) if step.multi else bufs[0]), used
+
+    def _recycle(self, s):
+        v = self.slots[s]
+        self.slots[s] = None
+        if _owned(v, 3 + self.adopted.get(id(v), 0)):
+            free = self.pool.setdefault((v.shape, v.dtype), [])
+            if len(free) < _POOL_DEPTH:
+                free.append(v)
+
+
 def _owned(v, refs):
-    # refs: the holders we know of, plus this function's argument and getrefcount's own
+    """Does `v` own its memory, with no holder but the `refs` we know of (counting this call's
+    argument and getrefcount's own)?"""
     return (type(v) is np.ndarray and v.base is None and getrefcount(v) == refs
             and v.flags.c_contiguous and v.flags.writeable)
-
-
-def _buffers(step, slots, pool, donate, n_leaves, adopted):
-    bufs, used = [], []
-    for spec, reusable in zip(step.outs, step.reuse):
-        buf = None
-        for s in reusable:
-            leaf = s < n_leaves
-            if leaf and s in donate:
-                adopted.setdefault(id(slots[s]), 1)
-            elif leaf:
-                continue
-            if s not in used and _owned(slots[s], 3 + adopted.get(id(slots[s]), 0)):
-                buf = slots[s]
-                used.append(s)
-                break
-        if buf is None:
-            free = pool.get(spec) or SPARE.get(spec)
-            buf = free.pop() if free else np.empty(spec[0], spec[1])
-        bufs.append(buf)
-    return (tuple(bufs) if step.multi else bufs[0]), used
-
-
-def _recycle(slots, s, pool, refs, adopted):
-    v = slots[s]
-    slots[s] = None
-    if id(v) in adopted:
-        refs += adopted[id(v)]
-    if _owned(v, refs + 1):
-        free = pool.setdefault((v.shape, v.dtype), [])
-        if len(free) < _POOL_DEPTH:
-            free.append(v)
 
 
 def give_back(tensor_holder, attr):

@@ -4,6 +4,7 @@ A plan depends only on the graph's structure (ops, attributes, shapes, dtypes, e
 values must outlive the plan), so it is cached under that structure and the second identical
 training step does no planning.
 """
+import math
 from dataclasses import dataclass, field
 
 from ..ops.registry import OPS
@@ -23,6 +24,14 @@ class Step:
     multi: bool = False
     reuse: tuple = ()
     leaf_frees: tuple = ()
+    drops: tuple = ()       # the frees too small to recycle: just dropped
+    recycles: tuple = ()    # the frees worth keeping for a later buffer
+    direct: object = None   # a ufunc the compiled plan may call in place of the kernel wrapper
+
+
+# Below this many elements a buffer is not worth planning: allocating it costs less than the
+# bookkeeping (the tiny GT-style step is all such arrays).
+PLANNED_MIN_SIZE = 2048
 
 
 @dataclass
@@ -33,6 +42,10 @@ class Plan:
     keep: tuple       # slots whose values are stored back on their nodes
     # free buffers by (shape, dtype), kept from run to run: a steady-state step allocates nothing
     pool: dict = field(default_factory=dict)
+    runs: int = 0
+    compiled: object = None     # straight-line code of the steps, made on the second run
+    kernels: list = None        # what the compiled code calls: kernels and their attributes
+    kwargs: list = None
 
 
 def pending_order(roots):
@@ -124,13 +137,22 @@ def _plan_memory(steps, key, last_use, kept):
     specs = [entry[0] for entry in key[0]] + [entry[3] for entry in key[1:]]
     first_safe = 1 + max((i for i, st in enumerate(steps) if getattr(st.kernel, "checks_data", False)),
                          default=-1)
+
+    def big(s):
+        return sum(math.prod(sp.shape) for sp in specs[s]) >= PLANNED_MIN_SIZE
     for i, st in enumerate(steps):
         st.leaf_frees = tuple(s for s in sorted(set(st.ins)) if s < n_leaves and last_use[s] == i
-                              and i >= first_safe)
+                              and i >= first_safe and big(s))
+        st.recycles = tuple(s for s in st.frees if big(s))
+        st.drops = tuple(s for s in st.frees if not big(s))
+        if len(specs[st.out]) == 1 and specs[st.out][0].shape != () and not st.attrs:
+            st.direct = getattr(st.kernel, "ufunc", None)
         kind = getattr(st.kernel, "writes_out", None)
         inplace = getattr(st.kernel, "inplace", None)
         outs = tuple((sp.shape, sp.dtype) for sp in specs[st.out])
         if kind is None or (kind == "same" and any(specs[s][0].dtype != outs[0][1] for s in st.ins)):
+            continue
+        if not big(st.out):
             continue
         st.multi = isinstance(inplace, tuple)
         if not st.multi and len(outs) != 1:

@@ -175,21 +175,25 @@ class Recorder:
             self.ref[id(n)] = -len(self.exts) - 1
             self.exts.append(n)
 
-    def match_op(self, op, nodes, attrs):
-        """The fast path of apply(): the node the event under the cursor describes, or None."""
-        trace = self.trace
-        if trace is None:
-            return None
-        events, c = trace.events, self.cursor
+    def match_op(self, op, inputs, attrs, scalar_node):
+        """The fast path of apply(): the node the event under the cursor describes, or None.
+        `scalar_node(x, inputs)` gives the constant node of a non-Tensor input (None: no fast path)."""
+        trace, c = self.trace, self.cursor
+        events = trace.events
         if c >= len(events):
             return None
         ev = events[c]
-        if ev[0] != op or trace.adicts[c] != attrs or ev[5] != GRAD_MODE.enabled or len(ev[2]) != len(nodes):
+        refs = ev[2]
+        if ev[0] != op or len(refs) != len(inputs) or trace.adicts[c] != attrs or ev[5] != GRAD_MODE.enabled:
             return None
-        fresh = self._match_inputs(nodes, ev[2])
-        if fresh is None:
-            return None
-        if fresh:
+        nodes = [x._node if x.__class__ is TENSOR[0] else scalar_node(x, inputs) for x in inputs]
+        get = self.ref.get
+        if tuple([get(id(n)) for n in nodes]) != refs:
+            if any(n is None for n in nodes):
+                return None
+            fresh = self._match_inputs(nodes, refs)
+            if fresh is None:
+                return None
             self._commit(fresh)
         node = Node(op, ev[1], tuple(nodes), ev[3], ev[4])
         self.ref[id(node)] = len(self.nodes)
@@ -457,3 +461,4 @@ class Recorder:
 
 
 REC = Recorder()
+TENSOR = [None]       # the Tensor class (set by gtnumba._tensor, which imports this module)
