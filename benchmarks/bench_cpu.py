@@ -33,6 +33,7 @@ import numba  # noqa: E402
 
 import gtnumba as gt  # noqa: E402
 from gtnumba import sched  # noqa: E402
+from gtnumba.sched import replay  # noqa: E402
 from gtnumba._tensor import apply  # noqa: E402
 import gt_style_model as tiny  # noqa: E402
 
@@ -131,9 +132,9 @@ def bench_ops(block, rounds):
 def bench_recording(block, rounds):
     """Recording cost per op: a chain of 100 tiny adds recorded, then computed (not timed).
     'replayed': the chain repeats the cached step, so each op is matched against its trace;
-    'fresh': every step is new to the recorder (a different chain length each time)."""
+    'fresh': recorded as a new step (replay turned off)."""
     a, b = gt.tensor(np.ones((4, 4), F32)), gt.tensor(np.ones((4, 4), F32))
-    n, state = 100, {"k": 0}
+    n = 100
 
     def chain(length):
         t = a
@@ -145,8 +146,11 @@ def bench_recording(block, rounds):
         return dt / length
 
     def fresh():
-        state["k"] += 1
-        return chain(n + state["k"] % 50)
+        replay.set_enabled(False)
+        try:
+            return chain(n)
+        finally:
+            replay.set_enabled(True)
     res = {}
     for label, fn in (("replayed", lambda: chain(n)), ("fresh", fresh)):
         for _ in range(5):

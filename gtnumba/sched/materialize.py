@@ -32,10 +32,13 @@ def materialize(extra=()):
                 REC.end(True)
                 return
         except Exception:
-            pass    # computed again below (root by root where it fails); workers lost: re-described
+            REPLAY_STATS["replay_failed"] += 1   # computed again below, root by root where it fails
+    REC.realize()     # the normal path walks the graph: virtual gradient nodes become real
     roots = [n for n in list(PENDING) if n.value is None and n.n_tensors > 0 and n.error is None]
     roots += [n for n in extra if n.value is None and n.error is None]
     if not roots:
+        if hit is not None:
+            REC.end(False)
         return
     computed = False
     try:
@@ -86,7 +89,8 @@ def _execute(order, key, leaves, variant):
     (the caller describes the step again)."""
     mesh = current_mesh()
     if mesh is not None:
-        if not compute_on_mesh(mesh, order, key, leaves):
+        handed = [n if n is not None else _Virtual() for n in order] if variant is not None else order
+        if not compute_on_mesh(mesh, handed, key, leaves):
             return False
     else:
         name = backend.current()
@@ -108,8 +112,18 @@ def _execute(order, key, leaves, variant):
         for slot, value in values.items():
             order[slot - first].set_value(value)
     for node in order:
-        PENDING.discard(node)
+        if node is not None:
+            PENDING.discard(node)
     return True
+
+
+class _Virtual:
+    """Stands in, for the mesh runner, for a gradient node a replayed step never made: its value
+    is not kept (nothing can reach it), so set_value is never called on it."""
+    __slots__ = ()
+
+    def set_value(self, value):
+        pass
 
 
 def _local(value):

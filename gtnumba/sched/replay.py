@@ -25,7 +25,8 @@ from sys import getrefcount
 
 from ..graph import GRAD_MODE, PENDING, Node
 
-STATS = {"replayed": 0, "diverged": 0, "recorded_nodes": 0, "replayed_nodes": 0, "grad_rules": 0}
+STATS = {"replayed": 0, "diverged": 0, "recorded_nodes": 0, "replayed_nodes": 0, "grad_rules": 0,
+         "replay_failed": 0}
 _ENABLED = [os.environ.get("GTNUMBA_REPLAY", "1") != "0"]
 _TRACES = {}          # (events, ext_sigs) -> Trace: one object per distinct step structure
 _TRACE_LIMIT = 64
@@ -33,6 +34,7 @@ _TRACE_LIMIT = 64
 
 def set_enabled(flag):
     """Turn step replay on or off (off: every step is recorded and described from scratch)."""
+    REC.realize()
     _ENABLED[0] = bool(flag)
     REC.reset(None)
 
@@ -46,11 +48,11 @@ def ext_sig(node):
 
 
 class Trace:
-    __slots__ = ("events", "adicts", "ext_sigs", "consts", "variants", "successors", "ext_uses")
+    __slots__ = ("events", "adicts", "ext_sigs", "consts", "variants", "successors", "ext_uses", "regions")
 
     def __init__(self, events, adicts, ext_sigs, consts):
         self.events, self.adicts, self.ext_sigs, self.consts = events, adicts, ext_sigs, consts
-        self.variants, self.successors = {}, []
+        self.variants, self.successors, self.regions = {}, [], {}
         uses = [0] * len(ext_sigs)
         for ev in events:
             if ev[0] is not None:
@@ -58,6 +60,47 @@ class Trace:
                     if r < 0:
                         uses[-r - 1] += 1
         self.ext_uses = uses
+
+
+class Region:
+    """One backward() of a trace (its "bwd" event at index c), precomputed for replay: where it
+    ends, the checks to make before building it (leaf events, and the rules' constants that first
+    appear in it), the events of its gradient nodes and the externals they refer to."""
+    __slots__ = ("end", "items", "ops", "first_pos", "sgs", "released", "uses", "ok")
+
+    def __init__(self, trace, c):
+        events = trace.events
+        self.end = next(i for i in range(c + 1, len(events)) if events[i][0] is None and events[i][1] == "end")
+        self.first_pos = sum(1 for ev in events[:c] if ev[0] is not None)
+        known = 1 + max((-r - 1 for ev in events[:c + 1] for r in _refs_of(ev) if r is not None and r < 0),
+                        default=-1)
+        self.items, self.ops, self.sgs, self.uses, self.ok = [], [], [], {}, True
+        for i in range(c + 1, self.end):
+            ev = events[i]
+            if ev[0] is not None:
+                self.ops.append(ev)
+                for r in ev[2]:
+                    if r < 0:
+                        self.uses[-r - 1] = self.uses.get(-r - 1, 0) + 1
+                        if -r - 1 >= known:
+                            self.items.append(("const", -r - 1))
+                            known = -r
+            elif ev[1] == "lg":
+                if ev[2] < 0 and -ev[2] - 1 >= known:
+                    self.ok = False
+                self.items.append(("lg", ev))
+                if ev[4] is not None and ev[4] < 0 and -ev[4] - 1 >= known:
+                    known = -ev[4]
+            elif ev[1] == "sg":
+                self.sgs.append((ev[2], ev[3]))
+        self.released = events[self.end][2]
+
+
+def _refs_of(ev):
+    if ev[0] is not None:
+        return ev[2]
+    kind = ev[1]
+    return (ev[2], ev[3]) if kind == "bwd" else (ev[2], ev[4]) if kind == "lg" else (ev[2],)
 
 
 class Variant:
@@ -82,6 +125,8 @@ class Recorder:
         self.trace, self.cursor, self.events, self.sigs, self.consts = None, 0, None, None, None
         self.adicts = None
         self.region = None
+        self.virtual = []     # (first position, Region) of each backward built virtually
+        self.n_virtual = 0    # positions with no node (yet)
         self.broken = not _ENABLED[0]
         if self.broken:
             return
@@ -203,6 +248,7 @@ class Recorder:
 
     def diverge(self):
         """The step stopped matching its trace: carry on recording with the matched prefix."""
+        self.realize()
         trace, n_ext = self.trace, len(self.exts)
         self.trace = None
         self.events = list(trace.events[:self.cursor])
@@ -242,24 +288,27 @@ class Recorder:
 
     # ---- backward ----------------------------------------------------------------------------
     def backward_replay(self, root, grad_node, retain, wrap):
-        """Build the gradient graph of a recognized step straight from its trace (no gradient rule
-        runs).  False when the step does not match: backward() then records normally."""
+        """Set the gradients of a recognized step straight from its trace: no gradient rule runs
+        and no node is made but the new .grad ones (the others stay *virtual*: the plan computes
+        them; `realize` makes them if the step diverges later).  False when the step does not
+        match: backward() then records normally."""
         if self.broken or self.trace is None:
             return False
         if not self._bwd_matches(root, grad_node, retain):
             if not self._try_sibling(lambda: self._bwd_matches(root, grad_node, retain)):
                 self.diverge()
                 return False
-        events, c = self.trace.events, self.cursor
-        end = self.trace_end(c)
+        trace, c = self.trace, self.cursor
+        region = trace.regions.get(c)
+        if region is None:
+            region = trace.regions[c] = Region(trace, c)
         fresh = [] if id(grad_node) in self.ref else [grad_node]
-        if not self._check_leaves(events, c + 1, end, fresh):
+        if not region.ok or not self._check_leaves(region, fresh):
             self.diverge()
             return False
         self._commit(fresh)
-        self._build(events, c + 1, end, wrap)
-        self.cursor = end + 1
-        STATS["replayed_nodes"] += end - c
+        self._build(region, wrap)
+        self.cursor = region.end + 1
         return True
 
     def _bwd_matches(self, root, grad_node, retain):
@@ -277,32 +326,21 @@ class Recorder:
             return ev[3] == -k - 1 and self._new_ext_ok(grad_node, k, self.trace)
         return r == ev[3]
 
-    def trace_end(self, c):
-        events = self.trace.events
-        for i in range(c + 1, len(events)):
-            if events[i][0] is None and events[i][1] == "end":
-                return i
-        raise AssertionError("a backward event without its end")
-
-    def _check_leaves(self, events, start, end, fresh):
+    def _check_leaves(self, region, fresh):
         """Every leaf backward reaches is in the state it was in when the trace was recorded, and
         every new external is a rule's constant or an old gradient: collects them into `fresh`."""
-        trace, n_ext, nodes, exts = self.trace, len(self.exts), self.nodes, self.exts
-        for i in range(start, end):
-            ev = events[i]
-            if ev[0] is not None:
-                for r in ev[2]:
-                    k = -r - 1
-                    if k >= n_ext + len(fresh):
-                        const = trace.consts.get(k)
-                        if const is None or k != n_ext + len(fresh) or ext_sig(const) != trace.ext_sigs[k]:
-                            return False
-                        fresh.append(const)
+        trace, nodes, exts, get = self.trace, self.nodes, self.exts, self.ref.get
+        for kind, item in region.items:
+            if kind == "const":
+                const = trace.consts.get(item)
+                if const is None or item != len(exts) + len(fresh):
+                    return False
+                if ext_sig(const) != trace.ext_sigs[item]:
+                    return False
+                fresh.append(const)
                 continue
-            if ev[1] != "lg":
-                continue
-            k = -ev[2] - 1
-            leaf = nodes[ev[2]] if ev[2] >= 0 else exts[k] if k < n_ext else fresh[k - n_ext]
+            ev = item
+            leaf = nodes[ev[2]] if ev[2] >= 0 else exts[-ev[2] - 1]
             owner = leaf.owner() if leaf.owner is not None else None
             if (owner is not None) != ev[3]:
                 return False
@@ -310,9 +348,9 @@ class Recorder:
             if (old is None) != (ev[4] is None):
                 return False
             if old is not None:
-                r = self.ref.get(id(old._node))
+                r = get(id(old._node))
                 if r is None:
-                    k = n_ext + len(fresh)
+                    k = len(exts) + len(fresh)
                     if old._node in fresh or ev[4] != -k - 1 or not self._new_ext_ok(old._node, k, trace):
                         return False
                     fresh.append(old._node)
@@ -320,21 +358,40 @@ class Recorder:
                     return False
         return True
 
-    def _build(self, events, start, end, wrap):
-        nodes, exts = self.nodes, self.exts
-        ref = self.ref
-        for i in range(start, end):
-            ev = events[i]
-            if ev[0] is not None:
-                node = Node(ev[0], ev[1], tuple(nodes[r] if r >= 0 else exts[-r - 1] for r in ev[2]),
-                            ev[3], ev[4])
-                ref[id(node)] = len(nodes)
-                nodes.append(node)
-            elif ev[1] == "sg":
-                leaf = nodes[ev[2]] if ev[2] >= 0 else exts[-ev[2] - 1]
-                leaf.owner().grad = wrap(nodes[ev[3]])
-        for p in events[end][2]:
+    def _build(self, region, wrap):
+        """Only the nodes that become a .grad are made (without inputs until realized)."""
+        nodes, exts, ref = self.nodes, self.exts, self.ref
+        p0 = len(nodes)
+        nodes.extend([None] * len(region.ops))
+        self.virtual.append((p0, region))
+        for leaf_ref, pos in region.sgs:
+            node = nodes[pos]
+            if node is None:
+                ev = region.ops[pos - p0]
+                node = nodes[pos] = Node(ev[0], ev[1], (), ev[3], ev[4])
+                ref[id(node)] = pos
+            leaf = nodes[leaf_ref] if leaf_ref >= 0 else exts[-leaf_ref - 1]
+            leaf.owner().grad = wrap(node)
+        STATS["replayed_nodes"] += len(region.sgs)
+        self.n_virtual += sum(1 for n in nodes[p0:] if n is None)
+        for p in region.released:
             nodes[p].released = True
+
+    def realize(self):
+        """Make the virtual gradient nodes real, in trace order, before anything walks the graph."""
+        if not self.virtual:
+            return
+        nodes, exts, ref = self.nodes, self.exts, self.ref
+        for p0, region in self.virtual:
+            for j, ev in enumerate(region.ops):
+                inputs = tuple([nodes[r] if r >= 0 else exts[-r - 1] for r in ev[2]])
+                node = nodes[p0 + j]
+                if node is None:
+                    node = nodes[p0 + j] = Node(ev[0], ev[1], inputs, ev[3], ev[4])
+                    ref[id(node)] = p0 + j
+                else:
+                    node.inputs = inputs
+        self.virtual, self.n_virtual = [], 0
 
     def backward_begin(self, root, grad_node, retain):
         """Normal backward starts (record mode): returns a token for backward_end."""
@@ -382,7 +439,7 @@ class Recorder:
         """Which of the segment's nodes are live (and asked for): this decides the plan's order."""
         if self.broken:
             return None
-        live = tuple([i for i, n in enumerate(self.nodes) if n.n_tensors > 0 and n.error is None])
+        live = tuple([i for i, n in enumerate(self.nodes) if n is not None and n.n_tensors > 0])
         get = self.ref.get
         return live, tuple([get(id(n), None) for n in extra if n.value is None])
 
@@ -393,7 +450,7 @@ class Recorder:
             if trace is not None:
                 self.diverge()
             return None
-        if len(PENDING) != len(self.nodes) or not sig[0] and not sig[1]:
+        if len(PENDING) != len(self.nodes) - self.n_virtual or not sig[0] and not sig[1]:
             return None
         variant = trace.variants.get(sig)
         if variant is None:
@@ -427,9 +484,12 @@ class Recorder:
         this segment refers to it: its references are exactly the segment's input edges to it
         (trace.ext_uses) plus `exts`, `leaves`, the loop variable and getrefcount's argument."""
         uses, retained, leaf_ext, out = self.trace.ext_uses, variant.retained, variant.leaf_ext, set()
+        virtual = [region.uses for _, region in self.virtual]     # edges of nodes not made
         for slot in range(len(leaves)):
             node, k = leaves[slot], leaf_ext[slot]
-            if node.n_tensors == 0 and k not in retained and getrefcount(node) == uses[k] + 4:
+            if node.n_tensors or k in retained:
+                continue
+            if getrefcount(node) == uses[k] + 4 - sum([u.get(k, 0) for u in virtual]):
                 out.add(slot)
         return out
 
