@@ -45,7 +45,7 @@ def scalar_node(value, dtype):
     """The constant leaf of a Python scalar, one per (value, dtype): a step that multiplies by the
     same learning rate every time sees the same leaf (its value is never written: it stays referenced
     here, so the executor's in-place reuse never picks it)."""
-    key = (dtype, value.__class__, value if value else repr(value), backend.current())
+    key = (dtype, value.__class__, value if value else repr(value), backend._current)
     node = _SCALARS.get(key)
     if node is None:
         if len(_SCALARS) > 4096:
@@ -59,10 +59,13 @@ def _fast_scalar(x, inputs):
     the normal path must handle (arrays, an int tensor next to a float scalar, ...)."""
     if type(x) not in (float, int, bool):
         return None
-    like = next((i for i in inputs if isinstance(i, Tensor)), None)
-    if like is None or (type(x) is float and not dtypes.is_float(like.dtype)):
-        return None
-    return scalar_node(x, dtypes.scalar_dtype(x, like.dtype))
+    for like in inputs:
+        if isinstance(like, Tensor):
+            dtype = like._node.specs[0].dtype
+            if type(x) is float and not dtypes.is_float(dtype):
+                return None
+            return scalar_node(x, dtypes.scalar_dtype(x, dtype))
+    return None
 
 
 _MULTI = set()   # ops whose shape rule gives several outputs (the fast path wraps them alike)
@@ -100,9 +103,14 @@ def apply(op, *inputs, **attrs):
     if REC.trace is not None:
         node = REC.match_op(op, inputs, attrs, _fast_scalar)
         if node is not None:
-            if len(PENDING) > AUTO_FLUSH_NODES:
+            if len(REC.nodes) > AUTO_FLUSH_NODES and len(PENDING) > AUTO_FLUSH_NODES:
                 materialize()
-            return outputs(node) if op in _MULTI else Tensor._wrap(node)
+            if op in _MULTI:
+                return outputs(node)
+            t = object.__new__(Tensor)
+            t._node, t.grad = node, None
+            node.n_tensors += 1
+            return t
     row = OPS[op]
     nodes = _operand_nodes(inputs)
     specs = row.infer(attrs, *[_spec(n) for n in nodes])
@@ -170,15 +178,15 @@ class Tensor:
     # ---- properties ------------------------------------------------------------------------
     @property
     def shape(self):
-        return self._node.shape
+        return self._node.specs[0].shape
 
     @property
     def ndim(self):
-        return len(self._node.shape)
+        return len(self._node.specs[0].shape)
 
     @property
     def dtype(self):
-        return self._node.dtype
+        return self._node.specs[0].dtype
 
     def size(self, axis=None):
         return self.shape if axis is None else self.shape[normalize_axis("size", axis, self.ndim)]
@@ -307,10 +315,11 @@ class Tensor:
 
     def _assign(self, result, op):
         self._check_inplace(op)
-        if result.shape != self.shape:
+        mine, theirs = self._node.specs[0], result._node.specs[0]
+        if theirs.shape != mine.shape:
             raise ValueError(f"{op}: result of shape {result.shape} cannot be stored in place into a "
                              f"tensor of shape {self.shape}")
-        if result.dtype != self.dtype:
+        if theirs.dtype != mine.dtype:
             if dtypes.is_float(result.dtype) and not dtypes.is_float(self.dtype):
                 raise TypeError(f"{op}: result dtype {result.dtype} cannot be stored in place into {self.dtype}")
             result = result.astype(self.dtype)

@@ -231,16 +231,18 @@ class Recorder:
         refs = ev[2]
         if ev[0] != op or len(refs) != len(inputs) or trace.adicts[c] != attrs or ev[5] != GRAD_MODE.enabled:
             return None
-        nodes = [x._node if x.__class__ is TENSOR[0] else scalar_node(x, inputs) for x in inputs]
-        get = self.ref.get
-        if tuple([get(id(n)) for n in nodes]) != refs:
-            if any(n is None for n in nodes):
-                return None
-            fresh = self._match_inputs(nodes, refs)
-            if fresh is None:
-                return None
-            self._commit(fresh)
-        node = Node(op, ev[1], tuple(nodes), ev[3], ev[4])
+        tensor, get = TENSOR[0], self.ref.get
+        nodes = tuple([x._node if x.__class__ is tensor else scalar_node(x, inputs) for x in inputs])
+        for n, r in zip(nodes, refs):
+            if get(id(n)) != r:
+                if any(n is None for n in nodes):
+                    return None
+                fresh = self._match_inputs(nodes, refs)
+                if fresh is None:
+                    return None
+                self._commit(fresh)
+                break
+        node = Node(op, ev[1], nodes, ev[3], ev[4])
         self.ref[id(node)] = len(self.nodes)
         self.nodes.append(node)
         self.cursor = c + 1
