@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import gtnumba as gt
-from gtnumba import nn, optim, sched
+from gtnumba import graph, nn, optim, sched
 from gtnumba.sched import replay
 from gt_style_model import B, C, E, S, gt_forward, init_params
 
@@ -149,10 +149,13 @@ def test_backward_of_a_recognized_step_runs_no_gradient_rule():
     loss = gt_forward(P, x, y)
     rules, recorded = replay.STATS["grad_rules"], replay.STATS["recorded_nodes"]
     built = replay.STATS["replayed_nodes"]
+    first = next(graph._SEQ)
     loss.backward()
+    made = next(graph._SEQ) - first - 1
     assert replay.STATS["grad_rules"] == rules          # no gradient rule ran
     assert replay.STATS["recorded_nodes"] == recorded   # nothing was recorded anew
-    assert replay.STATS["replayed_nodes"] > built       # the gradient graph came from the trace
+    assert replay.STATS["replayed_nodes"] - built == len(P)
+    assert made == 1 + len(P)     # the seed gradient (ones) and one node per .grad, nothing else
     with replaying(False):                              # and it is the graph recording builds
         Q = {k: gt.tensor(t.numpy(), requires_grad=True) for k, t in P.items()}
         for k in Q:

@@ -3,8 +3,9 @@
 Kernels never write into their inputs on their own (shape ops return views that alias them).
 Outputs are always ndarrays, never NumPy scalars, so plans see one value type.
 
-Kernels marked with `_writes_out` also accept `out=`: a C-contiguous buffer of the output's shape
-and dtype (a tuple of them for several outputs) that the executor's memory plan hands them.
+Kernels marked with `_writes_out` have an `into` twin that also takes `out=`: a C-contiguous
+buffer of the output's shape and dtype (a tuple of them for several outputs) that the executor's
+memory plan hands it (None: allocate).  The kernel in the op table keeps its CUDA twin's signature.
     writes_out "same": only when every input has the output's dtype (so the result is bit for bit
                what the kernel would allocate); "any": always.
     inplace    "any": `out` may be one of the inputs (elementwise: each element reads only its own
@@ -12,6 +13,7 @@ and dtype (a tuple of them for several outputs) that the executor's memory plan 
     checks_data: the kernel raises on bad data (indices, labels); a plan never overwrites a value
                it was handed before its last such kernel ran, so a failed step can be run again.
 """
+import inspect
 import math
 
 import numba
@@ -24,11 +26,21 @@ def _arr(x):
     return x if isinstance(x, np.ndarray) else np.asarray(x)
 
 
-def _writes_out(kind, inplace=None, checks_data=False):
-    def mark(kernel):
-        kernel.writes_out, kernel.inplace, kernel.checks_data = kind, inplace, checks_data
-        return kernel
+def _writes_out(kind, inplace=None):
+    """`into(*inputs, out=None, **attrs)` -> the op table's kernel (the same without out=)."""
+    def mark(into):
+        def kernel(*args, **attrs):
+            return into(*args, **attrs)
+        sig = inspect.signature(into)
+        kernel.__signature__ = sig.replace(parameters=[p for p in sig.parameters.values() if p.name != "out"])
+        kernel.__name__ = kernel.__qualname__ = into.__name__
+        return _mark(kernel, into, kind, inplace)
     return mark
+
+
+def _mark(kernel, into, kind, inplace):
+    kernel.into, kernel.writes_out, kernel.inplace, kernel.checks_data = into, kind, inplace, False
+    return kernel
 
 
 def _checks_data(kernel):
@@ -38,12 +50,15 @@ def _checks_data(kernel):
 
 # ---- elementwise -------------------------------------------------------------------------
 def binary(ufunc):
-    def kernel(a, b, out=None):
+    def kernel(a, b):
+        return _arr(ufunc(a, b))
+
+    def into(a, b, out=None):
         return _arr(ufunc(a, b, out=out))
     kernel.__name__ = ufunc.__name__
     kernel.ufunc = ufunc      # what a compiled plan may call directly (the result is an array unless 0-d)
     # comparisons give bool whatever the inputs: their out= never changes the arithmetic
-    return _writes_out("any" if ufunc in _BOOL_RESULT else "same", "any")(kernel)
+    return _mark(kernel, into, "any" if ufunc in _BOOL_RESULT else "same", "any")
 
 
 _BOOL_RESULT = (np.equal, np.not_equal, np.less, np.less_equal, np.greater, np.greater_equal,
@@ -51,11 +66,14 @@ _BOOL_RESULT = (np.equal, np.not_equal, np.less, np.less_equal, np.greater, np.g
 
 
 def unary(ufunc):
-    def kernel(x, out=None):
+    def kernel(x):
+        return _arr(ufunc(x))
+
+    def into(x, out=None):
         return _arr(ufunc(x, out=out))
     kernel.__name__ = ufunc.__name__
     kernel.ufunc = ufunc
-    return _writes_out("same", "any")(kernel)
+    return _mark(kernel, into, "same", "any")
 
 
 @_writes_out("same", "any")

@@ -1,6 +1,7 @@
 """The in-process executor: runs a plan's kernel steps on one backend, with its memory plan.
 
-Buffers: a step whose kernel takes `out=` (kernels/cpu.py) and whose output is big enough to plan
+Buffers: a step whose kernel has an `into` twin taking `out=` (kernels/cpu.py) and whose output
+is big enough to plan
 writes into an input that dies at that step (in place), else into a free buffer of the plan's
 pool, else into a new array.  A value goes back to the pool when its slot dies and nothing else
 can see it: it owns its memory (not a view) and the only references left are ours
@@ -15,7 +16,7 @@ Hooks for a backend that binds its launches per plan (CUDA): a plan is a cached 
 structure key and backend, and `Plan.runs` counts its runs; per-plan state (bound launch
 configurations, a captured CUDA graph) can live next to `Plan.pool`, be made where `_compile`
 is called here (second run), and be run instead of `plan.compiled`.  `run_plan` only passes
-`out=` to kernels that declare `writes_out`, and only recycles NumPy arrays.
+`out=` to kernels that declare `writes_out` (through their `into`), and only recycles NumPy arrays.
 """
 from sys import getrefcount
 
@@ -25,7 +26,7 @@ _POOL_DEPTH = 64      # free buffers kept per (shape, dtype) and plan
 # buffers given back between steps (optimizer.zero_grad(set_to_none=True) drops each gradient):
 # the next plan that needs one of that shape takes it before allocating
 SPARE = {}
-_SPARE_DEPTH = 8
+_SPARE_DEPTH = 64
 
 
 def run_plan(plan, slots, donate=frozenset()):
@@ -69,7 +70,7 @@ def _compile(plan):
         if st.recycles or st.leaf_frees:
             lines.append(f" mem.free({i})")
     lines.append(" return None")
-    plan.kernels = [st.direct or st.kernel for st in plan.steps]
+    plan.kernels = [st.direct or getattr(st.kernel, "into", st.kernel) for st in plan.steps]
     plan.kwargs = [st.attrs for st in plan.steps]
     namespace = {}
     exec(compile("\n".join(lines), "<gtnumba plan>", "exec"), namespace)
@@ -87,7 +88,7 @@ class _Memory:
     def step(self, i):
         step, slots = self.plan.steps[i], self.slots
         out, used = self._buffers(step)
-        slots[step.out] = step.kernel(*[slots[s] for s in step.ins], out=out, **step.attrs)
+        slots[step.out] = step.kernel.into(*[slots[s] for s in step.ins], out=out, **step.attrs)
         for s in used:
             slots[s] = None           # its buffer is the output now
 
