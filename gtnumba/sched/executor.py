@@ -1,9 +1,8 @@
 """The in-process executor: runs a plan's kernel steps on one backend, with its memory plan.
 
 Buffers: a step whose kernel has an `into` twin taking `out=` (kernels/cpu.py) and whose output
-is big enough to plan
-writes into an input that dies at that step (in place), else into a free buffer of the plan's
-pool, else into a new array.  A value goes back to the pool when its slot dies and nothing else
+is big enough to plan writes into an input that dies at that step (in place), else into a free
+buffer of the plan's pool, else into a new array.  A value goes back to the pool when its slot dies and nothing else
 can see it: it owns its memory (not a view) and the only references left are ours
 (sys.getrefcount), so a value a live Tensor, a view or another node holds is never overwritten.
 Leaf values (handed in by materialize) are reused only when listed in `donate`: their node dies

@@ -111,6 +111,11 @@ def _execute(order, key, leaves, variant):
         first = plan.n_leaves
         for slot, value in values.items():
             order[slot - first].set_value(value)
+        if variant is not None:
+            # a replayed step: the nodes not kept die with the segment (leaving PENDING then)
+            for slot in values:
+                PENDING.discard(order[slot - first])
+            return True
     for node in order:
         if node is not None:
             PENDING.discard(node)
