@@ -420,3 +420,47 @@ def adam_update(p, g, m, v, out_p, out_m, out_v, lr, beta1=0.9, beta2=0.999,
     kernel = _adam_parallel if p.size >= _PARALLEL_MIN_SIZE else _adam_serial
     kernel(p, ins[3], ins[1], ins[2], outs[0], outs[1], outs[2], hp)
     return out_p, out_m, out_v
+
+
+# --------------------------------------------------------------------------- big elementwise
+# NumPy's ufuncs run on one thread; a planned buffer of a big array (a parameter-sized gradient
+# or update) is worth both cores.  Same IEEE operation per element as the ufunc, so the result is
+# bit for bit NumPy's.  One kernel per dtype: the op code and the strides (0 broadcasts a scalar)
+# are arguments, so it compiles twice (float32, float64), not once per op and shape.
+_BINARY_CODES = {"add": 0, "subtract": 1, "multiply": 2, "true_divide": 3, "divide": 3}
+
+
+@_pjit
+def _binary_parallel(a, b, out, op, sa, sb):
+    for i in prange(out.size):
+        x = a[i * sa]
+        y = b[i * sb]
+        if op == 0:
+            out[i] = x + y
+        elif op == 1:
+            out[i] = x - y
+        elif op == 2:
+            out[i] = x * y
+        else:
+            out[i] = x / y
+
+
+def binary_parallel(name, a, b, out):
+    """out = a <op> b on both cores, or False when this case is not one for it (then the caller
+    uses the ufunc): a big C-contiguous float output, operands of its dtype, each either of the
+    output's shape (contiguous) or a single element."""
+    code = _BINARY_CODES.get(name)
+    if code is None or out.size < _PARALLEL_MIN_SIZE or out.dtype.kind != "f" or not out.flags.c_contiguous:
+        return False
+    flat = []
+    for x in (a, b):
+        if not isinstance(x, np.ndarray) or x.dtype != out.dtype:
+            return False
+        if x.size == 1:
+            flat.append((x.reshape(1), 0))
+        elif x.shape == out.shape and x.flags.c_contiguous:
+            flat.append((x.reshape(-1), 1))
+        else:
+            return False
+    _binary_parallel(flat[0][0], flat[1][0], out.reshape(-1), code, flat[0][1], flat[1][1])
+    return True
