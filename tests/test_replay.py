@@ -289,3 +289,55 @@ def test_mesh_gets_the_same_cached_key_object_on_replayed_steps(monkeypatch):
         set_mesh(None)
     np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
     assert keys[-1] is keys[-2] is keys[-3]
+
+
+def _mixed_step(i, P, x, y):
+    """A loss read before backward (two materializations per step), a retained graph run twice,
+    an explicit output gradient, and an evaluation pass under no_grad every third step."""
+    if i % 3 == 2:
+        with gt.no_grad():
+            return gt_forward(P, x, y).item()
+    loss = gt_forward(P, x, y)
+    first = loss.item()
+    loss.backward(retain_graph=True)
+    (loss * 0.5).backward(gt.tensor(np.float32(1.0)))
+    with gt.no_grad():
+        for t in P.values():
+            t -= 0.02 * t.grad
+            t.grad = None
+    return first
+
+
+def test_reads_retained_graphs_and_eval_steps_replay_like_fresh_recording():
+    with replaying(False):
+        fresh = _gt_training(10, _mixed_step)
+    before = replay.STATS["replayed"]
+    with replaying(True):
+        replayed = _gt_training(10, _mixed_step)
+    assert replay.STATS["replayed"] > before
+    _same(fresh, replayed)
+
+
+def test_lr_schedule_keeps_replaying():
+    def run():
+        gt.manual_seed(0)
+        net = _Net()
+        opt = optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+        sched_ = optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+        x = gt.tensor(np.random.default_rng(5).standard_normal((4, 6)).astype(F32))
+        out = []
+        for _ in range(8):
+            opt.zero_grad()
+            loss = (net(x) ** 2).mean()
+            loss.backward()
+            opt.step()
+            sched_.step()
+            out.append(loss.item())
+        return out, {str(i): p.numpy() for i, p in enumerate(net.parameters())}
+    with replaying(False):
+        fresh = run()
+    before = replay.STATS["replayed"]
+    with replaying(True):
+        replayed = run()
+    assert replay.STATS["replayed"] - before >= 5
+    _same(fresh, replayed)
