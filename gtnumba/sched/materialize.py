@@ -105,7 +105,8 @@ def _execute(order, key, leaves, variant):
             STATS["runs"] += 1
         t1 = time.perf_counter()
         donate = REC.donatable(variant, leaves) if variant is not None else ()
-        values = run_plan(plan, [_local(n.value) for n in leaves], donate)
+        values = run_plan(plan, [n.value if type(n.value) is not DistValue else _local(n.value) for n in leaves],
+                          donate)
         STATS["plan_seconds"] += t1 - t0
         STATS["run_seconds"] += time.perf_counter() - t1
         first = plan.n_leaves
