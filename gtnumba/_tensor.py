@@ -14,7 +14,7 @@ from .kernels import backend
 from .ops import OPS, Spec
 from .ops.shapes import normalize_axes, normalize_axis, resolve_reshape
 from .sched import materialize
-from .sched.mesh import DistValue
+from .sched.mesh import DistValue, current_mesh
 from .sched import replay as _replay
 from .sched.replay import REC
 
@@ -47,7 +47,7 @@ def scalar_node(value, dtype):
     here, so the executor's in-place reuse never picks it)."""
     key = (dtype, value.__class__, value if value else repr(value), backend._current)
     node = _SCALARS.get(key)
-    if node is None:
+    if node is None or (isinstance(node.value, DistValue) and current_mesh() is None):
         if len(_SCALARS) > 4096:
             _SCALARS.clear()
         node = _SCALARS[key] = constant(np.asarray(value, dtype=dtype))
