@@ -341,3 +341,24 @@ def test_lr_schedule_keeps_replaying():
         replayed = run()
     assert replay.STATS["replayed"] - before >= 5
     _same(fresh, replayed)
+
+
+def test_a_backend_binder_runs_each_plan_from_its_second_run(monkeypatch):
+    from gtnumba.sched import executor
+    bound = []
+
+    def bind(plan):
+        bound.append(plan)
+        return None                     # keep the generated code
+    monkeypatch.setitem(executor.BINDERS, "cpu", bind)
+    w = gt.tensor(np.ones((7, 5), F32), requires_grad=True)     # a structure no other test builds
+    x = gt.tensor(np.full((3, 7), 0.1, F32))
+    for _ in range(5):
+        loss = (x @ w).tanh().sum()
+        loss.backward()
+        with gt.no_grad():
+            w -= 0.1 * w.grad
+            w.grad.zero_()
+        loss.item()
+    assert bound and all(plan.runs >= 2 for plan in bound)
+    assert len(bound) == len({id(p) for p in bound})   # once per plan

@@ -420,4 +420,3 @@ def adam_update(p, g, m, v, out_p, out_m, out_v, lr, beta1=0.9, beta2=0.999,
     kernel = _adam_parallel if p.size >= _PARALLEL_MIN_SIZE else _adam_serial
     kernel(p, ins[3], ins[1], ins[2], outs[0], outs[1], outs[2], hp)
     return out_p, out_m, out_v
-

@@ -11,17 +11,19 @@ with this step (materialize checks that).
 From its second run on, a plan runs as straight-line generated code (one line per step), so a
 step of tiny kernels pays almost nothing for the loop.
 
-Hooks for a backend that binds its launches per plan (CUDA): a plan is a cached object, one per
-structure key and backend, and `Plan.runs` counts its runs; per-plan state (bound launch
-configurations, a captured CUDA graph) can live next to `Plan.pool`, be made where `_compile`
-is called here (second run), and be run instead of `plan.compiled`.  `run_plan` only passes
-`out=` to kernels that declare `writes_out` (through their `into`), and only recycles NumPy arrays.
+Hook for a backend that binds its launches per plan (CUDA): `BINDERS[backend](plan)` is called
+once, at a plan's second run (a replayed step runs the very same Plan object every time), and may
+return a callable `run(slots, kernels, kwargs, mem)` that replaces the generated code: bind launch
+configurations, capture a CUDA graph, keep per-plan state on the plan.  Returning None keeps the
+generated code.  `run_plan` only passes `out=` to kernels that declare `writes_out` (through their
+`into`), and only recycles NumPy arrays.
 """
 from sys import getrefcount
 
 import numpy as np
 
 _POOL_DEPTH = 64      # free buffers kept per (shape, dtype) and plan
+BINDERS = {}          # backend name -> bind(plan) -> run(slots, kernels, kwargs, mem) or None
 # buffers given back between steps (optimizer.zero_grad(set_to_none=True) drops each gradient):
 # the next plan that needs one of that shape takes it before allocating
 SPARE = {}
@@ -36,6 +38,8 @@ def run_plan(plan, slots, donate=frozenset()):
     plan.runs += 1
     if plan.runs == 2:
         plan.compiled = _compile(plan)
+        bind = BINDERS.get(plan.backend)
+        plan.compiled = (bind(plan) if bind is not None else None) or plan.compiled
     if plan.compiled is not None:
         plan.compiled(slots, plan.kernels, plan.kwargs, mem)
     else:

@@ -46,6 +46,7 @@ class Plan:
     compiled: object = None     # straight-line code of the steps, made on the second run
     kernels: list = None        # what the compiled code calls: kernels and their attributes
     kwargs: list = None
+    backend: str = "cpu"
 
 
 def pending_order(roots):
@@ -126,7 +127,7 @@ def build_plan(key, backend):
         if slot not in last_use and slot not in kept:
             step.frees = step.frees + (slot,)
     _plan_memory(steps, key, last_use, kept)
-    return Plan(n_leaves, n_leaves + len(node_part), steps, tuple(sorted(kept)))
+    return Plan(n_leaves, n_leaves + len(node_part), steps, tuple(sorted(kept)), backend=backend)
 
 
 def _plan_memory(steps, key, last_use, kept):
