@@ -104,6 +104,7 @@ def op_cases(rng):
         ("mul 1024x1024", (big, big2), lambda a, b: a * b, np.multiply, torch and torch.mul),
         ("exp 1024x1024", (big,), lambda a: a.exp(), np.exp, torch and torch.exp),
         ("broadcast add 1024x1024 + 1024", (big, vec), lambda a, b: a + b, np.add, torch and torch.add),
+        ("sum axis=0 of 1024x1024", (big,), lambda a: a.sum(axis=0), lambda a: a.sum(0), lambda a: a.sum(0)),
         ("sum axis=-1 of 1024x1024", (big,), lambda a: a.sum(axis=-1), lambda a: a.sum(-1),
          lambda a: a.sum(-1)),
         ("softmax 4096x512", (rows,), lambda a: gt.softmax(a, axis=-1),
@@ -112,9 +113,20 @@ def op_cases(rng):
         ("layer_norm 4096x512 (fused row)", (rows, lw, lb),
          lambda x, w, b: apply("layer_norm", x, w, b, eps=1e-5)[0], np_ln,
          lambda x, w, b: F.layer_norm(x, (512,), w, b, 1e-5)),
+        ("layer_norm 4096x512 (mean/var/sqrt)", (rows, lw, lb), gt_style_ln, np_ln,
+         lambda x, w, b: F.layer_norm(x, (512,), w, b, 1e-5)),
         ("matmul 512x512", (r(512, 512), r(512, 512)), lambda a, b: a @ b, np.matmul, torch and torch.matmul),
+        ("batched matmul (8,128,64)@(8,64,128)", (r(8, 128, 64), r(8, 64, 128)), lambda a, b: a @ b,
+         np.matmul, torch and torch.matmul),
+        ("transpose+copy 1024x1024", (big,), lambda a: a.T.reshape(-1), lambda a: np.ascontiguousarray(a.T).reshape(-1),
+         lambda a: a.t().contiguous().reshape(-1)),
         ("tiny add 4x4 (framework cost)", (r(4, 4), r(4, 4)), lambda a, b: a + b, np.add, torch and torch.add),
     ]
+
+
+def gt_style_ln(x, w, b):
+    xc = x - x.mean(axis=-1, keepdims=True)
+    return xc / ((xc * xc).mean(axis=-1, keepdims=True) + 1e-5).sqrt() * w + b
 
 
 def bench_ops(block, rounds):
@@ -306,9 +318,32 @@ def bench_steps(rounds, quick):
     out["big"] = alternate([lambda: big_step(G, gx, gy, gt), lambda: big_step(T, tx, ty, torch)],
                            0.3 if quick else 0.5, 3 * rounds)
     print(f"  big step: gtnumba {fmt(out['big'][0]['med'])}, torch {fmt(out['big'][1]['med'])}", flush=True)
+    out["phases"] = big_phases(G, gx, gy, 10 if quick else 30)
     out["alloc"] = steady_allocations(G, gx, gy)
     out["rss"] = rss_series(G, gx, gy, 60 if quick else 200)
     return out
+
+
+def big_phases(P, x, y, steps):
+    """Where a gtnumba large step goes: min over `steps` of each phase (record forward, backward,
+    record the update, and .item(): plan lookup + run)."""
+    phases = {"forward": [], "backward": [], "update": [], ".item()": []}
+    for _ in range(steps):
+        t = [time.perf_counter()]
+        loss = big_loss(P, x, y, gt)
+        t.append(time.perf_counter())
+        loss.backward()
+        t.append(time.perf_counter())
+        with gt.no_grad():
+            for p in P.values():
+                p -= LR * p.grad
+                p.grad.zero_()
+        t.append(time.perf_counter())
+        loss.item()
+        t.append(time.perf_counter())
+        for k, a, b in zip(phases, t, t[1:]):
+            phases[k].append(b - a)
+    return {k: min(v) for k, v in phases.items()}
 
 
 def steady_allocations(G, gx, gy):
@@ -370,6 +405,8 @@ def report(info, ops, rec, steps, wall):
               "", f"Recording cost per op (4x4 add in a 100-op chain): replayed step {fmt(rec['replayed']['med'])} "
               f"(min {fmt(rec['replayed']['min'])}), new step {fmt(rec['fresh']['med'])}; goal <= 5 us: "
               + ("met" if rec["replayed"]["med"] <= 5e-6 else "**not met**") + ".",
+              "", "Large gtnumba step by phase (min of 30): " + ", ".join(
+                  f"{k} {fmt(v)}" for k, v in steps["phases"].items()) + ".",
               "", f"Steady-state large step under tracemalloc: peak {a['peak'] / 2**20:.1f} MiB traced, largest "
               f"live allocation {a['largest_live'] / 2**20:.2f} MiB (one 40000x128 weight: "
               f"{a['param_bytes'] / 2**20:.1f} MiB). RSS (MiB) by step: "
