@@ -105,12 +105,7 @@ def apply(op, *inputs, **attrs):
         if node is not None:
             if len(REC.nodes) > AUTO_FLUSH_NODES and len(PENDING) > AUTO_FLUSH_NODES:
                 materialize()
-            if op in _MULTI:
-                return outputs(node)
-            t = object.__new__(Tensor)
-            t._node, t.grad = node, None
-            node.n_tensors += 1
-            return t
+            return outputs(node) if op in _MULTI else Tensor._wrap(node)
     row = OPS[op]
     nodes = _operand_nodes(inputs)
     specs = row.infer(attrs, *[_spec(n) for n in nodes])
