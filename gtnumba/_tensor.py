@@ -14,7 +14,9 @@ from .kernels import backend
 from .ops import OPS, Spec
 from .ops.shapes import normalize_axes, normalize_axis, resolve_reshape
 from .sched import materialize
-from .sched.mesh import DistValue
+from .sched.mesh import DistValue, current_mesh
+from .sched import replay as _replay
+from .sched.replay import REC
 
 
 def _attrs_key(attrs):
@@ -27,11 +29,46 @@ def as_node(value, like=None):
         return value._node
     if isinstance(value, (bool, int, float, np.number, np.bool_)):
         dtype = dtypes.scalar_dtype(value, like.dtype) if like is not None else dtypes.as_dtype(None)
+        if type(value) in (float, int, bool):
+            return scalar_node(value, dtype)
         return constant(np.asarray(value, dtype=dtype))
     if isinstance(value, (np.ndarray, list, tuple)):
         from .creation import array_node
         return array_node(value, None, "operand")
     raise TypeError(f"expected a Tensor, a number or an array, got {type(value).__name__}")
+
+
+_SCALARS = {}
+
+
+def scalar_node(value, dtype):
+    """The constant leaf of a Python scalar, one per (value, dtype): a step that multiplies by the
+    same learning rate every time sees the same leaf (its value is never written: it stays referenced
+    here, so the executor's in-place reuse never picks it)."""
+    key = (dtype, value.__class__, value if value else repr(value), backend._current)
+    node = _SCALARS.get(key)
+    if node is None or (isinstance(node.value, DistValue) and current_mesh() is None):
+        if len(_SCALARS) > 4096:
+            _SCALARS.clear()
+        node = _SCALARS[key] = constant(np.asarray(value, dtype=dtype))
+    return node
+
+
+def _fast_scalar(x, inputs):
+    """The constant node of a Python scalar input on the replay fast path, or None for anything
+    the normal path must handle (arrays, an int tensor next to a float scalar, ...)."""
+    if type(x) not in (float, int, bool):
+        return None
+    for like in inputs:
+        if isinstance(like, Tensor):
+            dtype = like._node.specs[0].dtype
+            if type(x) is float and not dtypes.is_float(dtype):
+                return None
+            return scalar_node(x, dtypes.scalar_dtype(x, dtype))
+    return None
+
+
+_MULTI = set()   # ops whose shape rule gives several outputs (the fast path wraps them alike)
 
 
 def constant(array):
@@ -63,6 +100,12 @@ def _cast_operands(row, attrs, nodes, specs):
 
 def apply(op, *inputs, **attrs):
     """Record `op` on `inputs`; returns a Tensor (or a tuple of Tensors for multi-output ops)."""
+    if REC.trace is not None:
+        node = REC.match_op(op, inputs, attrs, _fast_scalar)
+        if node is not None:
+            if len(REC.nodes) > AUTO_FLUSH_NODES and len(PENDING) > AUTO_FLUSH_NODES:
+                materialize()
+            return outputs(node) if op in _MULTI else Tensor._wrap(node)
     row = OPS[op]
     nodes = _operand_nodes(inputs)
     specs = row.infer(attrs, *[_spec(n) for n in nodes])
@@ -73,6 +116,9 @@ def apply(op, *inputs, **attrs):
     requires_grad = (GRAD_MODE.enabled and row.differentiable and out_float
                      and any(n.requires_grad for n in nodes))
     node = Node(op, _attrs_key(attrs), nodes, specs if multi else (specs,), requires_grad)
+    REC.on_node(node)
+    if multi:
+        _MULTI.add(op)
     if len(PENDING) > AUTO_FLUSH_NODES:
         materialize()
     return outputs(node) if multi else Tensor._wrap(node)
@@ -85,6 +131,7 @@ def outputs(node):
     for i, spec in enumerate(node.specs):
         differentiable = n_grad is None or i < n_grad
         sel = Node("select", (("index", i),), (node,), (spec,), node.requires_grad and differentiable)
+        REC.on_node(sel)
         outs.append(Tensor._wrap(sel))
     return tuple(outs)
 
@@ -126,15 +173,15 @@ class Tensor:
     # ---- properties ------------------------------------------------------------------------
     @property
     def shape(self):
-        return self._node.shape
+        return self._node.specs[0].shape
 
     @property
     def ndim(self):
-        return len(self._node.shape)
+        return len(self._node.specs[0].shape)
 
     @property
     def dtype(self):
-        return self._node.dtype
+        return self._node.specs[0].dtype
 
     def size(self, axis=None):
         return self.shape if axis is None else self.shape[normalize_axis("size", axis, self.ndim)]
@@ -156,6 +203,7 @@ class Tensor:
             if node.requires_grad and not node.leaf:
                 raise RuntimeError("requires_grad: can only be turned off on leaf tensors; use detach()")
             node.requires_grad, node.leaf, node.owner = False, False, None
+            REC.mark(node)
             return
         if not dtypes.is_float(self.dtype):
             raise TypeError(f"requires_grad: only floating-point tensors can require gradients, "
@@ -167,6 +215,7 @@ class Tensor:
             self._bind(apply("alias", self)._node)
             node = self._node
         node.requires_grad, node.leaf, node.owner = True, True, weakref.ref(self)
+        REC.mark(node)
 
     def requires_grad_(self, flag=True):
         self.requires_grad = flag
@@ -273,10 +322,11 @@ class Tensor:
 
     def _assign(self, result, op):
         gt_update = self._check_inplace(op)
-        if result.shape != self.shape:
+        mine, theirs = self._node.specs[0], result._node.specs[0]
+        if theirs.shape != mine.shape:
             raise ValueError(f"{op}: result of shape {result.shape} cannot be stored in place into a "
                              f"tensor of shape {self.shape}")
-        if result.dtype != self.dtype:
+        if theirs.dtype != mine.dtype:
             if dtypes.is_float(result.dtype) and not dtypes.is_float(self.dtype):
                 raise TypeError(f"{op}: result dtype {result.dtype} cannot be stored in place into {self.dtype}")
             result = result.astype(self.dtype)
@@ -286,6 +336,7 @@ class Tensor:
             if node.n_tensors > 1 or node.value is not None or node.requires_grad:
                 node = apply("alias", result)._node   # do not turn a shared node into our leaf
             node.requires_grad, node.leaf, node.owner = True, True, weakref.ref(self)
+            REC.mark(node)
         self._bind(node)
         if gt_update:
             self._warn_gt_update(op)
@@ -616,4 +667,6 @@ class TensorData(Tensor):
 
     def __array_function__(self, func, types, args, kwargs):
         return func(*_host(args), **_host(kwargs))
-# ==== end GT compat ==========================================================================
+# ==== end GT compat ===================================================================
+
+_replay.TENSOR[0] = Tensor

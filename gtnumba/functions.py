@@ -11,6 +11,7 @@ from . import dtypes, signal
 from ._gtwarn import warn_once
 from .creation import full, zeros  # noqa: F401  (used by gradient rules through this module)
 from .graph import GRAD_MODE
+from .sched.replay import REC
 from .grad import backward as _backward
 from .ops.shapes import normalize_axis
 from ._tensor import Tensor, apply, as_node, outputs  # noqa: F401
@@ -158,6 +159,7 @@ def accumulate_leaf_grad(node, g):
     if g.shape != owner.shape:
         g = g.expand(owner.shape)
     if signal.TAGS:
+        REC.no_replay()
         g = signal.grad_layout(owner, g)
     old = owner.grad
     zeroed = old is not None and old._node.op == "fill" and old._node.value is None \
@@ -172,6 +174,8 @@ def nonleaf_grad(node, g):
     Returns the gradient to propagate (laid out by a backward signal, if one names it)."""
     if not isinstance(g, Tensor):         # the parts of a multi-output node: no tensor wraps it
         return g
+    if signal.TAGS or node.n_tensors > 0:
+        REC.no_replay()                   # a replayed backward sets leaf .grads only
     if signal.TAGS:
         g = signal.grad_layout(node, g)
     if node.n_tensors > 0:

@@ -6,6 +6,7 @@ gradients with `+`, and frees the graph it walked.  It never computes a value it
 """
 from ..graph import GRAD_MODE
 from ..ops.registry import OPS
+from ..sched.replay import REC, STATS
 
 
 class GradContext:
@@ -46,8 +47,12 @@ def _accumulate(grads, key, g, slot=None, n_slots=None):
 
 
 def backward(root, root_grad, api, retain_graph=False):
-    """Record the gradient graph of `root` (a Node); `api` supplies Tensor wrapping and ops."""
+    """Record the gradient graph of `root` (a Node); `api` supplies Tensor wrapping and ops.
+    A step the recorder recognized builds its gradient graph from the cached trace instead."""
+    if REC.backward_replay(root, root_grad._node, retain_graph, api.wrap):
+        return
     order = _grad_order(root)
+    token = REC.backward_begin(root, root_grad._node, retain_graph)
     grads = {id(root): root_grad}
     saved = GRAD_MODE.enabled
     GRAD_MODE.enabled = False
@@ -59,7 +64,9 @@ def backward(root, root_grad, api, retain_graph=False):
             if not node.leaf and node is not root:
                 g = api.nonleaf_grad(node, g)     # GT: held non-leaf tensors get .grad too
             if node.leaf:
+                REC.leaf_before(node)
                 api.accumulate_leaf_grad(node, g)
+                REC.leaf_after(node)
             elif node.op == "select":
                 parent = node.inputs[0]
                 _accumulate(grads, id(parent), g, dict(node.attrs)["index"], len(parent.specs))
@@ -67,6 +74,7 @@ def backward(root, root_grad, api, retain_graph=False):
                 _apply_rule(node, g, grads, api)
     finally:
         GRAD_MODE.enabled = saved
+    REC.backward_end(token, order, retain_graph)
     if not retain_graph:
         for node in order:
             if not node.leaf:
@@ -76,6 +84,7 @@ def backward(root, root_grad, api, retain_graph=False):
 
 
 def _apply_rule(node, g, grads, api):
+    STATS["grad_rules"] += 1
     row = OPS[node.op]
     needs = tuple(i.requires_grad for i in node.inputs)
     multi = len(node.specs) > 1

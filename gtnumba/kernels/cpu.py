@@ -1,8 +1,19 @@
 """CPU kernels: one function per op row of the table, NumPy arrays in, NumPy arrays out.
 
-Kernels never write into their inputs (shape ops return views that alias them).  Outputs are
-always ndarrays, never NumPy scalars, so plans see one value type.
+Kernels never write into their inputs on their own (shape ops return views that alias them).
+Outputs are always ndarrays, never NumPy scalars, so plans see one value type.
+
+Kernels marked with `_writes_out` have an `into` twin that also takes `out=`: a C-contiguous
+buffer of the output's shape and dtype (a tuple of them for several outputs) that the executor's
+memory plan hands it (None: allocate).  The kernel in the op table keeps its CUDA twin's signature.
+    writes_out "same": only when every input has the output's dtype (so the result is bit for bit
+               what the kernel would allocate); "any": always.
+    inplace    "any": `out` may be one of the inputs (elementwise: each element reads only its own
+               inputs); or, per output, the input position it may overwrite; None: never.
+    checks_data: the kernel raises on bad data (indices, labels); a plan never overwrites a value
+               it was handed before its last such kernel ran, so a failed step can be run again.
 """
+import inspect
 import math
 
 import numba
@@ -15,31 +26,69 @@ def _arr(x):
     return x if isinstance(x, np.ndarray) else np.asarray(x)
 
 
+def _writes_out(kind, inplace=None):
+    """`into(*inputs, out=None, **attrs)` -> the op table's kernel (the same without out=)."""
+    def mark(into):
+        def kernel(*args, **attrs):
+            return into(*args, **attrs)
+        sig = inspect.signature(into)
+        kernel.__signature__ = sig.replace(parameters=[p for p in sig.parameters.values() if p.name != "out"])
+        kernel.__name__ = kernel.__qualname__ = into.__name__
+        return _mark(kernel, into, kind, inplace)
+    return mark
+
+
+def _mark(kernel, into, kind, inplace):
+    kernel.into, kernel.writes_out, kernel.inplace, kernel.checks_data = into, kind, inplace, False
+    return kernel
+
+
+def _checks_data(kernel):
+    kernel.writes_out, kernel.inplace, kernel.checks_data = None, None, True
+    return kernel
+
+
 # ---- elementwise -------------------------------------------------------------------------
 def binary(ufunc):
     def kernel(a, b):
         return _arr(ufunc(a, b))
+
+    def into(a, b, out=None):
+        return _arr(ufunc(a, b, out=out))
     kernel.__name__ = ufunc.__name__
-    return kernel
+    kernel.ufunc = ufunc      # what a compiled plan may call directly (the result is an array unless 0-d)
+    # comparisons give bool whatever the inputs: their out= never changes the arithmetic
+    return _mark(kernel, into, "any" if ufunc in _BOOL_RESULT else "same", "any")
+
+
+_BOOL_RESULT = (np.equal, np.not_equal, np.less, np.less_equal, np.greater, np.greater_equal,
+                np.logical_and)
 
 
 def unary(ufunc):
     def kernel(x):
         return _arr(ufunc(x))
+
+    def into(x, out=None):
+        return _arr(ufunc(x, out=out))
     kernel.__name__ = ufunc.__name__
-    return kernel
+    kernel.ufunc = ufunc
+    return _mark(kernel, into, "same", "any")
 
 
-def div(a, b):
-    return _arr(np.true_divide(a, b))
+@_writes_out("same", "any")
+def div(a, b, out=None):
+    return _arr(np.true_divide(a, b, out=out))
 
 
-def power(a, b):
-    return _arr(np.power(a, b))
+@_writes_out("same", "any")
+def power(a, b, out=None):
+    return _arr(np.power(a, b, out=out))
 
 
-def relu(x):
-    return _arr(np.maximum(x, x.dtype.type(0)))
+@_writes_out("same", "any")
+def relu(x, out=None):
+    return _arr(np.maximum(x, x.dtype.type(0), out=out))
 
 
 def sigmoid(x):
@@ -63,15 +112,17 @@ def _gelu_backward_flat(x, g, out):
         out[i] = g[i] * (cdf + v * math.exp(-0.5 * v * v) * 0.3989422804014327)
 
 
-def gelu(x):
-    out = np.empty(x.shape, x.dtype)
+@_writes_out("same")
+def gelu(x, out=None):
+    out = np.empty(x.shape, x.dtype) if out is None else out
     _gelu_flat(np.ascontiguousarray(x).reshape(-1), out.reshape(-1))
     return out
 
 
-def gelu_backward(x, g):
+@_writes_out("same")
+def gelu_backward(x, g, out=None):
     shape = np.broadcast_shapes(x.shape, g.shape)
-    out = np.empty(shape, np.promote_types(x.dtype, g.dtype))
+    out = np.empty(shape, np.promote_types(x.dtype, g.dtype)) if out is None else out
     flat = [np.ascontiguousarray(np.broadcast_to(a, shape), dtype=out.dtype).reshape(-1) for a in (x, g)]
     _gelu_backward_flat(*flat, out.reshape(-1))
     return out
@@ -85,12 +136,20 @@ def where(c, a, b):
     return _arr(np.where(c, a, b))
 
 
-def cast(x, dtype):
-    return x.astype(dtype)
+@_writes_out("any")
+def cast(x, dtype, out=None):
+    if out is None:
+        return x.astype(dtype)
+    np.copyto(out, x, casting="unsafe")
+    return out
 
 
-def fill(shape, value, dtype):
-    return np.full(shape, value, dtype)
+@_writes_out("any")
+def fill(shape, value, dtype, out=None):
+    if out is None:
+        return np.full(shape, value, dtype)
+    out.fill(value)
+    return out
 
 
 def alias(x, placement=None):
@@ -102,8 +161,11 @@ def select(values, index):
 
 
 # ---- reductions --------------------------------------------------------------------------
-def reduce_sum(x, axes, keepdims):
-    return _arr(np.sum(x, axis=axes, keepdims=keepdims))
+@_writes_out("same")
+def reduce_sum(x, axes, keepdims, out=None):
+    if x.dtype.kind in "biu":     # np.sum's integer promotion (int32 -> int64, bool -> int64)
+        return _arr(np.sum(x, axis=axes, keepdims=keepdims, out=out))
+    return _arr(np.add.reduce(x, axis=axes, keepdims=keepdims, out=out))
 
 
 def reduce_max(x, axes, keepdims):
@@ -178,11 +240,13 @@ def _check_bounds(shape, spec, arrays):
         axis += 1
 
 
+@_checks_data
 def index(x, *arrays, spec):
     _check_bounds(x.shape, spec, arrays)
     return _arr(x[_index(spec, arrays)])
 
 
+@_checks_data
 def index_backward(g, *arrays, spec, shape):
     out = np.zeros(shape, dtype=g.dtype)
     idx = _index(spec, arrays)
@@ -193,6 +257,7 @@ def index_backward(g, *arrays, spec, shape):
     return out
 
 
+@_checks_data
 def setitem(x, value, *arrays, spec):
     _check_bounds(x.shape, spec, arrays)
     out = np.array(x, copy=True)
@@ -201,11 +266,16 @@ def setitem(x, value, *arrays, spec):
 
 
 # ---- linear algebra ----------------------------------------------------------------------
-def matmul(a, b):
+@_writes_out("same")
+def matmul(a, b, out=None):
     if a.ndim > 2 and b.ndim == 2:
         # one GEMM over all rows: NumPy's batched matmul loops over the batch instead
-        return (a.reshape(-1, a.shape[-1]) @ b).reshape(a.shape[:-1] + b.shape[-1:])
-    return np.matmul(a, b)
+        rows = a.reshape(-1, a.shape[-1])
+        if out is None:
+            return (rows @ b).reshape(a.shape[:-1] + b.shape[-1:])
+        np.matmul(rows, b, out=out.reshape(rows.shape[0], b.shape[-1]))
+        return out
+    return np.matmul(a, b, out=out)
 
 
 # ---- fused (NumPy would take several passes) ---------------------------------------------
@@ -241,6 +311,7 @@ def log_softmax_backward(y, g, axis):
     return _unrows(cpu_fused.log_softmax_rows_backward(yr, gr), shape, axis)
 
 
+@_checks_data
 def cross_entropy(x, labels):
     try:
         return cpu_fused.cross_entropy_rows(np.ascontiguousarray(x), np.ascontiguousarray(labels))
@@ -248,6 +319,7 @@ def cross_entropy(x, labels):
         raise ValueError(f"cross_entropy: {e} (logits shape {x.shape})") from None
 
 
+@_checks_data
 def cross_entropy_backward(x, labels, lse, g):
     return cpu_fused.cross_entropy_rows_backward(
         np.ascontiguousarray(x), np.ascontiguousarray(labels), lse, np.ascontiguousarray(g))
@@ -269,16 +341,19 @@ def layer_norm_backward(x, w, mean, rstd, g):
 
 
 # ---- optimizer updates (fused: one pass over each parameter) -----------------------------
-def sgd_update(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first_step):
-    out_p, out_buf = np.empty_like(p), np.empty_like(p)
+@_writes_out("any", inplace=(0, 2))
+def sgd_update(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first_step, out=None):
+    # the fused kernel allows out_p is p and out_buf is buf: each element reads only its own
+    out_p, out_buf = (np.empty_like(p), np.empty_like(p)) if out is None else out
     cpu_fused.sgd_update(np.ascontiguousarray(p).reshape(-1), np.ascontiguousarray(g).reshape(-1),
                          np.ascontiguousarray(buf).reshape(-1), out_p.reshape(-1), out_buf.reshape(-1),
                          float(lr), momentum, dampening, weight_decay, nesterov, first_step)
     return out_p, out_buf
 
 
-def adam_update(p, g, m, v, lr, step, beta1, beta2, eps, weight_decay, decoupled):
-    out_p, out_m, out_v = np.empty_like(p), np.empty_like(p), np.empty_like(p)
+@_writes_out("any", inplace=(0, 2, 3))
+def adam_update(p, g, m, v, lr, step, beta1, beta2, eps, weight_decay, decoupled, out=None):
+    out_p, out_m, out_v = (np.empty_like(p), np.empty_like(p), np.empty_like(p)) if out is None else out
     flat = [np.ascontiguousarray(a).reshape(-1) for a in (p, g, m, v)]
     cpu_fused.adam_update(*flat, out_p.reshape(-1), out_m.reshape(-1), out_v.reshape(-1),
                           float(lr), beta1, beta2, eps, weight_decay, int(step), decoupled)

@@ -15,6 +15,7 @@ from ..creation import tensor as _tensor
 from ..creation import zeros as _zeros
 from ..functions import enable_grad, no_grad
 from ..sched import materialize
+from ..sched.executor import give_back
 from .._tensor import Tensor
 
 
@@ -112,7 +113,7 @@ class Optimizer:
         for group in self.param_groups:
             for p in group["params"]:
                 if set_to_none:
-                    p.grad = None
+                    give_back(p, "grad")     # its buffer serves the next step's gradient
                 elif p.grad is not None:
                     p.grad = zeros_like(p)
 

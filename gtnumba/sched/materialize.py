@@ -1,4 +1,9 @@
-"""Materialization: every live pending tensor is computed in one plan."""
+"""Materialization: every live pending tensor is computed in one plan.
+
+A step the recorder recognized (sched/replay.py) skips ordering, describing and planning: its
+cached variant names the nodes, leaves, structure key and plan.  Everything else is ordered and
+described here, and its trace is kept for the next step.
+"""
 import time
 
 from ..graph import PENDING
@@ -8,6 +13,9 @@ from .mesh import DistValue, current_mesh
 from .mesh_compute import compute_on_mesh
 from .plan import build_plan, describe, pending_order
 from .plan_cache import STATS, cached
+from .replay import REC
+from .replay import STATS as REPLAY_STATS
+
 
 def materialize(extra=()):
     """Compute every pending node that a live tensor (or `extra`) can reach.
@@ -15,17 +23,34 @@ def materialize(extra=()):
     If the joint plan fails (bad data, such as a label out of range), each root is computed on
     its own: the failing ones keep their error, to raise when read, and the rest still compute.
     """
+    sig = REC.live_sig(extra)
+    hit = REC.replay_variant(sig)
+    if hit is not None:
+        try:
+            if _execute(hit[0], hit[2].key, hit[1], hit[2]):
+                REPLAY_STATS["replayed"] += 1
+                REC.end(True)
+                return
+        except Exception:
+            REPLAY_STATS["replay_failed"] += 1   # computed again below, root by root where it fails
+    REC.realize()     # the normal path walks the graph: virtual gradient nodes become real
     roots = [n for n in list(PENDING) if n.value is None and n.n_tensors > 0 and n.error is None]
     roots += [n for n in extra if n.value is None and n.error is None]
     if not roots:
+        if hit is not None:
+            REC.end(False)
         return
+    computed = False
     try:
-        _compute(roots)
+        order, key, leaves = _compute(roots)
+        computed = REC.finish(sig, order, leaves, key) is not None
     except Exception as exc:
         if len(roots) == 1:
             _fail(roots[0], exc)
             raise
         _compute_each(roots, extra)
+    finally:
+        REC.end(computed)
 
 
 def _compute_each(roots, extra):
@@ -54,23 +79,57 @@ def _compute(roots):
     order = pending_order(roots)
     key, leaves = describe(order)
     STATS["plan_seconds"] += time.perf_counter() - t0
+    if not _execute(order, key, leaves, None):
+        return _compute(roots)
+    return order, key, leaves
+
+
+def _execute(order, key, leaves, variant):
+    """Run one step: on the mesh, or with the in-process executor.  False when mesh workers died
+    (the caller describes the step again)."""
     mesh = current_mesh()
     if mesh is not None:
-        if not compute_on_mesh(mesh, order, key, leaves):
-            return _compute(roots)
+        handed = [n if n is not None else _Virtual() for n in order] if variant is not None else order
+        if not compute_on_mesh(mesh, handed, key, leaves):
+            return False
     else:
         name = backend.current()
         t0 = time.perf_counter()
-        plan = cached((name, key), lambda: build_plan(key, name))
+        plan = variant.plans.get(name) if variant is not None else None
+        if plan is None:
+            plan = cached((name, key), lambda: build_plan(key, name))
+            if variant is not None:
+                variant.plans[name] = plan
+        else:
+            STATS["plans_reused"] += 1
+            STATS["runs"] += 1
         t1 = time.perf_counter()
-        values = run_plan(plan, [_local(n.value) for n in leaves])
+        donate = REC.donatable(variant, leaves) if variant is not None else ()
+        values = run_plan(plan, [n.value if type(n.value) is not DistValue else _local(n.value) for n in leaves],
+                          donate)
         STATS["plan_seconds"] += t1 - t0
         STATS["run_seconds"] += time.perf_counter() - t1
         first = plan.n_leaves
         for slot, value in values.items():
             order[slot - first].set_value(value)
+        if variant is not None:
+            # a replayed step: the nodes not kept die with the segment (leaving PENDING then)
+            for slot in values:
+                PENDING.discard(order[slot - first])
+            return True
     for node in order:
-        PENDING.discard(node)
+        if node is not None:
+            PENDING.discard(node)
+    return True
+
+
+class _Virtual:
+    """Stands in, for the mesh runner, for a gradient node a replayed step never made: its value
+    is not kept (nothing can reach it), so set_value is never called on it."""
+    __slots__ = ()
+
+    def set_value(self, value):
+        pass
 
 
 def _local(value):

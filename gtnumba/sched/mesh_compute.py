@@ -35,9 +35,11 @@ def _run_on_mesh(mesh, order, key, leaves):
     STATS["plan_seconds"] += t1 - t0
     leaf_parts = []
     for node, layout in zip(leaves, layouts):
-        if not isinstance(node.value, DistValue):
-            # placed once: later steps find it on the workers (parameters are not sent again)
-            host = node.value
+        if not isinstance(node.value, DistValue) or node.value.runner is not runner:
+            # placed once: later steps find it on the workers (parameters are not sent again);
+            # a value another (earlier) mesh holds comes home first
+            old = node.value
+            host = old if not isinstance(old, DistValue) else old.host if old.host is not None else old.to_host()
             node.value = DistValue(layout, runner.scatter(split(layout, host, workers)), runner, host)
         leaf_parts.append(node.value.parts)
     kept = runner.run(plan, leaf_parts)

@@ -4,7 +4,8 @@ A plan depends only on the graph's structure (ops, attributes, shapes, dtypes, e
 values must outlive the plan), so it is cached under that structure and the second identical
 training step does no planning.
 """
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 from ..ops.registry import OPS
 
@@ -16,6 +17,21 @@ class Step:
     out: int
     attrs: dict
     frees: tuple      # slots whose last use is this step and whose value is not kept
+    # memory plan (kernels that take out=, see kernels/cpu.py): the output specs ((shape, dtype)
+    # per output) or None; per output, the input slots that die here and may become its buffer
+    # (leaf slots only when the run may donate them); the leaf slots last used here
+    outs: tuple = None
+    multi: bool = False
+    reuse: tuple = ()
+    leaf_frees: tuple = ()
+    drops: tuple = ()       # the frees too small to recycle: just dropped
+    recycles: tuple = ()    # the frees worth keeping for a later buffer
+    direct: object = None   # a ufunc the compiled plan may call in place of the kernel wrapper
+
+
+# Below this many elements a buffer is not worth planning: allocating it costs less than the
+# bookkeeping (the tiny GT-style step is all such arrays).
+PLANNED_MIN_SIZE = 2048
 
 
 @dataclass
@@ -24,6 +40,13 @@ class Plan:
     n_slots: int
     steps: list
     keep: tuple       # slots whose values are stored back on their nodes
+    # free buffers by (shape, dtype), kept from run to run: a steady-state step allocates nothing
+    pool: dict = field(default_factory=dict)
+    runs: int = 0
+    compiled: object = None     # straight-line code of the steps, made on the second run
+    kernels: list = None        # what the compiled code calls: kernels and their attributes
+    kwargs: list = None
+    backend: str = "cpu"
 
 
 def pending_order(roots):
@@ -103,4 +126,47 @@ def build_plan(key, backend):
         slot = n_leaves + i
         if slot not in last_use and slot not in kept:
             step.frees = step.frees + (slot,)
-    return Plan(n_leaves, n_leaves + len(node_part), steps, tuple(sorted(kept)))
+    _plan_memory(steps, key, last_use, kept)
+    return Plan(n_leaves, n_leaves + len(node_part), steps, tuple(sorted(kept)), backend=backend)
+
+
+def _plan_memory(steps, key, last_use, kept):
+    """Which steps write into given buffers, and which dying inputs they may overwrite.  Values
+    handed to the plan (leaves) are overwritten only after the last kernel that checks data, so a
+    step that fails on bad data still has its inputs intact to be run again root by root."""
+    n_leaves = len(key[0])
+    specs = [entry[0] for entry in key[0]] + [entry[3] for entry in key[1:]]
+    first_safe = 1 + max((i for i, st in enumerate(steps) if getattr(st.kernel, "checks_data", False)),
+                         default=-1)
+
+    def big(s):
+        return sum(math.prod(sp.shape) for sp in specs[s]) >= PLANNED_MIN_SIZE
+    for i, st in enumerate(steps):
+        st.leaf_frees = tuple(s for s in sorted(set(st.ins)) if s < n_leaves and last_use[s] == i
+                              and i >= first_safe and big(s))
+        st.recycles = tuple(s for s in st.frees if big(s))
+        st.drops = tuple(s for s in st.frees if not big(s))
+        if len(specs[st.out]) == 1 and specs[st.out][0].shape != () and not st.attrs:
+            st.direct = getattr(st.kernel, "ufunc", None)
+        kind = getattr(st.kernel, "writes_out", None)
+        inplace = getattr(st.kernel, "inplace", None)
+        outs = tuple((sp.shape, sp.dtype) for sp in specs[st.out])
+        if kind is None or (kind == "same" and any(specs[s][0].dtype != outs[0][1] for s in st.ins)):
+            continue
+        if not big(st.out):
+            continue
+        st.multi = isinstance(inplace, tuple)
+        if not st.multi and len(outs) != 1:
+            continue
+        st.outs = outs
+
+        def dies_here(pos, spec):
+            s = st.ins[pos]
+            return (last_use.get(s) == i and s not in kept and st.ins.count(s) == 1
+                    and (specs[s][0].shape, specs[s][0].dtype) == spec and (s >= n_leaves or i >= first_safe))
+        if st.multi:
+            st.reuse = tuple((st.ins[pos],) if dies_here(pos, o) else () for pos, o in zip(inplace, outs))
+        elif inplace == "any":
+            st.reuse = (tuple(st.ins[p] for p in range(len(st.ins)) if dies_here(p, outs[0])),)
+        else:
+            st.reuse = ((),)

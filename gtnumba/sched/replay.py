@@ -1,0 +1,532 @@
+"""Replay: a step that repeats a cached one is recognized while it is recorded, and run from the
+cached plan without ordering, describing or planning it again; its backward() runs no gradient rule.
+
+A *segment* is everything recorded between two materializations.  Its *trace* is a list of events:
+    op event   (op, attrs_key, refs, specs, requires_grad, grad_mode): a pending node
+    (None, "mark", ref)                       a node became (or stopped being) an autograd leaf
+    (None, "bwd", root_ref, grad_ref, retain, ok)   backward() begins ...
+    (None, "lg", leaf_ref, owner_alive, old_grad_ref)   ... reaches a leaf ...
+    (None, "sg", leaf_ref, new_grad_ref)              ... and sets its owner's .grad
+    (None, "end", released_positions)                 backward() ends
+A ref names a node: an int >= 0 is the position of a node recorded in this segment; -(k+1) is the
+k-th *external* node (one with a value, e.g. a parameter, data or a constant) in order of first
+appearance.  Each external's signature (specs, value type, requires_grad, leaf) is checked when it
+first appears, so matching events mean an identical graph.  While replaying, a cursor walks the
+predicted trace: apply() compares its op, attrs and input refs with the event under the cursor and
+builds the node from the event (no shape rule, no casting).  backward() checks the leaf events up
+front and then builds every gradient node straight from the trace.  Any mismatch *diverges*: the
+matched prefix becomes the start of a new trace and recording carries on normally, so the graph is
+always exactly what normal recording would build.  At materialization a fully matched trace finds
+its *variant* (which nodes are live decides the order and what is kept) and runs the cached plan.
+Traces are chained by what followed them (a different last batch is a sibling trace).
+"""
+import os
+from sys import getrefcount
+
+from ..graph import GRAD_MODE, PENDING, Node
+
+STATS = {"replayed": 0, "diverged": 0, "recorded_nodes": 0, "replayed_nodes": 0, "grad_rules": 0,
+         "replay_failed": 0}
+_ENABLED = [os.environ.get("GTNUMBA_REPLAY", "1") != "0"]
+_TRACES = {}          # (events, ext_sigs) -> Trace: one object per distinct step structure
+_TRACE_LIMIT = 64
+
+
+def set_enabled(flag):
+    """Turn step replay on or off (off: every step is recorded and described from scratch)."""
+    REC.realize()
+    _ENABLED[0] = bool(flag)
+    REC.reset(None)
+
+
+def enabled():
+    return _ENABLED[0]
+
+
+def ext_sig(node):
+    return (node.specs, type(node.value).__name__, node.requires_grad, node.leaf)
+
+
+class Trace:
+    __slots__ = ("events", "adicts", "ext_sigs", "consts", "variants", "successors", "ext_uses", "regions")
+
+    def __init__(self, events, adicts, ext_sigs, consts):
+        self.events, self.adicts, self.ext_sigs, self.consts = events, adicts, ext_sigs, consts
+        self.variants, self.successors, self.regions = {}, [], {}
+        uses = [0] * len(ext_sigs)
+        for ev in events:
+            if ev[0] is not None:
+                for r in ev[2]:
+                    if r < 0:
+                        uses[-r - 1] += 1
+        self.ext_uses = uses
+
+
+class Region:
+    """One backward() of a trace (its "bwd" event at index c), precomputed for replay: where it
+    ends, the checks to make before building it (leaf events, and the rules' constants that first
+    appear in it), the events of its gradient nodes and the externals they refer to."""
+    __slots__ = ("end", "items", "ops", "first_pos", "sgs", "released", "uses", "ok")
+
+    def __init__(self, trace, c):
+        events = trace.events
+        self.end = next(i for i in range(c + 1, len(events)) if events[i][0] is None and events[i][1] == "end")
+        self.first_pos = sum(1 for ev in events[:c] if ev[0] is not None)
+        known = 1 + max((-r - 1 for ev in events[:c + 1] for r in _refs_of(ev) if r is not None and r < 0),
+                        default=-1)
+        self.items, self.ops, self.sgs, self.uses, self.ok = [], [], [], {}, True
+        for i in range(c + 1, self.end):
+            ev = events[i]
+            if ev[0] is not None:
+                self.ops.append(ev)
+                for r in ev[2]:
+                    if r < 0:
+                        self.uses[-r - 1] = self.uses.get(-r - 1, 0) + 1
+                        if -r - 1 >= known:
+                            self.items.append(("const", -r - 1))
+                            known = -r
+            elif ev[1] == "lg":
+                if ev[2] < 0 and -ev[2] - 1 >= known:
+                    self.ok = False
+                self.items.append(("lg", ev))
+                if ev[4] is not None and ev[4] < 0 and -ev[4] - 1 >= known:
+                    known = -ev[4]
+            elif ev[1] == "sg":
+                self.sgs.append((ev[2], ev[3]))
+        self.released = events[self.end][2]
+
+
+def _refs_of(ev):
+    if ev[0] is not None:
+        return ev[2]
+    kind = ev[1]
+    return (ev[2], ev[3]) if kind == "bwd" else (ev[2], ev[4]) if kind == "lg" else (ev[2],)
+
+
+class Variant:
+    """How a matched trace materializes for one set of live nodes: the plan's node order (trace
+    positions), its leaves (external indices), the structure key and the plan built for it."""
+    __slots__ = ("order_pos", "leaf_ext", "key", "plans", "retained")
+
+    def __init__(self, order_pos, leaf_ext, key, retained):
+        self.order_pos, self.leaf_ext, self.key, self.plans = order_pos, leaf_ext, key, {}
+        self.retained = retained      # externals a node kept for a later backward still points at
+
+
+class Recorder:
+    def __init__(self):
+        self.prev = None
+        self.reset(None)
+
+    def reset(self, prev):
+        """Start a segment; `prev` is the trace of the segment before (its successor is predicted)."""
+        self.prev = prev
+        self.nodes, self.exts, self.ref = [], [], {}
+        self.trace, self.cursor, self.events, self.sigs, self.consts = None, 0, None, None, None
+        self.adicts = None
+        self.region = None
+        self.virtual = []     # (first position, Region) of each backward built virtually
+        self.n_virtual = 0    # positions with no node (yet)
+        self.broken = not _ENABLED[0]
+        if self.broken:
+            return
+        if prev is not None and prev.successors:
+            self.trace = prev.successors[0]
+        else:
+            self.events, self.adicts, self.sigs, self.consts = [], [], [], {}
+
+    # ---- refs ------------------------------------------------------------------------------
+    def _add_ext(self, node, allowed=False):
+        k = len(self.exts)
+        self.exts.append(node)
+        self.ref[id(node)] = -k - 1
+        if self.events is not None:
+            self.sigs.append(ext_sig(node))
+            region = self.region
+            if region is not None and not allowed:
+                if node.op == "leaf" and not node.requires_grad and node.value is not None:
+                    self.consts[k] = node      # a constant a gradient rule made: reused on replay
+                else:
+                    region[1] = False          # an unknown node inside backward: not replayable
+        return -k - 1
+
+    def _refs(self, inputs, allowed=False):
+        get, out = self.ref.get, []
+        for n in inputs:
+            r = get(id(n))
+            out.append(self._add_ext(n, allowed) if r is None else r)
+        return tuple(out)
+
+    def _new_ext_ok(self, node, k, trace):
+        return k < len(trace.ext_sigs) and node.value is not None and ext_sig(node) == trace.ext_sigs[k]
+
+    # ---- recording -------------------------------------------------------------------------
+    def on_node(self, node):
+        """A pending node made by the normal (slow) path of apply()."""
+        if self.broken:
+            return
+        if (self.trace is not None and not self._match_node(node)
+                and not self._try_sibling(lambda: self._match_node(node))):
+            self.diverge()
+        if self.events is not None:
+            self.events.append((node.op, node.attrs, self._refs(node.inputs), node.specs,
+                                node.requires_grad, GRAD_MODE.enabled))
+            self.adicts.append(dict(node.attrs))
+            self._add_node(node)
+            STATS["recorded_nodes"] += 1
+
+    def _event(self, ev):
+        self.events.append(ev)
+        self.adicts.append(None)
+
+    def _add_node(self, node):
+        self.ref[id(node)] = len(self.nodes)
+        self.nodes.append(node)
+
+    def _match_node(self, node):
+        events, c = self.trace.events, self.cursor
+        if c >= len(events):
+            return False
+        ev = events[c]
+        if (ev[0] != node.op or ev[1] != node.attrs or ev[3] != node.specs or ev[4] != node.requires_grad
+                or ev[5] != GRAD_MODE.enabled or len(ev[2]) != len(node.inputs)):
+            return False
+        fresh = self._match_inputs(node.inputs, ev[2])
+        if fresh is None:
+            return False
+        self._commit(fresh)
+        self._add_node(node)
+        self.cursor = c + 1
+        return True
+
+    def _match_inputs(self, nodes, refs):
+        """New externals the inputs introduce, or None when they do not match the refs."""
+        get, fresh = self.ref.get, []
+        for n, r in zip(nodes, refs):
+            got = get(id(n))
+            if got is None:
+                k = len(self.exts) + len(fresh)
+                if r != -k - 1 or not self._new_ext_ok(n, k, self.trace):
+                    if n in fresh and r == -(len(self.exts) + fresh.index(n)) - 1:
+                        continue
+                    return None
+                fresh.append(n)
+            elif got != r:
+                return None
+        return fresh
+
+    def _commit(self, fresh):
+        for n in fresh:
+            self.ref[id(n)] = -len(self.exts) - 1
+            self.exts.append(n)
+
+    def match_op(self, op, inputs, attrs, scalar_node):
+        """The fast path of apply(): the node the event under the cursor describes, or None.
+        `scalar_node(x, inputs)` gives the constant node of a non-Tensor input (None: no fast path)."""
+        trace, c = self.trace, self.cursor
+        events = trace.events
+        if c >= len(events):
+            return None
+        ev = events[c]
+        refs = ev[2]
+        if ev[0] != op or len(refs) != len(inputs) or trace.adicts[c] != attrs or ev[5] != GRAD_MODE.enabled:
+            return None
+        tensor, get = TENSOR[0], self.ref.get
+        nodes = tuple([x._node if x.__class__ is tensor else scalar_node(x, inputs) for x in inputs])
+        for n, r in zip(nodes, refs):
+            if get(id(n)) != r:
+                if any(n is None for n in nodes):
+                    return None
+                fresh = self._match_inputs(nodes, refs)
+                if fresh is None:
+                    return None
+                self._commit(fresh)
+                break
+        node = Node(op, ev[1], nodes, ev[3], ev[4])
+        self.ref[id(node)] = len(self.nodes)
+        self.nodes.append(node)
+        self.cursor = c + 1
+        return node
+
+    def diverge(self):
+        """The step stopped matching its trace: carry on recording with the matched prefix."""
+        self.realize()
+        trace, n_ext = self.trace, len(self.exts)
+        self.trace = None
+        self.events = list(trace.events[:self.cursor])
+        self.adicts = list(trace.adicts[:self.cursor])
+        self.sigs = list(trace.ext_sigs[:n_ext])
+        self.consts = {k: v for k, v in trace.consts.items() if k < n_ext}
+        STATS["diverged"] += 1
+
+    def _try_sibling(self, test):
+        """On a mismatch, another trace that followed the same predecessor may match instead."""
+        if self.prev is None:
+            return False
+        cur, c = self.trace, self.cursor
+        for alt in self.prev.successors:
+            if alt is cur or len(alt.events) <= c or alt.events[:c] != cur.events[:c]:
+                continue
+            if alt.ext_sigs[:len(self.exts)] != cur.ext_sigs[:len(self.exts)]:
+                continue
+            self.trace = alt
+            if test():
+                return True
+            self.trace = cur
+        return False
+
+    def mark(self, node):
+        """`node` became, or stopped being, an autograd leaf (requires_grad setter, in-place on a leaf)."""
+        if self.broken:
+            return
+        if self.trace is not None:
+            ev = self.trace.events[self.cursor] if self.cursor < len(self.trace.events) else None
+            r = self.ref.get(id(node))
+            if ev is not None and ev[0] is None and ev[1] == "mark" and r is not None and ev[2] == r:
+                self.cursor += 1
+                return
+            self.diverge()
+        self._event((None, "mark", self._refs((node,))[0]))
+
+    # ---- backward ----------------------------------------------------------------------------
+    def backward_replay(self, root, grad_node, retain, wrap):
+        """Set the gradients of a recognized step straight from its trace: no gradient rule runs
+        and no node is made but the new .grad ones (the others stay *virtual*: the plan computes
+        them; `realize` makes them if the step diverges later).  False when the step does not
+        match: backward() then records normally."""
+        if self.broken or self.trace is None:
+            return False
+        if not self._bwd_matches(root, grad_node, retain):
+            if not self._try_sibling(lambda: self._bwd_matches(root, grad_node, retain)):
+                self.diverge()
+                return False
+        trace, c = self.trace, self.cursor
+        region = trace.regions.get(c)
+        if region is None:
+            region = trace.regions[c] = Region(trace, c)
+        fresh = [] if id(grad_node) in self.ref else [grad_node]
+        if not region.ok or not self._check_leaves(region, fresh):
+            self.diverge()
+            return False
+        self._commit(fresh)
+        self._build(region, wrap)
+        self.cursor = region.end + 1
+        return True
+
+    def _bwd_matches(self, root, grad_node, retain):
+        events, c = self.trace.events, self.cursor
+        if c >= len(events):
+            return False
+        ev = events[c]
+        if ev[0] is not None or ev[1] != "bwd" or not ev[5] or ev[4] != retain or root.released:
+            return False
+        if self.ref.get(id(root)) != ev[2]:
+            return False
+        r = self.ref.get(id(grad_node))
+        if r is None:
+            k = len(self.exts)
+            return ev[3] == -k - 1 and self._new_ext_ok(grad_node, k, self.trace)
+        return r == ev[3]
+
+    def _check_leaves(self, region, fresh):
+        """Every leaf backward reaches is in the state it was in when the trace was recorded, and
+        every new external is a rule's constant or an old gradient: collects them into `fresh`."""
+        trace, nodes, exts, get = self.trace, self.nodes, self.exts, self.ref.get
+        for kind, item in region.items:
+            if kind == "const":
+                const = trace.consts.get(item)
+                if const is None or item != len(exts) + len(fresh):
+                    return False
+                if ext_sig(const) != trace.ext_sigs[item]:
+                    return False
+                fresh.append(const)
+                continue
+            ev = item
+            leaf = nodes[ev[2]] if ev[2] >= 0 else exts[-ev[2] - 1]
+            owner = leaf.owner() if leaf.owner is not None else None
+            if (owner is not None) != ev[3]:
+                return False
+            old = owner.grad if owner is not None else None
+            if (old is None) != (ev[4] is None):
+                return False
+            if old is not None:
+                r = get(id(old._node))
+                if r is None:
+                    k = len(exts) + len(fresh)
+                    if old._node in fresh or ev[4] != -k - 1 or not self._new_ext_ok(old._node, k, trace):
+                        return False
+                    fresh.append(old._node)
+                elif r != ev[4]:
+                    return False
+        return True
+
+    def _build(self, region, wrap):
+        """Only the nodes that become a .grad are made (without inputs until realized)."""
+        nodes, exts, ref = self.nodes, self.exts, self.ref
+        p0 = len(nodes)
+        nodes.extend([None] * len(region.ops))
+        self.virtual.append((p0, region))
+        for leaf_ref, pos in region.sgs:
+            node = nodes[pos]
+            if node is None:
+                ev = region.ops[pos - p0]
+                node = nodes[pos] = Node(ev[0], ev[1], (), ev[3], ev[4])
+                ref[id(node)] = pos
+            leaf = nodes[leaf_ref] if leaf_ref >= 0 else exts[-leaf_ref - 1]
+            leaf.owner().grad = wrap(node)
+        STATS["replayed_nodes"] += len(region.sgs)
+        self.n_virtual += sum(1 for n in nodes[p0:] if n is None)
+        for p in region.released:
+            nodes[p].released = True
+
+    def realize(self):
+        """Make the virtual gradient nodes real, in trace order, before anything walks the graph."""
+        if not self.virtual:
+            return
+        nodes, exts, ref = self.nodes, self.exts, self.ref
+        for p0, region in self.virtual:
+            for j, ev in enumerate(region.ops):
+                inputs = tuple([nodes[r] if r >= 0 else exts[-r - 1] for r in ev[2]])
+                node = nodes[p0 + j]
+                if node is None:
+                    node = nodes[p0 + j] = Node(ev[0], ev[1], inputs, ev[3], ev[4])
+                    ref[id(node)] = p0 + j
+                else:
+                    node.inputs = inputs
+        self.virtual, self.n_virtual = [], 0
+
+    def backward_begin(self, root, grad_node, retain):
+        """Normal backward starts (record mode): returns a token for backward_end."""
+        if self.broken or self.events is None:
+            return None
+        refs = self._refs((root, grad_node), allowed=True)
+        self._event((None, "bwd", refs[0], refs[1], retain, True))
+        self.region = [len(self.events) - 1, refs[0] >= 0]
+        return self.region
+
+    def no_replay(self):
+        """The backward being recorded did what its trace cannot redo (a GT non-leaf .grad, a
+        backward signal's layout): a later step with this structure records its backward again."""
+        if self.region is not None:
+            self.region[1] = False
+
+    def leaf_before(self, leaf):
+        if self.region is None:
+            return
+        owner = leaf.owner() if leaf.owner is not None else None
+        old = owner.grad if owner is not None else None
+        lref = self._refs((leaf,), allowed=True)[0]
+        oref = self._refs((old._node,), allowed=True)[0] if old is not None else None
+        self._event((None, "lg", lref, owner is not None, oref))
+
+    def leaf_after(self, leaf):
+        if self.region is None:
+            return
+        owner = leaf.owner() if leaf.owner is not None else None
+        if owner is None:
+            return
+        r = self.ref.get(id(owner.grad._node)) if owner.grad is not None else None
+        if r is None or r < 0:
+            self.region[1] = False
+            return
+        self._event((None, "sg", self._refs((leaf,), allowed=True)[0], r))
+
+    def backward_end(self, token, walked, retain):
+        if token is None or token is not self.region:
+            return
+        self.region = None
+        get = self.ref.get
+        released = tuple(get(id(n), -1) for n in walked if not n.leaf)
+        ok = token[1] and min(released, default=0) >= 0
+        i = token[0]
+        self.events[i] = self.events[i][:5] + (ok,)
+        self._event((None, "end", () if retain else released))
+
+    # ---- materialization -------------------------------------------------------------------
+    def live_sig(self, extra):
+        """Which of the segment's nodes are live (and asked for): this decides the plan's order."""
+        if self.broken:
+            return None
+        live = tuple([i for i, n in enumerate(self.nodes) if n is not None and n.n_tensors > 0])
+        get = self.ref.get
+        return live, tuple([get(id(n), None) for n in extra if n.value is None])
+
+    def replay_variant(self, sig):
+        """(order, leaves, variant) when the whole step matched a cached trace and variant."""
+        trace = self.trace
+        if trace is None or self.cursor != len(trace.events):
+            if trace is not None:
+                self.diverge()
+            return None
+        if len(PENDING) != len(self.nodes) - self.n_virtual or not sig[0] and not sig[1]:
+            return None
+        variant = trace.variants.get(sig)
+        if variant is None:
+            return None
+        nodes, exts = self.nodes, self.exts
+        return [nodes[p] for p in variant.order_pos], [exts[k] for k in variant.leaf_ext], variant
+
+    def finish(self, sig, order, leaves, key):
+        """A segment was described and computed normally: keep its trace and variant for replay.
+        Returns the variant (or None when the step cannot be replayed)."""
+        if self.broken:
+            return None
+        get = self.ref.get
+        order_pos = tuple(get(id(n), -1) for n in order)
+        leaf_ext = tuple(-get(id(n), 0) - 1 for n in leaves)
+        if min(order_pos, default=0) < 0 or min(leaf_ext, default=0) < 0:
+            return None
+        trace = self.trace if self.trace is not None else self._intern()
+        self.trace = trace
+        variant = trace.variants.get(sig)
+        if variant is None and len(trace.variants) < 8:
+            # after the run only nodes kept for a later backward still hold their inputs
+            retained = frozenset(-get(id(i)) - 1 for n in order if n.value is not None
+                                 for i in n.inputs if get(id(i), 0) < 0)
+            variant = trace.variants[sig] = Variant(order_pos, leaf_ext, key, retained)
+        return variant
+
+    def donatable(self, variant, leaves):
+        """Leaf slots whose values this step may overwrite: their node dies with the step.  No
+        tensor wraps it, no node kept for a later backward points at it, and nothing outside
+        this segment refers to it: its references are exactly the segment's input edges to it
+        (trace.ext_uses) plus `exts`, `leaves`, the loop variable and getrefcount's argument."""
+        uses, retained, leaf_ext, out = self.trace.ext_uses, variant.retained, variant.leaf_ext, set()
+        virtual = [region.uses for _, region in self.virtual]     # edges of nodes not made
+        for slot in range(len(leaves)):
+            node, k = leaves[slot], leaf_ext[slot]
+            if node.n_tensors or k in retained:
+                continue
+            if getrefcount(node) == uses[k] + 4 - sum([u.get(k, 0) for u in virtual]):
+                out.add(slot)
+        return out
+
+    def _intern(self):
+        events, sigs = self.events, self.sigs
+        tkey = (tuple(events), tuple(sigs))
+        trace = _TRACES.get(tkey)
+        if trace is None:
+            if len(_TRACES) >= _TRACE_LIMIT:
+                _TRACES.pop(next(iter(_TRACES)))
+            trace = _TRACES[tkey] = Trace(list(events), list(self.adicts), list(sigs), dict(self.consts))
+        self.events = self.adicts = None
+        return trace
+
+    def end(self, computed):
+        """The segment ends (a materialization ran): link its trace after the one before."""
+        trace = self.trace if computed and self.events is None else None
+        prev = self.prev
+        if trace is not None and prev is not None:
+            succ = prev.successors
+            if succ and succ[0] is trace:
+                pass
+            else:
+                if trace in succ:
+                    succ.remove(trace)
+                succ.insert(0, trace)
+                del succ[4:]
+        self.reset(trace)
+
+
+REC = Recorder()
+TENSOR = [None]       # the Tensor class (set by gtnumba._tensor, which imports this module)
