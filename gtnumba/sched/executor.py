@@ -12,7 +12,7 @@ From its second run on, a plan runs as straight-line generated code (one line pe
 step of tiny kernels pays almost nothing for the loop.
 
 Hook for a backend that binds its launches per plan (CUDA): `BINDERS[backend](plan)` is called
-once, at a plan's second run (a replayed step runs the very same Plan object every time), and may
+once, at a plan's first run (a replayed step runs the very same Plan object every time), and may
 return a callable `run(slots, kernels, kwargs, mem)` that replaces the generated code: bind launch
 configurations, capture a CUDA graph, keep per-plan state on the plan.  Returning None keeps the
 generated code.  `run_plan` only passes `out=` to kernels that declare `writes_out` (through their
@@ -41,7 +41,9 @@ def run_plan(plan, slots, donate=frozenset()):
     slots.extend([None] * (plan.n_slots - plan.n_leaves))
     mem = _Memory(plan, slots, donate)
     plan.runs += 1
-    if plan.runs == 2:
+    # CPU: generated code from the second run (a one-off plan is not worth it); a binder (CUDA)
+    # binds from the first, since its bound steps record their launches on their first call anyway
+    if plan.runs == (1 if plan.backend in BINDERS else 2):
         plan.compiled = _compile(plan)
         bind = BINDERS.get(plan.backend)
         plan.compiled = (bind(plan) if bind is not None else None) or plan.compiled
