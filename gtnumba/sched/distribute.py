@@ -23,7 +23,8 @@ class LocalStep:
 @dataclass
 class Collective:
     out: int
-    kind: str            # "allreduce" (Partial -> Replicate) or "allgather" (Shard -> Replicate)
+    kind: str            # "allreduce" (Partial -> Replicate), "allgather" (Shard -> Replicate),
+    #                      "reducescatter" (Partial -> Flat), "gather" (Flat -> Replicate)
     src: int
     dim: int
     level: int
@@ -38,6 +39,7 @@ class DistPlan:
     node_slot: dict = field(default_factory=dict)    # index in the pending order -> slot
     keep: tuple = ()                                  # slots whose values outlive the plan
     n_levels: int = 1
+    specs: dict = field(default_factory=dict)        # slot -> Spec (tuple for multi-output)
 
     def blocks(self, level):
         return [s for s in self.steps if isinstance(s, LocalStep) and s.level == level]
@@ -142,6 +144,7 @@ def build_dist_plan(key, leaf_layouts, workers):
             kept.append(out)
     b.plan.keep = tuple(kept)
     b.plan.n_levels = max(b.level.values(), default=0) + 1
+    b.plan.specs = b.specs
     return b.plan
 
 

@@ -3,6 +3,8 @@
 Without a mesh everything runs in-process on one device.  With one, each value is a DistValue:
 its layout plus one part per worker (an array in-process, a Dask future on a cluster).
 """
+from dataclasses import dataclass
+
 from ..layout import Partial, Replicate, Shard
 
 _CURRENT = [None]
@@ -22,6 +24,24 @@ class WorkerLost(RuntimeError):
     def __init__(self, dead):
         super().__init__(f"gtnumba: lost {len(dead)} worker(s): {', '.join(dead)}")
         self.dead = list(dead)
+
+
+@dataclass(frozen=True)
+class Flat:
+    """A value held flattened in slices (ZeRO-1): worker w holds elements offsets()[w] of the
+    C-order flattening of a `shape` array.  Parameters and optimizer state after a sharded update."""
+    shape: tuple
+    sizes: tuple
+
+    def __repr__(self):
+        return f"Flat({self.sizes})"
+
+    def offsets(self):
+        out, start = [], 0
+        for s in self.sizes:
+            out.append((start, start + s))
+            start += s
+        return out
 
 
 class DistValue:
@@ -50,6 +70,8 @@ def assemble(layout, arrays):
     import numpy as np
     if isinstance(layout, Replicate):
         return np.asarray(arrays[0])
+    if isinstance(layout, Flat):
+        return np.concatenate([np.asarray(a).reshape(-1) for a in arrays]).reshape(layout.shape)
     if isinstance(layout, Partial):
         total = np.array(arrays[0], copy=True)
         for a in arrays[1:]:

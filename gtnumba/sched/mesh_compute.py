@@ -10,7 +10,9 @@ import time
 from ..kernels import backend
 from .distribute import build_dist_plan
 from .leaf_layout import leaf_layout
-from .mesh import DistValue, Mesh, WorkerLost, set_mesh, split
+from ..layout import REPLICATE
+from .mesh import DistValue, Flat, Mesh, WorkerLost, set_mesh, split
+from .zero1 import shard_updates
 from .plan_cache import STATS, cached
 
 
@@ -29,8 +31,7 @@ def _run_on_mesh(mesh, order, key, leaves):
     workers, runner = mesh.workers, mesh.runner
     t0 = time.perf_counter()
     layouts = tuple(leaf_layout(n, workers) for n in leaves)
-    plan = cached(("mesh", workers, backend.current(), key, layouts),
-                   lambda: build_dist_plan(key, layouts, workers))
+    plan = cached(("mesh", workers, backend.current(), key, layouts), lambda: _build(key, layouts, workers))
     t1 = time.perf_counter()
     STATS["plan_seconds"] += t1 - t0
     leaf_parts = []
@@ -46,6 +47,12 @@ def _run_on_mesh(mesh, order, key, leaves):
         slot = plan.node_slot[i]
         if slot in kept:
             node.set_value(DistValue(plan.layouts[slot], kept[slot], runner))
+
+
+def _build(key, layouts, workers):
+    """The generic plan (sliced leaves planned as replicated), then its update sharded (ZeRO-1)."""
+    planning = tuple(REPLICATE if isinstance(l, Flat) else l for l in layouts)
+    return shard_updates(build_dist_plan(key, planning, workers), layouts)
 
 
 def _carry_on_without(mesh, dead):
