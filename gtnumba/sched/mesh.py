@@ -45,16 +45,29 @@ class Flat:
 
 
 class DistValue:
-    __slots__ = ("layout", "parts", "runner", "host")
+    """A value on the mesh: its layout and one part per worker (arrays in-process, `Part`s of the
+    Dask runner).  After a worker loss it may come home (`parts` None, `host` the array) or be
+    recomputed on the survivors (`adopt`), so readers holding it still read the right value."""
+    __slots__ = ("layout", "parts", "runner", "host", "__weakref__")
 
     def __init__(self, layout, parts, runner, host=None):
         self.layout, self.parts, self.runner = layout, list(parts), runner
         self.host = host          # the host array it was placed from, if any (kept for recovery)
 
+    def adopt(self, other):
+        self.layout, self.parts, self.runner, self.host = other.layout, other.parts, other.runner, other.host
+
+    def come_home(self, array):
+        self.parts, self.host = None, array
+
     def recover(self, alive):
-        """A host copy after some workers died: from the host copy or a surviving replica."""
-        if self.host is not None:
+        """A host copy after some workers died: from the host copy or surviving parts/backups."""
+        if self.parts is None or self.host is not None:
             return self.host
+        if hasattr(self.runner, "recover_parts"):
+            parts = self.parts[alive[0]:alive[0] + 1] if isinstance(self.layout, Replicate) else self.parts
+            arrays = self.runner.recover_parts(self.layout, parts, alive)
+            return None if arrays is None else assemble(self.layout, arrays)
         if isinstance(self.layout, Replicate) and alive:
             return assemble(self.layout, self.runner.fetch([self.parts[alive[0]]]))
         if len(alive) == len(self.parts):
@@ -62,8 +75,13 @@ class DistValue:
         return None
 
     def to_host(self):
-        parts = self.parts[:1] if isinstance(self.layout, Replicate) else self.parts
-        return assemble(self.layout, self.runner.fetch(parts))
+        while self.parts is not None:
+            parts = self.parts[:1] if isinstance(self.layout, Replicate) else self.parts
+            try:
+                return assemble(self.layout, self.runner.fetch(parts))
+            except WorkerLost as lost:
+                self.runner.lost(lost.dead)         # carries on without them, then read again
+        return self.host
 
 
 def assemble(layout, arrays):

@@ -11,7 +11,7 @@ from ..kernels import backend
 from .distribute import build_dist_plan
 from .leaf_layout import leaf_layout
 from ..layout import REPLICATE
-from .mesh import DistValue, Flat, Mesh, WorkerLost, set_mesh, split
+from .mesh import DistValue, Flat, Mesh, WorkerLost, current_mesh, set_mesh, split
 from .zero1 import shard_updates
 from .plan_cache import STATS, cached
 
@@ -39,14 +39,21 @@ def _run_on_mesh(mesh, order, key, leaves):
         if not isinstance(node.value, DistValue):
             # placed once: later steps find it on the workers (parameters are not sent again)
             host = node.value
-            node.value = DistValue(layout, runner.scatter(split(layout, host, workers)), runner, host)
+            node.value = DistValue(layout, runner.place(split(layout, host, workers)), runner, host)
+            runner.track(node.value)
         leaf_parts.append(node.value.parts)
-    kept = runner.run(plan, leaf_parts)
+    runner.on_lost = _recover
+    kept = runner.run(plan, leaf_parts, (order, key, leaves))
     STATS["run_seconds"] += time.perf_counter() - t1
     for i, node in enumerate(order):
         slot = plan.node_slot[i]
         if slot in kept:
-            node.set_value(DistValue(plan.layouts[slot], kept[slot], runner))
+            value = DistValue(plan.layouts[slot], kept[slot], runner)
+            if isinstance(node.value, DistValue):        # recomputed after a worker loss
+                node.value.adopt(value)
+                value = node.value
+            runner.track(value)
+            node.set_value(value)
 
 
 def _build(key, layouts, workers):
@@ -55,10 +62,24 @@ def _build(key, layouts, workers):
     return shard_updates(build_dist_plan(key, planning, workers), layouts)
 
 
+def _recover(runner, dead):
+    """A read found dead workers: carry on without them, and run again, on the survivors, every
+    step that had not finished (pipelined steps keep what they need to be replayed)."""
+    pending = [replay for futures, replay in runner.log if not all(f.status == "finished" for f in futures)]
+    _carry_on_without(current_mesh(), dead)
+    for order, key, leaves in pending:
+        while not compute_on_mesh(current_mesh(), order, key, leaves):
+            pass
+
+
+def _finished(value):
+    return all(getattr(p, "future", None) is None or p.future.status == "finished" for p in value.parts)
+
+
 def _carry_on_without(mesh, dead):
-    """Workers died mid-step: keep going on the survivors.  Every value that lived on the mesh
-    comes back to the host from a surviving replica (parameters, optimizer state) or from the host
-    copy it was placed from (data); the step is then planned again for the smaller mesh."""
+    """Workers died: keep going on the survivors.  Every finished value that lived on the mesh comes
+    home from a surviving replica, a backup of its slice, or the host copy it was placed from; the
+    values of unfinished steps are recomputed (see _recover)."""
     import gc
     import warnings
     from ..graph import Node
@@ -69,11 +90,14 @@ def _carry_on_without(mesh, dead):
         raise RuntimeError(f"gtnumba: every worker died ({', '.join(dead)}); nothing to carry on with")
     warnings.warn(f"gtnumba: lost worker(s) {', '.join(dead)}; continuing on {len(alive)}", RuntimeWarning)
     for obj in gc.get_objects():
-        if type(obj) is Node and isinstance(obj.value, DistValue) and obj.value.runner is runner:
-            host = obj.value.recover(alive)
+        value = getattr(obj, "value", None) if type(obj) is Node else None
+        if isinstance(value, DistValue) and value.runner is runner and value.parts is not None \
+                and _finished(value):
+            host = value.recover(alive)
             if host is None:
                 obj.value, obj.error = None, RuntimeError("gtnumba: this value was lost with a dead worker")
             else:
+                value.come_home(host)
                 obj.value = backend.to_backend(host)
     new_runner = runner.without(dead)
     set_mesh(Mesh(new_runner.workers, new_runner))

@@ -78,13 +78,16 @@ class InProcessRunner:
     def __init__(self, workers):
         self.workers = workers
 
-    def scatter(self, parts):
+    def place(self, parts):
         return parts
+
+    def track(self, value):
+        pass
 
     def fetch(self, parts):
         return list(parts)
 
-    def run(self, plan, leaf_parts):
+    def run(self, plan, leaf_parts, replay=None):
         steps = schedule(plan)
         last = last_uses(steps, plan.keep)
         env = [{slot: parts[w] for slot, parts in enumerate(leaf_parts)} for w in range(self.workers)]

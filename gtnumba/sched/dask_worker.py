@@ -1,0 +1,278 @@
+"""The worker side of the Dask runner: a store of values per client, a peer-to-peer handler that
+serves slices of them, and the task that runs one level of a step on this worker.
+
+Dask moves a dependency's whole result, so collectives do not go through task results: each
+worker keeps its parts in its store and the tasks of the next level pull exactly the slices they
+need from their peers over distributed's own comm (the `gtnumba_pull` handler), concurrently,
+from the worker's event loop.  A task's own result holds only the small kept values (a loss) the
+client may read, so the Dask dependencies that order a worker's tasks move no data.
+"""
+import asyncio
+import math
+
+import numpy as np
+
+from distributed import get_worker
+from distributed.diagnostics.plugin import WorkerPlugin
+from distributed.protocol import to_serialize
+from distributed.utils import sync
+
+from ..kernels import backend
+from .distribute import Collective
+from .mesh import Flat
+from .spmd import concat, flat, reduce_sum, run_local_step
+
+PULL_TIMEOUT = 300.0
+INLINE_BYTES = 4096              # kept values up to this size also travel in the task's result
+
+
+class Store:
+    """One client's values on this worker: step values, kept values and backups of peers' slices."""
+
+    def __init__(self):
+        self.values, self.refs, self.events = {}, {}, {}
+        self.backups = {}                     # key -> {owner worker index: slice}
+        self.freed, self.failed = set(), None
+        self.programs, self.steps = {}, {}
+        self.counters = {"tasks": 0, "bytes_in": 0, "backup_bytes": 0}
+
+    def put(self, key, value, refs=None):
+        """refs: reads left before the value is dropped (None: until the client frees it)."""
+        self.values[key] = value
+        if refs is not None:
+            self.refs[key] = refs
+        ev = self.events.pop(key, None)
+        if ev is not None:
+            get_worker().loop.add_callback(ev.set)
+
+    def release(self, key):
+        left = self.refs.get(key)
+        if left is not None:
+            if left <= 1:
+                self.refs.pop(key)
+                self.values.pop(key, None)
+            else:
+                self.refs[key] = left - 1
+
+    def free(self, keys):
+        for key in keys:
+            self.values.pop(key, None)
+            self.backups.pop(key, None)
+            self.freed.add(key)
+
+    def fail(self, message):
+        self.failed = message
+        for ev in self.events.values():
+            ev.set()
+
+    async def wait_for(self, key):
+        while key not in self.values:
+            if key in self.freed:
+                raise KeyError(f"gtnumba: value {key} was freed before a peer read it")
+            if self.failed is not None:
+                raise RuntimeError(f"gtnumba: a peer's step failed: {self.failed}")
+            ev = self.events.setdefault(key, asyncio.Event())
+            await asyncio.wait_for(ev.wait(), PULL_TIMEOUT)
+        return self.values[key]
+
+
+_STORES = {}
+
+
+def store(rid):
+    return _STORES.setdefault(rid, Store())
+
+
+def _piece(value, start, stop):
+    value = backend.to_host(value)
+    return value if start is None else value.reshape(-1)[start:stop]
+
+
+async def _pull(rid, items):
+    """Handler: the asked slices of this worker's values, waiting for ones not yet computed."""
+    st = store(rid)
+    out = []
+    for key, start, stop, release in items:
+        out.append(_piece(await st.wait_for(key), start, stop))
+        if release:
+            st.release(key)
+    return {"data": to_serialize(out)}
+
+
+async def _put_backup(rid, owner, items):
+    st = store(rid)
+    for key, value in items:
+        st.backups.setdefault(key, {})[owner] = value
+    return {"ok": True}
+
+
+class StorePlugin(WorkerPlugin):
+    """Installs the handlers on every worker (also workers that join later)."""
+    name = "gtnumba-store"
+    idempotent = True
+
+    def setup(self, worker):
+        worker.handlers["gtnumba_pull"] = _pull
+        worker.handlers["gtnumba_put_backup"] = _put_backup
+
+
+def store_get(rid, key, owner=None):
+    """A kept value (or, with `owner`, the backup of worker `owner`'s slice) as a host array."""
+    st = store(rid)
+    value = st.values[key] if owner is None else st.backups[key][owner]
+    return backend.to_host(value)
+
+
+def drop_store(rid):
+    _STORES.pop(rid, None)
+
+
+def counters(rid):
+    return dict(store(rid).counters)
+
+
+# ---- the program of one worker: what each level reads, pulls, computes, keeps and drops ----
+class Level:
+    __slots__ = ("collectives", "steps", "reads", "puts", "keeps", "drops", "backups")
+
+
+def compile_program(plan, w):
+    """Per level, for worker w: the plan's steps and the store traffic around them."""
+    W = plan.workers
+    uses = {}                                     # slot -> levels reading it locally
+    for s in plan.steps:
+        reads = [s.src] if isinstance(s, Collective) else s.ins
+        for i in reads:
+            uses.setdefault(i, set()).add(s.level)
+    published = {s.src for s in plan.steps if isinstance(s, Collective)}
+    keep = set(plan.keep)
+    levels = []
+    for lv in range(plan.n_levels):
+        L = Level()
+        L.collectives = [s for s in plan.steps if isinstance(s, Collective) and s.level == lv]
+        L.steps = [s for s in plan.steps if not isinstance(s, Collective) and s.level == lv]
+        here = {s.out for s in L.steps} | {c.out for c in L.collectives}
+        L.reads = sorted(({i for s in L.steps for i in s.ins} | {c.src for c in L.collectives}) - here)
+        L.puts = []
+        for slot in sorted(here):
+            later = {u for u in uses.get(slot, ()) if u > lv}
+            pulls = W - 1 if slot in published else 0
+            if slot in keep:
+                L.puts.append((slot, None))
+            elif later or pulls:
+                L.puts.append((slot, len(later) + pulls))
+        L.keeps = [s for s in sorted(here) if s in keep]
+        L.backups = [s for s in L.keeps if isinstance(plan.layouts[s], Flat)]
+        L.drops = [i for i in L.reads if i >= plan.n_leaves and i not in keep]
+        levels.append(L)
+    return levels
+
+
+def _key(token, slot, leafkeys):
+    return leafkeys[slot] if slot in leafkeys else f"{token}:{slot}"
+
+
+def _pull_plan(plan, c, w, token, leafkeys):
+    """(key, start, stop, release) wanted from every peer for collective c on worker w."""
+    key = _key(token, c.src, leafkeys)
+    release = c.src >= plan.n_leaves and c.src not in plan.keep
+    if c.kind == "reducescatter":
+        start, stop = plan.layouts[c.out].offsets()[w]
+        return key, start, stop, release
+    return key, None, None, release
+
+
+def _combine(plan, c, w, parts):
+    """Worker w's part of collective c from every worker's piece (own piece included)."""
+    if c.kind == "reducescatter":
+        return reduce_sum([backend.to_backend(p) for p in parts])
+    if c.kind == "gather":
+        return concat([flat(backend.to_backend(p)) for p in parts], 0).reshape(plan.layouts[c.src].shape)
+    if c.kind == "allgather":
+        return concat([backend.to_backend(p) for p in parts], c.dim)
+    return reduce_sum([backend.to_backend(p) for p in parts])
+
+
+def _collectives(worker, rid, peers, plan, L, w, token, leafkeys, env, st):
+    """Pull every collective's pieces of this level from all peers at once, then combine them."""
+    if not L.collectives:
+        return
+    wanted = [_pull_plan(plan, c, w, token, leafkeys) for c in L.collectives]
+    others = [j for j in range(len(peers)) if j != w]
+
+    async def pull_all():
+        calls = [worker.rpc(peers[j]).gtnumba_pull(rid=rid, items=wanted) for j in others]
+        return await asyncio.gather(*calls)
+
+    replies = sync(worker.loop, pull_all) if others else []
+    pieces = {j: r["data"] for j, r in zip(others, replies)}
+    st.counters["bytes_in"] += sum(a.nbytes for r in pieces.values() for a in r)
+    for n, (c, (key, start, stop, _)) in enumerate(zip(L.collectives, wanted)):
+        own = st.values[key]
+        own = own if start is None else flat(own)[start:stop]
+        parts = [own if j == w else pieces[j][n] for j in range(len(peers))]
+        env[c.out] = _combine(plan, c, w, parts)
+
+
+def _backup(worker, rid, peers, w, items, st):
+    """A copy of this worker's new slices on the next worker: a lost worker loses no state."""
+    if len(peers) < 2 or not items:
+        return
+    nxt = peers[(w + 1) % len(peers)]
+    host = [(k, to_serialize(backend.to_host(v))) for k, v in items]
+    st.counters["backup_bytes"] += sum(backend.to_host(v).nbytes for _, v in items)
+
+    async def push():
+        return await worker.rpc(nxt).gtnumba_put_backup(rid=rid, owner=w, items=host)
+    sync(worker.loop, push)
+
+
+def _describe_failure(step, env, w, exc):
+    shapes = [tuple(getattr(env.get(i), "shape", ())) for i in step.ins]
+    return f"{step.op} on worker {w} (local input shapes {shapes}): {exc}"
+
+
+def run_level(rid, uid, plan, level, w, token, peers, leafkeys, inline, frees, *after):
+    """A Dask task: level `level` of step `token` on worker w.  Returns the small kept values."""
+    worker = get_worker()
+    st = store(rid)
+    if plan is not None:
+        st.programs[uid] = (plan, {})
+    plan, compiled = st.programs[uid]
+    if w not in compiled:
+        compiled[w] = compile_program(plan, w)
+    L = compiled[w][level]
+    if level == 0:
+        for slot, value in inline.items():
+            st.put(leafkeys[slot], backend.to_backend(value) if isinstance(value, np.ndarray) else value)
+        st.steps[token] = leafkeys
+    leafkeys = st.steps[token]
+    st.counters["tasks"] += 1
+    try:
+        env = {}
+        _collectives(worker, rid, peers, plan, L, w, token, leafkeys, env, st)
+        for i in L.reads:
+            env[i] = st.values[_key(token, i, leafkeys)]
+        for step in L.steps:
+            try:
+                run_local_step(step, env, w)
+            except Exception as exc:
+                raise type(exc)(_describe_failure(step, env, w, exc)) from exc
+    except BaseException as exc:
+        st.fail(f"{exc}")
+        raise
+    for slot, refs in L.puts:
+        st.put(f"{token}:{slot}", env[slot], refs)
+    for i in L.drops:
+        st.release(_key(token, i, leafkeys))
+    _backup(worker, rid, peers, w, [(f"{token}:{s}", env[s]) for s in L.backups], st)
+    if level == plan.n_levels - 1:
+        st.steps.pop(token, None)
+        st.free(frees)
+    return {s: backend.to_host(env[s]) for s in L.keeps if _nbytes(env[s]) <= INLINE_BYTES}
+
+
+def _nbytes(value):
+    if isinstance(value, tuple):
+        return math.inf
+    return getattr(value, "nbytes", math.inf)
