@@ -169,7 +169,7 @@ class DaskRunner:
                     raise WorkerLost(dead) from None
 
     def dead_workers(self):
-        alive = set(self.client.scheduler_info(n_workers=-1)["workers"])
+        alive = set(self.client.sync(self.client.scheduler.identity, n_workers=-1)["workers"])
         return [a for a in self.addresses if a not in alive]
 
     def without(self, dead):

@@ -22,7 +22,7 @@ from .distribute import Collective
 from .mesh import Flat
 from .spmd import concat, flat, reduce_sum, run_local_step
 
-PULL_TIMEOUT = 300.0
+PULL_TIMEOUT = 120.0
 INLINE_BYTES = 4096              # kept values up to this size also travel in the task's result
 
 

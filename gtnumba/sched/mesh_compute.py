@@ -64,19 +64,24 @@ def _build(key, layouts, workers):
 
 def _recover(runner, dead):
     """A read found dead workers: carry on without them, and run again, on the survivors, every
-    step that had not finished (pipelined steps keep what they need to be replayed)."""
-    pending = [replay for futures, replay in runner.log if not all(f.status == "finished" for f in futures)]
-    _carry_on_without(current_mesh(), dead)
+    step not known to have finished (pipelined steps keep what they need to be replayed; a step
+    replayed although it had finished recomputes the same values from the same inputs)."""
+    pending = [replay for _, replay in runner.log]
+    replayed = {id(n) for order, _, _ in pending for n in order}
+    _carry_on_without(current_mesh(), dead, replayed)
     for order, key, leaves in pending:
         while not compute_on_mesh(current_mesh(), order, key, leaves):
             pass
 
 
-def _finished(value):
-    return all(getattr(p, "future", None) is None or p.future.status == "finished" for p in value.parts)
+def _recovered(value, alive):
+    try:
+        return value.recover(alive)
+    except Exception:          # its step never finished: it is replayed, or lost
+        return None
 
 
-def _carry_on_without(mesh, dead):
+def _carry_on_without(mesh, dead, replayed=frozenset()):
     """Workers died: keep going on the survivors.  Every finished value that lived on the mesh comes
     home from a surviving replica, a backup of its slice, or the host copy it was placed from; the
     values of unfinished steps are recomputed (see _recover)."""
@@ -91,11 +96,11 @@ def _carry_on_without(mesh, dead):
     warnings.warn(f"gtnumba: lost worker(s) {', '.join(dead)}; continuing on {len(alive)}", RuntimeWarning)
     for obj in gc.get_objects():
         value = getattr(obj, "value", None) if type(obj) is Node else None
-        if isinstance(value, DistValue) and value.runner is runner and value.parts is not None \
-                and _finished(value):
-            host = value.recover(alive)
+        if isinstance(value, DistValue) and value.runner is runner and value.parts is not None:
+            host = _recovered(value, alive)
             if host is None:
-                obj.value, obj.error = None, RuntimeError("gtnumba: this value was lost with a dead worker")
+                if id(obj) not in replayed:
+                    obj.value, obj.error = None, RuntimeError("gtnumba: this value was lost with a dead worker")
             else:
                 value.come_home(host)
                 obj.value = backend.to_backend(host)
