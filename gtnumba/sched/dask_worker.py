@@ -9,6 +9,7 @@ client may read, so the Dask dependencies that order a worker's tasks move no da
 """
 import asyncio
 import math
+import os
 
 import numpy as np
 
@@ -215,8 +216,9 @@ def _collectives(worker, rid, peers, plan, L, w, token, leafkeys, env, st):
 
 
 def _backup(worker, rid, peers, w, items, st):
-    """A copy of this worker's new slices on the next worker: a lost worker loses no state."""
-    if len(peers) < 2 or not items:
+    """A copy of this worker's new slices on the next worker: a lost worker loses no state.
+    GT_STATE_BACKUP=0 turns it off (a lost worker then loses its slices: training cannot go on)."""
+    if len(peers) < 2 or not items or os.environ.get("GT_STATE_BACKUP") == "0":
         return
     nxt = peers[(w + 1) % len(peers)]
     host = [(k, to_serialize(backend.to_host(v))) for k, v in items]
