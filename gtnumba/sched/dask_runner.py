@@ -15,14 +15,15 @@ import weakref
 
 import dask
 from dask._task_spec import Task, TaskRef
-from distributed import wait
 
 from ..kernels import backend
 from .distribute import Collective
 from .dask_worker import StorePlugin, counters, run_level, store_get
 from .mesh import Flat, WorkerLost
 
-READ_CHECK_SECONDS = 1.0        # a read that waits longer asks the scheduler whether workers died
+
+# new parameters travel inside the first step's tasks: no warning about that graph's size
+_QUIET = {"distributed.admin.large-graph-warning-threshold": "4GiB"}
 
 
 class Part:
@@ -110,27 +111,33 @@ class DaskRunner:
                 self._keyrefs[k] = n
 
     def fetch(self, parts):
-        """Host copies of parts: waits for the tasks that make them, nothing else."""
+        """Host copies of parts, straight from the workers' stores: each waits there only until its
+        own value is computed (the rest of its task, such as the update, may still run)."""
         t0 = time.perf_counter()
-        futures = list({id(p.future): p.future for p in parts if p.future is not None}.values())
+        out = [p.pending for p in parts]
+        by_worker = {}
+        for i, p in enumerate(parts):
+            if p.pending is None:
+                by_worker.setdefault(p.worker, []).append(i)
         try:
-            self._wait(futures)
-            results = dict(zip(map(id, futures), self.client.gather(futures)))
-            out = [results[id(p.future)].get(p.slot) if p.future is not None else p.pending for p in parts]
-            missing = [i for i, v in enumerate(out) if v is None]
-            if missing:
-                got = self._stored([(parts[i].worker, parts[i].key, None) for i in missing])
-                for i, value in zip(missing, got):
-                    out[i] = value
-        except WorkerLost:
-            raise
+            replies = self.client.sync(self._pull, parts, by_worker)
         except Exception:
             dead = self.dead_workers()
             if dead:
                 raise WorkerLost(dead) from None
             raise
+        for idx, reply in zip(by_worker.values(), replies):
+            for i, value in zip(idx, reply["data"]):
+                out[i] = value
         self.stats["wait_seconds"] += time.perf_counter() - t0
         return out
+
+    async def _pull(self, parts, by_worker):
+        import asyncio
+        calls = [self.client.rpc(self.addresses[w]).gtnumba_pull(
+                 rid=self.rid, items=[(parts[i].key, None, None, False) for i in idx])
+                 for w, idx in by_worker.items()]
+        return await asyncio.gather(*calls)
 
     def _stored(self, items):
         """Values from the workers' stores: (worker index, key, owner of a backup or None)."""
@@ -157,17 +164,6 @@ class DaskRunner:
             raise WorkerLost(dead)
         self.on_lost(self, dead)
 
-    def _wait(self, futures):
-        """Until the futures are done; a worker that died meanwhile is reported, not waited for."""
-        while True:
-            try:
-                wait(futures, timeout=READ_CHECK_SECONDS)
-                return
-            except TimeoutError:
-                dead = self.dead_workers()
-                if dead:
-                    raise WorkerLost(dead) from None
-
     def dead_workers(self):
         alive = set(self.client.sync(self.client.scheduler.identity, n_workers=-1)["workers"])
         return [a for a in self.addresses if a not in alive]
@@ -188,7 +184,7 @@ class DaskRunner:
         token = f"{self.rid[:8]}-{next(self._steps)}"
         leafkeys = {slot: parts[0].key for slot, parts in enumerate(leaf_parts)}
         dsk, last_keys = self._graph(plan, info, token, leaf_parts, leafkeys)
-        with dask.annotate(workers=self._where):
+        with dask.annotate(workers=self._where), dask.config.set(_QUIET):
             futures = self.client.get(dsk, list(dsk), sync=False)
         by_key = dict(zip(dsk, futures))
         for w, k in enumerate(last_keys):

@@ -4,11 +4,10 @@ serves slices of them, and the task that runs one level of a step on this worker
 Dask moves a dependency's whole result, so collectives do not go through task results: each
 worker keeps its parts in its store and the tasks of the next level pull exactly the slices they
 need from their peers over distributed's own comm (the `gtnumba_pull` handler), concurrently,
-from the worker's event loop.  A task's own result holds only the small kept values (a loss) the
-client may read, so the Dask dependencies that order a worker's tasks move no data.
+from the worker's event loop.  The client reads values from the stores the same way.  A task's result is a
+number, so the Dask dependencies that order a worker's tasks move no data.
 """
 import asyncio
-import math
 import os
 
 import numpy as np
@@ -24,7 +23,6 @@ from .mesh import Flat
 from .spmd import concat, flat, reduce_sum, run_local_step
 
 PULL_TIMEOUT = 120.0
-INLINE_BYTES = 4096              # kept values up to this size also travel in the task's result
 
 
 class Store:
@@ -61,8 +59,10 @@ class Store:
             self.backups.pop(key, None)
             self.freed.add(key)
 
-    def fail(self, message):
-        self.failed = message
+    def fail(self, exc):
+        """A block failed: every read of this client's values that is waiting or comes later gets
+        its error (a pipelined step's error surfaces at the next read, as in-process)."""
+        self.failed = exc
         for ev in self.events.values():
             ev.set()
 
@@ -71,7 +71,7 @@ class Store:
             if key in self.freed:
                 raise KeyError(f"gtnumba: value {key} was freed before a peer read it")
             if self.failed is not None:
-                raise RuntimeError(f"gtnumba: a peer's step failed: {self.failed}")
+                raise self.failed
             ev = self.events.setdefault(key, asyncio.Event())
             await asyncio.wait_for(ev.wait(), PULL_TIMEOUT)
         return self.values[key]
@@ -260,8 +260,8 @@ def run_level(rid, uid, plan, level, w, token, peers, leafkeys, inline, frees, *
                 run_local_step(step, env, w)
             except Exception as exc:
                 raise type(exc)(_describe_failure(step, env, w, exc)) from exc
-    except BaseException as exc:
-        st.fail(f"{exc}")
+    except Exception as exc:
+        st.fail(exc)
         raise
     for slot, refs in L.puts:
         st.put(f"{token}:{slot}", env[slot], refs)
@@ -271,10 +271,4 @@ def run_level(rid, uid, plan, level, w, token, peers, leafkeys, inline, frees, *
     if level == plan.n_levels - 1:
         st.steps.pop(token, None)
         st.free(frees)
-    return {s: backend.to_host(env[s]) for s in L.keeps if _nbytes(env[s]) <= INLINE_BYTES}
-
-
-def _nbytes(value):
-    if isinstance(value, tuple):
-        return math.inf
-    return getattr(value, "nbytes", math.inf)
+    return len(L.keeps)
