@@ -14,6 +14,7 @@ import uuid
 import weakref
 
 import dask
+from dask._expr import LLGExpr
 from dask._task_spec import Task, TaskRef
 
 from ..kernels import backend
@@ -185,7 +186,8 @@ class DaskRunner:
         leafkeys = {slot: parts[0].key for slot, parts in enumerate(leaf_parts)}
         dsk, last_keys = self._graph(plan, info, token, leaf_parts, leafkeys)
         with dask.annotate(workers=self._where), dask.config.set(_QUIET):
-            futures = self.client.get(dsk, list(dsk), sync=False)
+            # the step's token names the graph: Dask need not hash the whole graph (~10 ms a step)
+            futures = self.client.get(LLGExpr(dsk, _determ_token=token), list(dsk), sync=False)
         by_key = dict(zip(dsk, futures))
         for w, k in enumerate(last_keys):
             self._last[w] = by_key[k]

@@ -9,6 +9,7 @@ number, so the Dask dependencies that order a worker's tasks move no data.
 """
 import asyncio
 import os
+import time
 
 import numpy as np
 
@@ -33,7 +34,8 @@ class Store:
         self.backups = {}                     # key -> {owner worker index: slice}
         self.freed, self.failed = set(), None
         self.programs, self.steps = {}, {}
-        self.counters = {"tasks": 0, "bytes_in": 0, "backup_bytes": 0}
+        self.counters = {"tasks": 0, "bytes_in": 0, "backup_bytes": 0, "pull_seconds": 0.0,
+                         "compute_seconds": 0.0, "backup_seconds": 0.0}
 
     def put(self, key, value, refs=None):
         """refs: reads left before the value is dropped (None: until the client frees it)."""
@@ -250,9 +252,11 @@ def run_level(rid, uid, plan, level, w, token, peers, leafkeys, inline, frees, *
         st.steps[token] = leafkeys
     leafkeys = st.steps[token]
     st.counters["tasks"] += 1
+    t0 = time.perf_counter()
     try:
         env = {}
         _collectives(worker, rid, peers, plan, L, w, token, leafkeys, env, st)
+        t1 = time.perf_counter()
         for i in L.reads:
             env[i] = st.values[_key(token, i, leafkeys)]
         for step in L.steps:
@@ -267,7 +271,12 @@ def run_level(rid, uid, plan, level, w, token, peers, leafkeys, inline, frees, *
         st.put(f"{token}:{slot}", env[slot], refs)
     for i in L.drops:
         st.release(_key(token, i, leafkeys))
+    t2 = time.perf_counter()
     _backup(worker, rid, peers, w, [(f"{token}:{s}", env[s]) for s in L.backups], st)
+    c = st.counters
+    c["pull_seconds"] += t1 - t0
+    c["compute_seconds"] += t2 - t1
+    c["backup_seconds"] += time.perf_counter() - t2
     if level == plan.n_levels - 1:
         st.steps.pop(token, None)
         st.free(frees)

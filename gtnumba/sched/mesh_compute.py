@@ -34,6 +34,7 @@ def _run_on_mesh(mesh, order, key, leaves):
     plan = cached(("mesh", workers, backend.current(), key, layouts), lambda: _build(key, layouts, workers))
     t1 = time.perf_counter()
     STATS["plan_seconds"] += t1 - t0
+    STATS["mesh_plan_seconds"] = STATS.get("mesh_plan_seconds", 0.0) + t1 - t0
     leaf_parts = []
     for node, layout in zip(leaves, layouts):
         if not isinstance(node.value, DistValue):
