@@ -149,6 +149,28 @@ def test_loss_is_read_while_the_update_still_runs(cluster):
         cluster.run(_release_hold)
 
 
+def test_kernel_error_in_a_pipelined_step_surfaces_at_the_next_read(cluster):
+    """opt.step() does not wait, so a kernel's error comes out at the next read, naming the op
+    and the shapes, as in-process.  (It leaves this client's workers failed: the last mesh test.)"""
+    rng = np.random.default_rng(4)
+    table = gt.tensor(rng.standard_normal((4, 3)), dtype=gt.float32, requires_grad=True)
+    opt = gt.optim.SGD([table], lr=0.1)
+
+    def step(idx):
+        rows = table[gt.tensor(np.array(idx)) * 2]           # values known only when it runs
+        loss = (rows ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss
+    assert np.isfinite(step([0, 1]).item())
+    loss = step([1, 5])                                       # row 10 of 4: no error yet
+    with pytest.raises(IndexError, match=r"index.*out of bounds.*shape"):
+        loss.item()
+    with pytest.raises(IndexError, match="out of bounds"):
+        table.numpy()
+
+
 SCRIPT = textwrap.dedent("""
     import sys
     import numpy as np

@@ -87,8 +87,8 @@ class DaskRunner:
         self.on_lost = None                           # recovery, installed by the mesh step
         self.stats = {"steps": 0, "tasks": 0, "submit_seconds": 0.0, "wait_seconds": 0.0}
         self._where = _Where(self.addresses)
-        client.register_plugin(StorePlugin())
-
+        self._plugin = False      # registered at the first step: gt.init may run inside `import gtnumba`,
+        #                           and pickling the plugin there would wait for that import
     # ---- values -----------------------------------------------------------------------------
     def place(self, parts):
         """Host parts become Parts that travel with the next step's first tasks."""
@@ -178,6 +178,9 @@ class DaskRunner:
 
     # ---- steps ------------------------------------------------------------------------------
     def run(self, plan, leaf_parts, replay=None):
+        if not self._plugin:
+            self.client.register_plugin(StorePlugin())
+            self._plugin = True
         t0 = time.perf_counter()
         info = getattr(plan, "dask_info", None)
         if info is None:

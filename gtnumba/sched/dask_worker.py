@@ -24,6 +24,7 @@ from .mesh import Flat
 from .spmd import concat, flat, reduce_sum, run_local_step
 
 PULL_TIMEOUT = 120.0
+FREED_MEMORY = 4096              # freed keys remembered, so a late read fails at once
 
 
 class Store:
@@ -32,7 +33,7 @@ class Store:
     def __init__(self):
         self.values, self.refs, self.events = {}, {}, {}
         self.backups = {}                     # key -> {owner worker index: slice}
-        self.freed, self.failed = set(), None
+        self.freed, self.failed = {}, None     # recently freed keys (insertion-ordered, capped)
         self.programs, self.steps = {}, {}
         self.counters = {"tasks": 0, "bytes_in": 0, "backup_bytes": 0, "pull_seconds": 0.0,
                          "compute_seconds": 0.0, "backup_seconds": 0.0}
@@ -59,7 +60,9 @@ class Store:
         for key in keys:
             self.values.pop(key, None)
             self.backups.pop(key, None)
-            self.freed.add(key)
+            self.freed[key] = None
+        while len(self.freed) > FREED_MEMORY:
+            self.freed.pop(next(iter(self.freed)))
 
     def fail(self, exc):
         """A block failed: every read of this client's values that is waiting or comes later gets
