@@ -109,18 +109,23 @@ def timed_steps(model, opt, batches, steps, read_logits=False):
 def part1(W, steps):
     """Counts and the step split on W workers (small pixel model, Adam, batch 16)."""
     import gtnumba as gt
+    from gtnumba.sched.distribute import step_bytes_per_worker
     client = start(W)
     try:
         model, opt, batches = pixel_model(32, 4, 16, "adam")
         runner = gt.sched.mesh.current_mesh().runner
         timed_steps(model, opt, batches, 3)
+        drain = lambda: [p.numpy() for p in model.parameters()]    # waits for the pipelined update
+        drain()
         c0, m0, t0 = runner.byte_counters(), client.scheduler_comm.message_count, runner.stats["tasks"]
         med = timed_steps(model, opt, batches, steps)
+        drain()
         c1, m1, t1 = runner.byte_counters(), client.scheduler_comm.message_count, runner.stats["tasks"]
         moved = max((c1[a]["bytes_in"] - c0[a]["bytes_in"]) / steps for a in c1)
         backup = max((c1[a]["backup_bytes"] - c0[a]["backup_bytes"]) / steps for a in c1)
         grad = sum(p.numpy().nbytes for p in model.parameters())
-        return dict(W=W, tasks=(t1 - t0) / steps, moved=moved, backup=backup, grad=grad,
+        formula = max(step_bytes_per_worker(runner.last_plan))
+        return dict(formula=formula, W=W, tasks=(t1 - t0) / steps, moved=moved, backup=backup, grad=grad,
                     bound=2 * (W - 1) / W * grad, msgs=(m1 - m0) / steps, split=med)
     finally:
         gt.shutdown()
@@ -205,11 +210,12 @@ def report(rows, cmp, steps):
              "",
              "plan = ordering + structure key (core) + the mesh side (in brackets: leaf layouts, cached DistPlan).",
              "",
-             "| W | tasks/step | bytes in/worker | bound | backup bytes | msgs | step ms | record | plan [mesh] | submit | wait |",
+             "| W | tasks/step | bytes in/worker (formula) | bound | backup bytes | msgs | step ms | record | plan [mesh] | "
+             "submit | wait |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         wall, rec, plan, sub, wait, mesh_plan = r["split"]
-        lines.append(f"| {r['W']} | {r['tasks']:.0f} | {r['moved']:.0f} | {r['bound']:.0f} | {r['backup']:.0f} | "
+        lines.append(f"| {r['W']} | {r['tasks']:.0f} | {r['moved']:.0f} ({r['formula']}) | {r['bound']:.0f} | {r['backup']:.0f} | "
                      f"{r['msgs']:.1f} | {ms(wall)} | {ms(rec)} | {ms(plan)} [{1e3 * mesh_plan:.2f}] | {ms(sub)} | "
                      f"{ms(wait)} |")
     a, b, c = cmp["a"], cmp["b"], cmp["c"]

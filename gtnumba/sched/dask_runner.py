@@ -186,6 +186,7 @@ class DaskRunner:
         if info is None:
             info = plan.dask_info = _PlanInfo(plan)
         token = f"{self.rid[:8]}-{next(self._steps)}"
+        self.last_plan = plan
         leafkeys = {slot: parts[0].key for slot, parts in enumerate(leaf_parts)}
         dsk, last_keys = self._graph(plan, info, token, leaf_parts, leafkeys)
         with dask.annotate(workers=self._where), dask.config.set(_QUIET):
