@@ -1,4 +1,4 @@
-"""Run a DistPlan on a Dask cluster: one task per worker per level, the whole step in one message.
+"""Run a DistPlan on a Dask cluster: one task per worker per step (or per level), in one message.
 
 A step is submitted as one graph (`client.get(..., sync=False)`) and not waited for: values are
 `Part`s (a store key on each worker and the future of the task that makes it), and only a read
@@ -9,6 +9,7 @@ first time) travels inside the first task of its worker.  The plan goes to each 
 cached there under its uid.
 """
 import itertools
+import os
 import time
 import uuid
 import weakref
@@ -19,9 +20,13 @@ from dask._task_spec import Task, TaskRef
 
 from ..kernels import backend
 from .distribute import Collective
-from .dask_worker import StorePlugin, counters, run_level, store_get
+from .dask_worker import StorePlugin, counters, run_levels, store_get
 from .mesh import Flat, WorkerLost
 
+
+# One task per worker per step runs all its levels (no scheduler hop between forward_backward and
+# reduce_update on the critical path); GT_DASK_TASK_PER_LEVEL=1 gives one task per level instead.
+FUSED = os.environ.get("GT_DASK_TASK_PER_LEVEL") != "1"
 
 # new parameters travel inside the first step's tasks: no warning about that graph's size
 _QUIET = {"distributed.admin.large-graph-warning-threshold": "4GiB"}
@@ -60,13 +65,19 @@ def _level_names(plan):
 
 
 class _PlanInfo:
-    """What the client needs per plan: its uid, level names, and the level making each kept slot."""
+    """What the client needs per plan: its uid, its tasks (names and the levels each runs), and
+    the task making each kept slot."""
 
-    def __init__(self, plan):
-        self.uid = uuid.uuid4().hex[:12]
-        self.names = _level_names(plan)
+    def __init__(self, plan, fused):
+        self.uid, self.fused = uuid.uuid4().hex[:12], fused
+        names = _level_names(plan)
+        if fused:
+            self.tasks = [("_".join(dict.fromkeys(names)), tuple(range(plan.n_levels)))]
+        else:
+            self.tasks = [(name, (lv,)) for lv, name in enumerate(names)]
+        task_of = {lv: i for i, (_, levels) in enumerate(self.tasks) for lv in levels}
         made = {s.out: s.level for s in plan.steps}
-        self.kept_level = {s: made[s] for s in plan.keep}
+        self.kept_task = {s: task_of[made[s]] for s in plan.keep}
 
 
 class DaskRunner:
@@ -183,8 +194,8 @@ class DaskRunner:
             self._plugin = True
         t0 = time.perf_counter()
         info = getattr(plan, "dask_info", None)
-        if info is None:
-            info = plan.dask_info = _PlanInfo(plan)
+        if info is None or info.fused != FUSED:
+            info = plan.dask_info = _PlanInfo(plan, FUSED)
         token = f"{self.rid[:8]}-{next(self._steps)}"
         self.last_plan = plan
         leafkeys = {slot: parts[0].key for slot, parts in enumerate(leaf_parts)}
@@ -198,11 +209,11 @@ class DaskRunner:
         for slot, parts in enumerate(leaf_parts):
             for w, p in enumerate(parts):
                 if p.pending is not None:
-                    p.future, p.slot = by_key[(info.names[0], token, 0, w)], None
+                    p.future, p.slot = by_key[(info.tasks[0][0], token, 0, w)], None
         kept = {}
         for slot in plan.keep:
-            name = info.names[info.kept_level[slot]]
-            kept[slot] = [Part(w, f"{token}:{slot}", by_key[(name, token, info.kept_level[slot], w)], slot)
+            t = info.kept_task[slot]
+            kept[slot] = [Part(w, f"{token}:{slot}", by_key[(info.tasks[t][0], token, t, w)], slot)
                           for w in range(self.workers)]
         self._log(futures, replay)
         self.stats["steps"] += 1
@@ -224,11 +235,11 @@ class DaskRunner:
             send = None if (info.uid, w) in self._sent else plan
             self._sent.add((info.uid, w))
             prev = self._last[w]
-            for lv in range(plan.n_levels):
-                key = (info.names[lv], token, lv, w)
+            for t, (name, levels) in enumerate(info.tasks):
+                key = (name, token, t, w)
                 after = (TaskRef(prev.key if hasattr(prev, "key") else prev),) if prev is not None else ()
-                first, final = lv == 0, lv == plan.n_levels - 1
-                dsk[key] = Task(key, run_level, self.rid, info.uid, send if first else None, lv, w, token,
+                first, final = t == 0, t == len(info.tasks) - 1
+                dsk[key] = Task(key, run_levels, self.rid, info.uid, send if first else None, levels, w, token,
                                 self.addresses, leafkeys if first else None, inline if first else {},
                                 frees if final else [], *after)
                 prev = key

@@ -239,6 +239,17 @@ def _describe_failure(step, env, w, exc):
     return f"{step.op} on worker {w} (local input shapes {shapes}): {exc}"
 
 
+def run_levels(rid, uid, plan, levels, w, token, peers, leafkeys, inline, frees, *after):
+    """A Dask task running several levels of a step in a row on worker w (the whole step: no
+    scheduler hop between forward_backward and reduce_update; reads of the loss still return
+    as soon as level 0 has stored it)."""
+    for n, level in enumerate(levels):
+        first, last = n == 0, n == len(levels) - 1
+        run_level(rid, uid, plan if first else None, level, w, token, peers, leafkeys if first else None,
+                  inline if first else {}, frees if last else [])
+    return len(levels)
+
+
 def run_level(rid, uid, plan, level, w, token, peers, leafkeys, inline, frees, *after):
     """A Dask task: level `level` of step `token` on worker w.  Returns the small kept values."""
     worker = get_worker()
