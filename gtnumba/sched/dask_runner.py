@@ -20,7 +20,7 @@ from dask._task_spec import Task, TaskRef
 
 from ..kernels import backend
 from .distribute import Collective
-from .dask_worker import StorePlugin, counters, run_levels, store_get
+from .dask_worker import StorePlugin, counters, drop_store, run_levels, store_get
 from .mesh import Flat, WorkerLost
 
 
@@ -182,6 +182,13 @@ class DaskRunner:
 
     def without(self, dead):
         return DaskRunner(self.client, [a for a in self.addresses if a not in dead])
+
+    def close(self):
+        """Drop this client's stores on the workers (they outlive the client otherwise)."""
+        try:
+            self.client.run(drop_store, self.rid, workers=self.addresses)
+        except Exception:          # workers already gone
+            pass
 
     def byte_counters(self):
         """Per worker: tasks run, bytes pulled from peers, bytes sent as backups (this client)."""

@@ -106,4 +106,6 @@ def _carry_on_without(mesh, dead, replayed=frozenset()):
                 value.come_home(host)
                 obj.value = backend.to_backend(host)
     new_runner = runner.without(dead)
+    if hasattr(runner, "close"):
+        runner.close()             # every value of the old mesh has come home or will be recomputed
     set_mesh(Mesh(new_runner.workers, new_runner))
