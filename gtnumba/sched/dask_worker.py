@@ -142,36 +142,32 @@ class Level:
     __slots__ = ("collectives", "steps", "reads", "puts", "keeps", "drops", "backups")
 
 
-def compile_program(plan, w):
-    """Per level, for worker w: the plan's steps and the store traffic around them."""
-    W = plan.workers
-    uses = {}                                     # slot -> levels reading it locally
+def compile_program(plan):
+    """Per level: the plan's steps and the store traffic around them (the same on every worker)."""
+    uses = {}                                     # slot -> levels reading it on its own worker
     for s in plan.steps:
-        reads = [s.src] if isinstance(s, Collective) else s.ins
-        for i in reads:
+        for i in [s.src] if isinstance(s, Collective) else s.ins:
             uses.setdefault(i, set()).add(s.level)
     published = {s.src for s in plan.steps if isinstance(s, Collective)}
-    keep = set(plan.keep)
-    levels = []
-    for lv in range(plan.n_levels):
-        L = Level()
-        L.collectives = [s for s in plan.steps if isinstance(s, Collective) and s.level == lv]
-        L.steps = [s for s in plan.steps if not isinstance(s, Collective) and s.level == lv]
-        here = {s.out for s in L.steps} | {c.out for c in L.collectives}
-        L.reads = sorted(({i for s in L.steps for i in s.ins} | {c.src for c in L.collectives}) - here)
-        L.puts = []
-        for slot in sorted(here):
-            later = {u for u in uses.get(slot, ()) if u > lv}
-            pulls = W - 1 if slot in published else 0
-            if slot in keep:
-                L.puts.append((slot, None))
-            elif later or pulls:
-                L.puts.append((slot, len(later) + pulls))
-        L.keeps = [s for s in sorted(here) if s in keep]
-        L.backups = [s for s in L.keeps if isinstance(plan.layouts[s], Flat)]
-        L.drops = [i for i in L.reads if i >= plan.n_leaves and i not in keep]
-        levels.append(L)
-    return levels
+    return [_level(plan, lv, uses, published) for lv in range(plan.n_levels)]
+
+
+def _level(plan, lv, uses, published):
+    L, keep = Level(), set(plan.keep)
+    L.collectives = [s for s in plan.steps if isinstance(s, Collective) and s.level == lv]
+    L.steps = [s for s in plan.steps if not isinstance(s, Collective) and s.level == lv]
+    here = {s.out for s in L.steps} | {c.out for c in L.collectives}
+    L.reads = sorted(({i for s in L.steps for i in s.ins} | {c.src for c in L.collectives}) - here)
+    # a value lives until it is read by every later level here and pulled once by every peer
+    L.puts = []
+    for slot in sorted(here):
+        reads = len({u for u in uses.get(slot, ()) if u > lv}) + (plan.workers - 1 if slot in published else 0)
+        if slot in keep or reads:
+            L.puts.append((slot, None if slot in keep else reads))
+    L.keeps = [s for s in sorted(here) if s in keep]
+    L.backups = [s for s in L.keeps if isinstance(plan.layouts[s], Flat)]
+    L.drops = [i for i in L.reads if i >= plan.n_leaves and i not in keep]
+    return L
 
 
 def _key(token, slot, leafkeys):
@@ -255,11 +251,9 @@ def run_level(rid, uid, plan, level, w, token, peers, leafkeys, inline, frees, *
     worker = get_worker()
     st = store(rid)
     if plan is not None:
-        st.programs[uid] = (plan, {})
-    plan, compiled = st.programs[uid]
-    if w not in compiled:
-        compiled[w] = compile_program(plan, w)
-    L = compiled[w][level]
+        st.programs[uid] = (plan, compile_program(plan))
+    plan, program = st.programs[uid]
+    L = program[level]
     if level == 0:
         for slot, value in inline.items():
             st.put(leafkeys[slot], backend.to_backend(value) if isinstance(value, np.ndarray) else value)
