@@ -205,8 +205,9 @@ def report(rows, cmp, steps):
              f"Medians of {steps} steady-state steps.", "",
              "Part 1: Pixel Transformer img 32 seq 4 E 128 L 2, Adam, batch 16, loss and accuracy read every step.",
              "bytes in = what a worker pulls from its peers per step (reduce-scatter + gather of the parameters);",
-             "bound = 2(W-1)/W x gradient bytes; backup = copies of the new parameter and state slices sent to the",
-             "next worker (fault tolerance, outside the collective bound). msgs = client->scheduler messages per step.",
+             "bound = 2(W-1)/W x gradient bytes; backup = copies of the new parameter and state slices sent to",
+             "the next worker (fault tolerance, outside the collective bound). msgs = client->scheduler messages",
+             "per step.",
              "",
              "plan = ordering + structure key (core) + the mesh side (in brackets: leaf layouts, cached DistPlan).",
              "",
@@ -215,8 +216,8 @@ def report(rows, cmp, steps):
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         wall, rec, plan, sub, wait, mesh_plan = r["split"]
-        lines.append(f"| {r['W']} | {r['tasks']:.0f} | {r['moved']:.0f} ({r['formula']}) | {r['bound']:.0f} | {r['backup']:.0f} | "
-                     f"{r['msgs']:.1f} | {ms(wall)} | {ms(rec)} | {ms(plan)} [{1e3 * mesh_plan:.2f}] | {ms(sub)} | "
+        lines.append(f"| {r['W']} | {r['tasks']:.0f} | {r['moved']:.0f} ({r['formula']}) | {r['bound']:.0f} | "
+                     f"{r['backup']:.0f} | {r['msgs']:.1f} | {ms(wall)} | {ms(rec)} | {ms(plan)} [{1e3 * mesh_plan:.2f}] | {ms(sub)} | "
                      f"{ms(wait)} |")
     a, b, c = cmp["a"], cmp["b"], cmp["c"]
     rts = (b[1] - b[0]) / b[2]
