@@ -211,14 +211,14 @@ def report(rows, cmp, steps):
              "",
              "plan = ordering + structure key (core) + the mesh side (in brackets: leaf layouts, cached DistPlan).",
              "",
-             "| W | tasks/step | bytes in/worker (formula) | bound | backup bytes | msgs | step ms | record | plan [mesh] | "
-             "submit | wait |",
+             "| W | tasks/step | bytes in/worker (formula) | bound | backup bytes | msgs | step ms | record "
+             "| plan [mesh] | submit | wait |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         wall, rec, plan, sub, wait, mesh_plan = r["split"]
         lines.append(f"| {r['W']} | {r['tasks']:.0f} | {r['moved']:.0f} ({r['formula']}) | {r['bound']:.0f} | "
-                     f"{r['backup']:.0f} | {r['msgs']:.1f} | {ms(wall)} | {ms(rec)} | {ms(plan)} [{1e3 * mesh_plan:.2f}] | {ms(sub)} | "
-                     f"{ms(wait)} |")
+                     f"{r['backup']:.0f} | {r['msgs']:.1f} | {ms(wall)} | {ms(rec)} | "
+                     f"{ms(plan)} [{1e3 * mesh_plan:.2f}] | {ms(sub)} | {ms(wait)} |")
     a, b, c = cmp["a"], cmp["b"], cmp["c"]
     rts = (b[1] - b[0]) / b[2]
     lines += ["", "Part 2 (same run):", "",
