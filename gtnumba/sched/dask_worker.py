@@ -102,7 +102,7 @@ async def _pull(rid, items):
         out.append(_piece(await st.wait_for(key), start, stop))
         if release:
             st.release(key)
-    return {"data": to_serialize(out)}
+    return {"data": [to_serialize(a) for a in out]}
 
 
 async def _put_backup(rid, owner, items):
