@@ -80,13 +80,19 @@ def _tasks_in_one_step(client, layers):
     return [t["key"] for t in ts.data]
 
 
-def test_tasks_per_step_do_not_grow_with_layers(cluster):
+@pytest.mark.parametrize("fused", [True, False])
+def test_tasks_per_step_do_not_grow_with_layers(cluster, fused, monkeypatch):
+    """One task per worker per step (default), or one per worker per level (forward_backward,
+    then reduce_update): never more than 2W + 1, the same for 2 and 6 layers."""
+    from gtnumba.sched import dask_runner
+    monkeypatch.setattr(dask_runner, "FUSED", fused)
     small, large = _tasks_in_one_step(cluster, 2), _tasks_in_one_step(cluster, 6)
     assert len(small) == len(large), (small, large)
     workers = 2
-    assert len(large) <= 3 * workers + 4, large
+    assert len(large) == (workers if fused else 2 * workers) <= 2 * workers + 1, large
     prefixes = {k[0] if isinstance(k, tuple) else k.split("-")[0] for k in large}
-    assert {"forward_backward", "allreduce-grads", "optimizer-step"} <= prefixes
+    want = {"forward_backward_reduce_update"} if fused else {"forward_backward", "reduce_update"}
+    assert prefixes == want, prefixes
 
 
 def test_dashboard_answers_and_names_blocks(cluster):
@@ -95,7 +101,7 @@ def test_dashboard_answers_and_names_blocks(cluster):
     with urllib.request.urlopen(url, timeout=20) as r:
         assert r.status == 200
     prefixes = cluster.run_on_scheduler(lambda dask_scheduler: sorted(dask_scheduler.task_prefixes))
-    assert "forward_backward" in prefixes and "optimizer-step" in prefixes
+    assert "forward_backward_reduce_update" in prefixes
 
 
 def test_asking_for_more_gpus_than_visible_is_a_clear_error():

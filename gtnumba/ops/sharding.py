@@ -71,6 +71,7 @@ def elementwise(policy=None):
         if target is None:
             return (REPLICATE,) * len(ins), (REPLICATE,)
         return tuple(_want_for_shard(target, s, len(out.shape)) for s in ins), (target,)
+    rule.pointwise = True        # runs on any slice of its elements (the ZeRO-1 update region)
     return rule
 
 
@@ -343,6 +344,9 @@ def updates(attrs, layouts, ins, outs):
         want = (p,) * n_tensors + (REPLICATE,) * (len(layouts) - n_tensors)
         return want, (p,) * len(outs)
     return _replicate_all(len(layouts), len(outs))
+
+
+updates.pointwise = True
 
 
 def placed(attrs, layouts, ins, outs):

@@ -1,93 +1,83 @@
-"""Run a DistPlan on a Dask cluster: one task per worker per level, one task per collective level.
+"""Run a DistPlan on a Dask cluster: one task per worker per step (or per level), in one message.
 
-A block's result is a dict of the slots later levels (or the user) need; later blocks on the same
-worker, the collective task and the next training step take those dicts as inputs, so values
-stay on their worker and only collectives move data between workers.
+A step is submitted as one graph (`client.get(..., sync=False)`) and not waited for: values are
+`Part`s (a store key on each worker and the future of the task that makes it), and only a read
+waits, for the tasks it reads.  A worker's tasks form a chain through Dask dependencies whose
+results are tiny, so Dask moves no data between workers; collectives pull exactly the slices they
+need from the peers' stores (see dask_worker).  New host data (a batch, parameters placed for the
+first time) travels inside the first task of its worker.  The plan goes to each worker once and is
+cached there under its uid.
 """
 import itertools
+import os
+import time
 import uuid
+import weakref
 
-from distributed import wait
-
-import numpy as np
+import dask
+from dask._expr import LLGExpr
+from dask._task_spec import Task, TaskRef
 
 from ..kernels import backend
-from ..ops.registry import OPS
-from .distribute import LocalStep
-from .mesh import WorkerLost
-from .spmd import run_local_step
-
-_UPDATE_OPS = ("sgd_update", "adam_update")
-INLINE_BYTES = 64 * 1024
+from .distribute import Collective
+from .dask_worker import StorePlugin, counters, drop_store, run_levels, store_get
+from .mesh import Flat, WorkerLost
 
 
-class Resident:
-    """A device array in a block's result: it stays on its worker's device for the next blocks
-    there, and travels as a host array when Dask moves the result to another worker."""
-    __slots__ = ("value",)
+# One task per worker per step runs all its levels (no scheduler hop between forward_backward and
+# reduce_update on the critical path); GT_DASK_TASK_PER_LEVEL=1 gives one task per level instead.
+FUSED = os.environ.get("GT_DASK_TASK_PER_LEVEL") != "1"
 
-    def __init__(self, value):
-        self.value = value
-
-    def __reduce__(self):
-        return (np.asarray, (backend.to_host(self.value),))
+# new parameters travel inside the first step's tasks: no warning about that graph's size
+_QUIET = {"distributed.admin.large-graph-warning-threshold": "4GiB"}
 
 
-def _unwrap(value):
-    return value.value if isinstance(value, Resident) else value
+class Part:
+    """One worker's piece of a value on the cluster: its key in the worker's store, the future of
+    the task that produced it, and (until its first step is submitted) the host array to send."""
+    __slots__ = ("worker", "key", "future", "slot", "pending")
+
+    def __init__(self, worker, key, future=None, slot=None, pending=None):
+        self.worker, self.key, self.future, self.slot, self.pending = worker, key, future, slot, pending
 
 
-def _on_device(value):
-    """Values arrive from other workers and the client as host arrays; a GPU worker's kernels
-    want device arrays (and keep them on the device between its own blocks)."""
-    value = _unwrap(value)
-    if isinstance(value, np.ndarray) and backend.current() != "cpu":
-        return backend.to_backend(value)
-    return value
+class _Where:
+    """Task key -> the worker it must run on (keys end with the worker index)."""
+
+    def __init__(self, addresses):
+        self.addresses = addresses
+
+    def __call__(self, key):
+        return [self.addresses[key[-1]]]
 
 
-def _result(value, to_host):
-    if to_host:
-        return backend.to_host(value)
-    return value if isinstance(value, np.ndarray) else Resident(value)
-
-
-def run_block(steps, worker, refs, outputs, host_outputs):
-    """Executed on a worker: the local steps of one level, on this worker's parts.  Outputs that
-    leave the worker (collective inputs) are returned as host arrays."""
-    env = {slot: _on_device(src[key] if key is not None else src) for slot, (src, key) in refs.items()}
-    for step in steps:
-        run_local_step(step, env, worker)
-    return {s: _result(env[s], s in host_outputs) for s in outputs}
-
-
-def run_collectives(entries, refs):
-    """Executed on one worker: every collective of a level (one bucket), on host copies of all
-    workers' parts (sum for all-reduce, concatenation for all-gather)."""
-    add, concat = OPS["add"].kernels["cpu"], OPS["concat"].kernels["cpu"]
-    out = {}
-    for slot, kind, dim, sources in entries:
-        values = [backend.to_host(_unwrap(src[key] if key is not None else src))
-                  for src, key in (refs[i] for i in sources)]
-        if kind == "allgather":
-            out[slot] = concat(*values, axis=dim)
+def _level_names(plan):
+    names = []
+    for lv in range(plan.n_levels):
+        kinds = {c.kind for c in plan.steps if isinstance(c, Collective) and c.level == lv}
+        if lv == 0:
+            names.append("forward_backward")
+        elif "reducescatter" in kinds:
+            names.append("reduce_update")
         else:
-            total = values[0]
-            for v in values[1:]:
-                total = add(total, v)
-            out[slot] = total
-    return out
+            names.append("compute")
+    return names
 
 
-def pick_host(result, key):
-    return backend.to_host(_unwrap(result[key]))
+class _PlanInfo:
+    """What the client needs per plan: its uid, its tasks (names and the levels each runs), and
+    the task making each kept slot."""
 
-
-def _block_name(steps, level):
-    # Dask groups tasks by key prefix and drops 8-letter words from it ("backward"), hence "_"
-    if any(s.op in _UPDATE_OPS for s in steps):
-        return "optimizer-step"
-    return "forward_backward" if level == 0 else "compute"
+    def __init__(self, plan, fused):
+        self.uid, self.fused = uuid.uuid4().hex[:12], fused
+        names = _level_names(plan)
+        if fused:
+            self.tasks = [("_".join(dict.fromkeys(names)), tuple(range(plan.n_levels)))]
+        else:
+            self.tasks = [(name, (lv,)) for lv, name in enumerate(names)]
+        task_of = {lv: i for i, (_, levels) in enumerate(self.tasks) for lv in levels}
+        made = {s.out: s.level for s in plan.steps}
+        self.kept_task = {s: task_of[made[s]] for s in plan.keep}
 
 
 class DaskRunner:
@@ -97,116 +87,168 @@ class DaskRunner:
         self.client = client
         self.addresses = list(addresses)
         self.workers = len(self.addresses)
-        self._step = itertools.count()
+        self.rid = uuid.uuid4().hex
+        self._steps = itertools.count()
+        self._placed = itertools.count()
+        self._last = [None] * self.workers           # future of the last task on each worker
+        self._sent = set()                            # (plan uid, worker) holding that plan
+        self._frees = [[] for _ in self.addresses]
+        self._keyrefs = {}
+        self.log = []                                 # (futures, replay) of steps not known finished
+        self.on_lost = None                           # recovery, installed by the mesh step
+        self.stats = {"steps": 0, "tasks": 0, "submit_seconds": 0.0, "wait_seconds": 0.0}
+        self._where = _Where(self.addresses)
+        self._plugin = False      # registered at the first step: gt.init may run inside `import gtnumba`,
+        #                           and pickling the plugin there would wait for that import
+    # ---- values -----------------------------------------------------------------------------
+    def place(self, parts):
+        """Host parts become Parts that travel with the next step's first tasks."""
+        key = f"p{next(self._placed)}"
+        return [Part(w, key, pending=backend.to_host(p)) for w, p in enumerate(parts)]
 
-    def scatter(self, parts):
-        """Large parts go to their worker once; small ones (constants) travel inside the tasks
-        that use them, which costs no round trip.  Device arrays travel as host arrays."""
-        parts = [backend.to_host(p) for p in parts]
-        return [(p, None) if getattr(p, "nbytes", 0) <= INLINE_BYTES else
-                (self.client.scatter(p, workers=[a], hash=False), None) for p, a in zip(parts, self.addresses)]
+    def track(self, value):
+        """When `value` (a DistValue) dies, its store entries are freed with the next step."""
+        keys = [(w, p.key) for w, p in enumerate(value.parts)]
+        for k in keys:
+            self._keyrefs[k] = self._keyrefs.get(k, 0) + 1
+        weakref.finalize(value, self._release, keys)
+
+    def _release(self, keys):
+        for k in keys:
+            n = self._keyrefs.get(k, 0) - 1
+            if n <= 0:
+                self._keyrefs.pop(k, None)
+                self._frees[k[0]].append(k[1])
+            else:
+                self._keyrefs[k] = n
 
     def fetch(self, parts):
-        """Host copies of parts: a picking task next to each block result, one gather for all."""
-        out, remote = [None] * len(parts), []
-        for i, (future, key) in enumerate(parts):
-            if not hasattr(future, "result"):
-                out[i] = future if key is None else future[key]
-            else:
-                if key is not None:
-                    future = self.client.submit(pick_host, future, key, key=f"fetch-{uuid.uuid4().hex}")
-                remote.append((i, future))
-        for (i, _), value in zip(remote, self.client.gather([f for _, f in remote])):
-            out[i] = value
+        """Host copies of parts, straight from the workers' stores: each waits there only until its
+        own value is computed (the rest of its task, such as the update, may still run)."""
+        t0 = time.perf_counter()
+        out = [p.pending for p in parts]
+        by_worker = {}
+        for i, p in enumerate(parts):
+            if p.pending is None:
+                by_worker.setdefault(p.worker, []).append(i)
+        try:
+            replies = self.client.sync(self._pull, parts, by_worker)
+        except Exception:
+            dead = self.dead_workers()
+            if dead:
+                raise WorkerLost(dead) from None
+            raise
+        for idx, reply in zip(by_worker.values(), replies):
+            for i, value in zip(idx, reply["data"]):
+                out[i] = value
+        self.stats["wait_seconds"] += time.perf_counter() - t0
         return out
 
-    def run(self, plan, leaf_parts):
-        token = f"{next(self._step)}-{uuid.uuid4().hex[:8]}"
-        src = [{slot: parts[w] for slot, parts in enumerate(leaf_parts)} for w in range(self.workers)]
-        used_later = _uses_by_level(plan)
-        submitted = []
-        for level in range(plan.n_levels):
-            cols = plan.collectives(level)
-            if cols:
-                submitted.append(self._submit_collectives(cols, src, level, token))
-            steps = plan.blocks(level)
-            if steps:
-                submitted += self._submit_blocks(plan, steps, src, level, token, used_later)
-        self._wait(submitted)
-        return {slot: [src[w][slot] for w in range(self.workers)] for slot in plan.keep}
+    async def _pull(self, parts, by_worker):
+        import asyncio
+        calls = [self.client.rpc(self.addresses[w]).gtnumba_pull(
+                 rid=self.rid, items=[(parts[i].key, None, None, False) for i in idx])
+                 for w, idx in by_worker.items()]
+        return await asyncio.gather(*calls)
 
-    def _wait(self, futures):
-        """Until the step is done; a worker that died meanwhile is reported, not waited for."""
-        while True:
-            try:
-                wait(futures, timeout=0.5)
-                break
-            except TimeoutError:
-                dead = self.dead_workers()
-                if dead:
-                    raise WorkerLost(dead) from None
-            except Exception:
-                # e.g. futures cancelled for lost dependencies: a dead worker explains it
-                dead = self.dead_workers()
-                if dead:
-                    raise WorkerLost(dead) from None
-                raise
-        for f in futures:
-            if f.status == "error":
-                if self.dead_workers():
-                    raise WorkerLost(self.dead_workers())
-                f.result()                       # re-raises the kernel's own error
+    def _stored(self, items):
+        """Values from the workers' stores: (worker index, key, owner of a backup or None)."""
+        futures = [self.client.submit(store_get, self.rid, key, owner, workers=[self.addresses[w]],
+                                      allow_other_workers=False, pure=False) for w, key, owner in items]
+        return self.client.gather(futures)
+
+    def recover_parts(self, layout, parts, alive):
+        """Host copies of parts, from their worker or, for a dead one's slice, the backup on the
+        next worker; None when a part is gone for good."""
+        alive, items = set(alive), []
+        for p in parts:
+            nxt = (p.worker + 1) % self.workers
+            if p.worker in alive:
+                items.append((p.worker, p.key, None))
+            elif isinstance(layout, Flat) and nxt in alive:
+                items.append((nxt, p.key, p.worker))
+            else:
+                return None
+        return self._stored(items)
+
+    def lost(self, dead):
+        if self.on_lost is None:
+            raise WorkerLost(dead)
+        self.on_lost(self, dead)
 
     def dead_workers(self):
-        alive = set(self.client.scheduler_info(n_workers=-1)["workers"])
+        alive = set(self.client.sync(self.client.scheduler.identity, n_workers=-1)["workers"])
         return [a for a in self.addresses if a not in alive]
 
     def without(self, dead):
         return DaskRunner(self.client, [a for a in self.addresses if a not in dead])
 
-    def _submit_collectives(self, cols, src, level, token):
-        refs, entries = [], []
-        for c in cols:
-            sources = []
-            for w in range(self.workers):
-                sources.append(len(refs))
-                refs.append(src[w][c.src])
-            entries.append((c.out, c.kind, c.dim, sources))
-        kind = "allreduce-grads" if all(c.kind == "allreduce" for c in cols) else "allgather"
-        future = self.client.submit(run_collectives, entries, refs, key=(kind, token, level), pure=False)
-        for c in cols:
-            for w in range(self.workers):
-                src[w][c.out] = (future, c.out)
-        return future
+    def close(self):
+        """Drop this client's stores on the workers (they outlive the client otherwise)."""
+        try:
+            self.client.run(drop_store, self.rid, workers=self.addresses)
+        except Exception:          # workers already gone
+            pass
 
-    def _submit_blocks(self, plan, steps, src, level, token, used_later):
-        produced = {s.out for s in steps}
-        needed = sorted({i for s in steps for i in s.ins} - produced)
-        outputs = sorted(produced & (used_later[level] | set(plan.keep)))
-        leaving = _collective_inputs(plan)
-        host_outputs = [s for s in outputs if s in leaving]
-        name = _block_name(steps, level)
-        futures = []
-        for w, address in enumerate(self.addresses):
-            refs = {slot: src[w][slot] for slot in needed}
-            local = [LocalStep(s.out, s.op, s.ins, [s.attrs[w]] * 1, s.level) for s in steps]
-            future = self.client.submit(run_block, local, 0, refs, outputs, host_outputs, key=(name, token, level, w),
-                                        workers=[address], allow_other_workers=False, pure=False)
-            for slot in outputs:
-                src[w][slot] = (future, slot)
-            futures.append(future)
-        return futures
+    def byte_counters(self):
+        """Per worker: tasks run, bytes pulled from peers, bytes sent as backups (this client)."""
+        return self.client.run(counters, self.rid, workers=self.addresses)
 
+    # ---- steps ------------------------------------------------------------------------------
+    def run(self, plan, leaf_parts, replay=None):
+        if not self._plugin:
+            self.client.register_plugin(StorePlugin())
+            self._plugin = True
+        t0 = time.perf_counter()
+        info = getattr(plan, "dask_info", None)
+        if info is None or info.fused != FUSED:
+            info = plan.dask_info = _PlanInfo(plan, FUSED)
+        token = f"{self.rid[:8]}-{next(self._steps)}"
+        self.last_plan = plan
+        leafkeys = {slot: parts[0].key for slot, parts in enumerate(leaf_parts)}
+        dsk, last_keys = self._graph(plan, info, token, leaf_parts, leafkeys)
+        with dask.annotate(workers=self._where), dask.config.set(_QUIET):
+            # the step's token names the graph: Dask need not hash the whole graph (~10 ms a step)
+            futures = self.client.get(LLGExpr(dsk, _determ_token=token), list(dsk), sync=False)
+        by_key = dict(zip(dsk, futures))
+        for w, k in enumerate(last_keys):
+            self._last[w] = by_key[k]
+        for slot, parts in enumerate(leaf_parts):
+            for w, p in enumerate(parts):
+                if p.pending is not None:
+                    p.future, p.slot = by_key[(info.tasks[0][0], token, 0, w)], None
+        kept = {}
+        for slot in plan.keep:
+            t = info.kept_task[slot]
+            kept[slot] = [Part(w, f"{token}:{slot}", by_key[(info.tasks[t][0], token, t, w)], slot)
+                          for w in range(self.workers)]
+        self._log(futures, replay)
+        self.stats["steps"] += 1
+        self.stats["tasks"] += len(futures)
+        self.stats["submit_seconds"] += time.perf_counter() - t0
+        return kept
 
-def _uses_by_level(plan):
-    """For each level, the slots that steps of later levels (or collectives) read."""
-    uses = {level: set() for level in range(plan.n_levels)}
-    for step in plan.steps:
-        reads = (step.src,) if not isinstance(step, LocalStep) else step.ins
-        for level in range(step.level):
-            uses[level].update(reads)
-    return uses
+    def _log(self, futures, replay):
+        while self.log and all(f.status == "finished" for f in self.log[0][0]):
+            self.log.pop(0)
+        self.log.append((futures, replay))
 
-
-def _collective_inputs(plan):
-    return {s.src for s in plan.steps if not isinstance(s, LocalStep)}
+    def _graph(self, plan, info, token, leaf_parts, leafkeys):
+        dsk, last_keys = {}, []
+        for w in range(self.workers):
+            inline = {slot: parts[w].pending for slot, parts in enumerate(leaf_parts)
+                      if parts[w].pending is not None}
+            frees, self._frees[w] = self._frees[w], []
+            send = None if (info.uid, w) in self._sent else plan
+            self._sent.add((info.uid, w))
+            prev = self._last[w]
+            for t, (name, levels) in enumerate(info.tasks):
+                key = (name, token, t, w)
+                after = (TaskRef(prev.key if hasattr(prev, "key") else prev),) if prev is not None else ()
+                first, final = t == 0, t == len(info.tasks) - 1
+                dsk[key] = Task(key, run_levels, self.rid, info.uid, send if first else None, levels, w, token,
+                                self.addresses, leafkeys if first else None, inline if first else {},
+                                frees if final else [], *after)
+                prev = key
+            last_keys.append(prev)
+        return dsk, last_keys

@@ -5,6 +5,7 @@ The program is SPMD: every worker runs the same local steps on its own shards (a
 carry shapes are localized per worker).  Collectives are the only edges between workers; all
 collectives that become ready at the same point form one level, run as one bucketed task.
 """
+import math
 from dataclasses import dataclass, field
 
 from ..layout import REPLICATE, Partial, Replicate, Shard
@@ -23,7 +24,8 @@ class LocalStep:
 @dataclass
 class Collective:
     out: int
-    kind: str            # "allreduce" (Partial -> Replicate) or "allgather" (Shard -> Replicate)
+    kind: str            # "allreduce" (Partial -> Replicate), "allgather" (Shard -> Replicate),
+    #                      "reducescatter" (Partial -> Flat), "gather" (Flat -> Replicate)
     src: int
     dim: int
     level: int
@@ -38,6 +40,7 @@ class DistPlan:
     node_slot: dict = field(default_factory=dict)    # index in the pending order -> slot
     keep: tuple = ()                                  # slots whose values outlive the plan
     n_levels: int = 1
+    specs: dict = field(default_factory=dict)        # slot -> Spec (tuple for multi-output)
 
     def blocks(self, level):
         return [s for s in self.steps if isinstance(s, LocalStep) and s.level == level]
@@ -142,6 +145,7 @@ def build_dist_plan(key, leaf_layouts, workers):
             kept.append(out)
     b.plan.keep = tuple(kept)
     b.plan.n_levels = max(b.level.values(), default=0) + 1
+    b.plan.specs = b.specs
     return b.plan
 
 
@@ -153,3 +157,24 @@ def _place_op(b, op, attrs, ins, specs):
     ins = [b.redistribute(s, w, sp) for s, w, sp in zip(ins, want, in_specs)]
     spec = specs[0] if len(specs) == 1 else specs
     return b.local(op, ins, attrs, tuple(outs), spec)
+
+
+def bytes_per_worker(plan, step, worker):
+    """Bytes `worker` receives from its peers for collective `step`, as the Dask runner moves them
+    (each worker pulls exactly what it needs); the cost model prices layouts with the same formula."""
+    spec, W = plan.specs[step.src], plan.workers
+    item, n = spec.dtype.itemsize, math.prod(spec.shape)
+    if step.kind == "reducescatter":
+        return (W - 1) * plan.layouts[step.out].sizes[worker] * item
+    if step.kind == "gather":
+        return (n - plan.layouts[step.src].sizes[worker]) * item
+    if step.kind == "allgather":
+        lay = plan.layouts[step.src]
+        return (n - n // spec.shape[lay.dim] * lay.sizes[worker]) * item
+    return (W - 1) * n * item                      # allreduce: every peer's whole partial
+
+
+def step_bytes_per_worker(plan):
+    """Bytes each worker receives in one run of `plan` (all its collectives)."""
+    cols = [s for s in plan.steps if isinstance(s, Collective)]
+    return [sum(bytes_per_worker(plan, c, w) for c in cols) for w in range(plan.workers)]

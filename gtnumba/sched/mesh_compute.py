@@ -10,7 +10,9 @@ import time
 from ..kernels import backend
 from .distribute import build_dist_plan
 from .leaf_layout import leaf_layouts
-from .mesh import DistValue, Mesh, WorkerLost, set_mesh, split
+from ..layout import REPLICATE
+from .mesh import DistValue, Flat, Mesh, WorkerLost, current_mesh, set_mesh, split
+from .zero1 import shard_updates
 from .plan_cache import STATS, cached
 
 
@@ -28,32 +30,67 @@ def compute_on_mesh(mesh, order, key, leaves):
 def _run_on_mesh(mesh, order, key, leaves):
     workers, runner = mesh.workers, mesh.runner
     t0 = time.perf_counter()
+    for node in leaves:
+        old = node.value
+        if isinstance(old, DistValue) and old.runner is not runner:
+            # a value an earlier mesh holds (e.g. a cached constant) comes home to be placed again
+            node.value = old.host if old.host is not None else old.to_host()
     layouts = leaf_layouts(key, leaves, workers)
-    plan = cached(("mesh", workers, backend.current(), key, layouts),
-                   lambda: build_dist_plan(key, layouts, workers))
+    plan = cached(("mesh", workers, backend.current(), key, layouts), lambda: _build(key, layouts, workers))
     t1 = time.perf_counter()
     STATS["plan_seconds"] += t1 - t0
+    STATS["mesh_plan_seconds"] = STATS.get("mesh_plan_seconds", 0.0) + t1 - t0
     leaf_parts = []
     for node, layout in zip(leaves, layouts):
-        if not isinstance(node.value, DistValue) or node.value.runner is not runner:
-            # placed once: later steps find it on the workers (parameters are not sent again);
-            # a value another (earlier) mesh holds comes home first
-            old = node.value
-            host = old if not isinstance(old, DistValue) else old.host if old.host is not None else old.to_host()
-            node.value = DistValue(layout, runner.scatter(split(layout, host, workers)), runner, host)
+        if not isinstance(node.value, DistValue):
+            # placed once: later steps find it on the workers (parameters are not sent again)
+            host = node.value
+            node.value = DistValue(layout, runner.place(split(layout, host, workers)), runner, host)
+            runner.track(node.value)
         leaf_parts.append(node.value.parts)
-    kept = runner.run(plan, leaf_parts)
+    runner.on_lost = _recover
+    kept = runner.run(plan, leaf_parts, (order, key, leaves))
     STATS["run_seconds"] += time.perf_counter() - t1
     for i, node in enumerate(order):
         slot = plan.node_slot[i]
         if slot in kept:
-            node.set_value(DistValue(plan.layouts[slot], kept[slot], runner))
+            value = DistValue(plan.layouts[slot], kept[slot], runner)
+            if isinstance(node.value, DistValue):        # recomputed after a worker loss
+                node.value.adopt(value)
+                value = node.value
+            runner.track(value)
+            node.set_value(value)
 
 
-def _carry_on_without(mesh, dead):
-    """Workers died mid-step: keep going on the survivors.  Every value that lived on the mesh
-    comes back to the host from a surviving replica (parameters, optimizer state) or from the host
-    copy it was placed from (data); the step is then planned again for the smaller mesh."""
+def _build(key, layouts, workers):
+    """The generic plan (sliced leaves planned as replicated), then its update sharded (ZeRO-1)."""
+    planning = tuple(REPLICATE if isinstance(l, Flat) else l for l in layouts)
+    return shard_updates(build_dist_plan(key, planning, workers), layouts)
+
+
+def _recover(runner, dead):
+    """A read found dead workers: carry on without them, and run again, on the survivors, every
+    step not known to have finished (pipelined steps keep what they need to be replayed; a step
+    replayed although it had finished recomputes the same values from the same inputs)."""
+    pending = [replay for _, replay in runner.log]
+    replayed = {id(n) for order, _, _ in pending for n in order}
+    _carry_on_without(current_mesh(), dead, replayed)
+    for order, key, leaves in pending:
+        while not compute_on_mesh(current_mesh(), order, key, leaves):
+            pass
+
+
+def _recovered(value, alive):
+    try:
+        return value.recover(alive)
+    except Exception:          # its step never finished: it is replayed, or lost
+        return None
+
+
+def _carry_on_without(mesh, dead, replayed=frozenset()):
+    """Workers died: keep going on the survivors.  Every finished value that lived on the mesh comes
+    home from a surviving replica, a backup of its slice, or the host copy it was placed from; the
+    values of unfinished steps are recomputed (see _recover)."""
     import gc
     import warnings
     from ..graph import Node
@@ -64,11 +101,16 @@ def _carry_on_without(mesh, dead):
         raise RuntimeError(f"gtnumba: every worker died ({', '.join(dead)}); nothing to carry on with")
     warnings.warn(f"gtnumba: lost worker(s) {', '.join(dead)}; continuing on {len(alive)}", RuntimeWarning)
     for obj in gc.get_objects():
-        if type(obj) is Node and isinstance(obj.value, DistValue) and obj.value.runner is runner:
-            host = obj.value.recover(alive)
+        value = getattr(obj, "value", None) if type(obj) is Node else None
+        if isinstance(value, DistValue) and value.runner is runner and value.parts is not None:
+            host = _recovered(value, alive)
             if host is None:
-                obj.value, obj.error = None, RuntimeError("gtnumba: this value was lost with a dead worker")
+                if id(obj) not in replayed:
+                    obj.value, obj.error = None, RuntimeError("gtnumba: this value was lost with a dead worker")
             else:
+                value.come_home(host)
                 obj.value = backend.to_backend(host)
     new_runner = runner.without(dead)
+    if hasattr(runner, "close"):
+        runner.close()             # every value of the old mesh has come home or will be recomputed
     set_mesh(Mesh(new_runner.workers, new_runner))

@@ -28,15 +28,43 @@ def last_uses(steps, keep):
     return last
 
 
-def collective(kind, dim, values):
-    """Combine one value per worker: a sum (all-reduce) or a concatenation (all-gather)."""
-    kernels = OPS["add" if kind == "allreduce" else "concat"].kernels[backend.current()]
-    if kind == "allgather":
-        return kernels(*values, axis=dim)
+def reduce_sum(values):
+    """The sum of every worker's part, always in worker order (the same bits on every runner)."""
+    add = OPS["add"].kernels[backend.current()]
     total = values[0]
     for v in values[1:]:
-        total = kernels(total, v)
+        total = add(total, v)
     return total
+
+
+def concat(values, dim):
+    return OPS["concat"].kernels[backend.current()](*values, axis=dim)
+
+
+def flat(value):
+    return value.reshape(-1)
+
+
+def collective_parts(plan, step, values):
+    """Each worker's part of a collective's result, from every worker's part of its source."""
+    if step.kind == "reducescatter":
+        total = flat(reduce_sum(values))
+        return [total[a:b] for a, b in plan.layouts[step.out].offsets()]
+    if step.kind == "gather":
+        value = concat([flat(v) for v in values], 0).reshape(plan.layouts[step.src].shape)
+    elif step.kind == "allgather":
+        value = concat(values, step.dim)
+    else:
+        value = reduce_sum(values)
+    return [value] * len(values)
+
+
+def _chunk(x, start, stop):
+    return flat(x)[start:stop]
+
+
+# steps the planner adds that are data movement inside a worker, not ops of the table
+_LOCAL_OPS = {"_chunk": _chunk}
 
 
 KERNELS_RUN = [0]      # kernels this process ran for mesh steps (gt.debug.get_worker_stats)
@@ -44,7 +72,7 @@ KERNELS_RUN = [0]      # kernels this process ran for mesh steps (gt.debug.get_w
 
 def run_local_step(step, env, worker):
     KERNELS_RUN[0] += 1
-    kernel = OPS[step.op].kernels[backend.current()]
+    kernel = _LOCAL_OPS.get(step.op) or OPS[step.op].kernels[backend.current()]
     env[step.out] = kernel(*[env[s] for s in step.ins], **step.attrs[worker])
 
 
@@ -54,21 +82,24 @@ class InProcessRunner:
     def __init__(self, workers):
         self.workers = workers
 
-    def scatter(self, parts):
+    def place(self, parts):
         return parts
+
+    def track(self, value):
+        pass
 
     def fetch(self, parts):
         return list(parts)
 
-    def run(self, plan, leaf_parts):
+    def run(self, plan, leaf_parts, replay=None):
         steps = schedule(plan)
         last = last_uses(steps, plan.keep)
         env = [{slot: parts[w] for slot, parts in enumerate(leaf_parts)} for w in range(self.workers)]
         for i, step in enumerate(steps):
             if isinstance(step, Collective):
-                value = collective(step.kind, step.dim, [e[step.src] for e in env])
-                for e in env:
-                    e[step.out] = value
+                parts = collective_parts(plan, step, [e[step.src] for e in env])
+                for e, part in zip(env, parts):
+                    e[step.out] = part
                 used = (step.src,)
             else:
                 for w in range(self.workers):

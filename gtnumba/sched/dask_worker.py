@@ -1,0 +1,291 @@
+"""The worker side of the Dask runner: a store of values per client, a peer-to-peer handler that
+serves slices of them, and the task that runs one level of a step on this worker.
+
+Dask moves a dependency's whole result, so collectives do not go through task results: each
+worker keeps its parts in its store and the tasks of the next level pull exactly the slices they
+need from their peers over distributed's own comm (the `gtnumba_pull` handler), concurrently,
+from the worker's event loop.  The client reads values from the stores the same way.  A task's result is a
+number, so the Dask dependencies that order a worker's tasks move no data.
+"""
+import asyncio
+import os
+import time
+
+import numpy as np
+
+from distributed import get_worker
+from distributed.diagnostics.plugin import WorkerPlugin
+from distributed.protocol import to_serialize
+from distributed.utils import sync
+
+from ..kernels import backend
+from .distribute import Collective
+from .mesh import Flat
+from .spmd import concat, flat, reduce_sum, run_local_step
+
+PULL_TIMEOUT = 120.0
+FREED_MEMORY = 4096              # freed keys remembered, so a late read fails at once
+
+
+class Store:
+    """One client's values on this worker: step values, kept values and backups of peers' slices."""
+
+    def __init__(self):
+        self.values, self.refs, self.events = {}, {}, {}
+        self.backups = {}                     # key -> {owner worker index: slice}
+        self.freed, self.failed = {}, None     # recently freed keys (insertion-ordered, capped)
+        self.programs, self.steps = {}, {}
+        self.counters = {"tasks": 0, "bytes_in": 0, "backup_bytes": 0, "pull_seconds": 0.0,
+                         "compute_seconds": 0.0, "backup_seconds": 0.0}
+
+    def put(self, key, value, refs=None):
+        """refs: reads left before the value is dropped (None: until the client frees it)."""
+        self.values[key] = value
+        if refs is not None:
+            self.refs[key] = refs
+        ev = self.events.pop(key, None)
+        if ev is not None:
+            get_worker().loop.add_callback(ev.set)
+
+    def release(self, key):
+        left = self.refs.get(key)
+        if left is not None:
+            if left <= 1:
+                self.refs.pop(key)
+                self.values.pop(key, None)
+            else:
+                self.refs[key] = left - 1
+
+    def free(self, keys):
+        for key in keys:
+            self.values.pop(key, None)
+            self.backups.pop(key, None)
+            self.freed[key] = None
+        while len(self.freed) > FREED_MEMORY:
+            self.freed.pop(next(iter(self.freed)))
+
+    def fail(self, exc):
+        """A block failed: every read of this client's values that is waiting or comes later gets
+        its error (a pipelined step's error surfaces at the next read, as in-process)."""
+        self.failed = exc
+        for ev in self.events.values():
+            ev.set()
+
+    async def wait_for(self, key):
+        while key not in self.values:
+            if key in self.freed:
+                raise KeyError(f"gtnumba: value {key} was freed before a peer read it")
+            if self.failed is not None:
+                raise self.failed
+            ev = self.events.setdefault(key, asyncio.Event())
+            await asyncio.wait_for(ev.wait(), PULL_TIMEOUT)
+        return self.values[key]
+
+
+_STORES = {}
+
+
+def store(rid):
+    return _STORES.setdefault(rid, Store())
+
+
+def _piece(value, start, stop):
+    value = backend.to_host(value)
+    return value if start is None else value.reshape(-1)[start:stop]
+
+
+async def _pull(rid, items):
+    """Handler: the asked slices of this worker's values, waiting for ones not yet computed."""
+    st = store(rid)
+    out = []
+    for key, start, stop, release in items:
+        out.append(_piece(await st.wait_for(key), start, stop))
+        if release:
+            st.release(key)
+    return {"data": [to_serialize(a) for a in out]}
+
+
+async def _put_backup(rid, owner, items):
+    st = store(rid)
+    for key, value in items:
+        st.backups.setdefault(key, {})[owner] = value
+    return {"ok": True}
+
+
+class StorePlugin(WorkerPlugin):
+    """Installs the handlers on every worker (also workers that join later)."""
+    name = "gtnumba-store"
+    idempotent = True
+
+    def setup(self, worker):
+        worker.handlers["gtnumba_pull"] = _pull
+        worker.handlers["gtnumba_put_backup"] = _put_backup
+
+
+def store_get(rid, key, owner=None):
+    """A kept value (or, with `owner`, the backup of worker `owner`'s slice) as a host array."""
+    st = store(rid)
+    value = st.values[key] if owner is None else st.backups[key][owner]
+    return backend.to_host(value)
+
+
+def drop_store(rid):
+    _STORES.pop(rid, None)
+
+
+def counters(rid):
+    return dict(store(rid).counters)
+
+
+# ---- the program of one worker: what each level reads, pulls, computes, keeps and drops ----
+class Level:
+    __slots__ = ("collectives", "steps", "reads", "puts", "keeps", "drops", "backups")
+
+
+def compile_program(plan):
+    """Per level: the plan's steps and the store traffic around them (the same on every worker)."""
+    uses = {}                                     # slot -> levels reading it on its own worker
+    for s in plan.steps:
+        for i in [s.src] if isinstance(s, Collective) else s.ins:
+            uses.setdefault(i, set()).add(s.level)
+    published = {s.src for s in plan.steps if isinstance(s, Collective)}
+    return [_level(plan, lv, uses, published) for lv in range(plan.n_levels)]
+
+
+def _level(plan, lv, uses, published):
+    L, keep = Level(), set(plan.keep)
+    L.collectives = [s for s in plan.steps if isinstance(s, Collective) and s.level == lv]
+    L.steps = [s for s in plan.steps if not isinstance(s, Collective) and s.level == lv]
+    here = {s.out for s in L.steps} | {c.out for c in L.collectives}
+    L.reads = sorted(({i for s in L.steps for i in s.ins} | {c.src for c in L.collectives}) - here)
+    # a value lives until it is read by every later level here and pulled once by every peer
+    L.puts = []
+    for slot in sorted(here):
+        reads = len({u for u in uses.get(slot, ()) if u > lv}) + (plan.workers - 1 if slot in published else 0)
+        if slot in keep or reads:
+            L.puts.append((slot, None if slot in keep else reads))
+    L.keeps = [s for s in sorted(here) if s in keep]
+    L.backups = [s for s in L.keeps if isinstance(plan.layouts[s], Flat)]
+    L.drops = [i for i in L.reads if i >= plan.n_leaves and i not in keep]
+    return L
+
+
+def _key(token, slot, leafkeys):
+    return leafkeys[slot] if slot in leafkeys else f"{token}:{slot}"
+
+
+def _pull_plan(plan, c, w, token, leafkeys):
+    """(key, start, stop, release) wanted from every peer for collective c on worker w."""
+    key = _key(token, c.src, leafkeys)
+    release = c.src >= plan.n_leaves and c.src not in plan.keep
+    if c.kind == "reducescatter":
+        start, stop = plan.layouts[c.out].offsets()[w]
+        return key, start, stop, release
+    return key, None, None, release
+
+
+def _combine(plan, c, w, parts):
+    """Worker w's part of collective c from every worker's piece (own piece included)."""
+    if c.kind == "reducescatter":
+        return reduce_sum([backend.to_backend(p) for p in parts])
+    if c.kind == "gather":
+        return concat([flat(backend.to_backend(p)) for p in parts], 0).reshape(plan.layouts[c.src].shape)
+    if c.kind == "allgather":
+        return concat([backend.to_backend(p) for p in parts], c.dim)
+    return reduce_sum([backend.to_backend(p) for p in parts])
+
+
+def _collectives(worker, rid, peers, plan, L, w, token, leafkeys, env, st):
+    """Pull every collective's pieces of this level from all peers at once, then combine them."""
+    if not L.collectives:
+        return
+    wanted = [_pull_plan(plan, c, w, token, leafkeys) for c in L.collectives]
+    others = [j for j in range(len(peers)) if j != w]
+
+    async def pull_all():
+        calls = [worker.rpc(peers[j]).gtnumba_pull(rid=rid, items=wanted) for j in others]
+        return await asyncio.gather(*calls)
+
+    replies = sync(worker.loop, pull_all) if others else []
+    pieces = {j: r["data"] for j, r in zip(others, replies)}
+    st.counters["bytes_in"] += sum(a.nbytes for r in pieces.values() for a in r)
+    for n, (c, (key, start, stop, _)) in enumerate(zip(L.collectives, wanted)):
+        own = st.values[key]
+        own = own if start is None else flat(own)[start:stop]
+        parts = [own if j == w else pieces[j][n] for j in range(len(peers))]
+        env[c.out] = _combine(plan, c, w, parts)
+
+
+def _backup(worker, rid, peers, w, items, st):
+    """A copy of this worker's new slices on the next worker: a lost worker loses no state.
+    GT_STATE_BACKUP=0 turns it off (a lost worker then loses its slices: training cannot go on)."""
+    if len(peers) < 2 or not items or os.environ.get("GT_STATE_BACKUP") == "0":
+        return
+    nxt = peers[(w + 1) % len(peers)]
+    host = [(k, to_serialize(backend.to_host(v))) for k, v in items]
+    st.counters["backup_bytes"] += sum(backend.to_host(v).nbytes for _, v in items)
+
+    async def push():
+        return await worker.rpc(nxt).gtnumba_put_backup(rid=rid, owner=w, items=host)
+    sync(worker.loop, push)
+
+
+def _describe_failure(step, env, w, exc):
+    shapes = [tuple(getattr(env.get(i), "shape", ())) for i in step.ins]
+    return f"{step.op} on worker {w} (local input shapes {shapes}): {exc}"
+
+
+def run_levels(rid, uid, plan, levels, w, token, peers, leafkeys, inline, frees, *after):
+    """A Dask task running several levels of a step in a row on worker w (the whole step: no
+    scheduler hop between forward_backward and reduce_update; reads of the loss still return
+    as soon as level 0 has stored it)."""
+    for n, level in enumerate(levels):
+        first, last = n == 0, n == len(levels) - 1
+        run_level(rid, uid, plan if first else None, level, w, token, peers, leafkeys if first else None,
+                  inline if first else {}, frees if last else [])
+    return len(levels)
+
+
+def run_level(rid, uid, plan, level, w, token, peers, leafkeys, inline, frees, *after):
+    """A Dask task: level `level` of step `token` on worker w.  Returns the small kept values."""
+    worker = get_worker()
+    st = store(rid)
+    if plan is not None:
+        st.programs[uid] = (plan, compile_program(plan))
+    plan, program = st.programs[uid]
+    L = program[level]
+    if level == 0:
+        for slot, value in inline.items():
+            st.put(leafkeys[slot], backend.to_backend(value) if isinstance(value, np.ndarray) else value)
+        st.steps[token] = leafkeys
+    leafkeys = st.steps[token]
+    st.counters["tasks"] += 1
+    t0 = time.perf_counter()
+    try:
+        env = {}
+        _collectives(worker, rid, peers, plan, L, w, token, leafkeys, env, st)
+        t1 = time.perf_counter()
+        for i in L.reads:
+            env[i] = st.values[_key(token, i, leafkeys)]
+        for step in L.steps:
+            try:
+                run_local_step(step, env, w)
+            except Exception as exc:
+                raise type(exc)(_describe_failure(step, env, w, exc)) from exc
+    except Exception as exc:
+        st.fail(exc)
+        raise
+    for slot, refs in L.puts:
+        st.put(f"{token}:{slot}", env[slot], refs)
+    for i in L.drops:
+        st.release(_key(token, i, leafkeys))
+    t2 = time.perf_counter()
+    _backup(worker, rid, peers, w, [(f"{token}:{s}", env[s]) for s in L.backups], st)
+    c = st.counters
+    c["pull_seconds"] += t1 - t0
+    c["compute_seconds"] += t2 - t1
+    c["backup_seconds"] += time.perf_counter() - t2
+    if level == plan.n_levels - 1:
+        st.steps.pop(token, None)
+        st.free(frees)
+    return len(L.keeps)

@@ -1,0 +1,225 @@
+"""The two-level Dask step on real worker processes: sliced optimizer state gives the in-process
+results, the byte counters stay within a ring all-reduce's bound, reads wait only for what they
+read, and two training scripts share one cluster."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from distributed import Event, LocalCluster
+
+import gtnumba as gt
+from gtnumba import nn
+from gtnumba.sched.distribute import step_bytes_per_worker
+from gtnumba.sched.mesh import current_mesh, set_mesh
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+OPTIMIZERS = {
+    "sgd-momentum": lambda p: gt.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=0.01),
+    "adam": lambda p: gt.optim.Adam(p, lr=0.05, weight_decay=0.01),
+    "adamw": lambda p: gt.optim.AdamW(p, lr=0.05),
+}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    client = gt.init(workers=2, dashboard=":0")
+    yield client
+    gt.shutdown()
+
+
+def _in_process(fn, *args):
+    mesh = current_mesh()
+    set_mesh(None)
+    try:
+        return fn(*args)
+    finally:
+        set_mesh(mesh)
+
+
+def _model():
+    gt.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3))
+
+
+def _steps(model, opt, rng, steps, batch):
+    losses = []
+    for _ in range(steps):
+        x = gt.tensor(rng.standard_normal((batch, 6)), dtype=gt.float32)
+        y = gt.tensor(rng.integers(0, 3, batch))
+        loss = nn.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def _train(make_opt, steps=3, batch=5):
+    model = _model()
+    opt = make_opt(model.parameters())
+    losses = _steps(model, opt, np.random.default_rng(2), steps, batch)
+    state = [np.asarray(t.numpy()) for st in opt.state.values() for t in st.values() if hasattr(t, "numpy")]
+    return losses, [p.numpy() for p in model.parameters()], state
+
+
+def test_sliced_optimizers_match_in_process_on_uneven_batches(cluster):
+    for name, make in OPTIMIZERS.items():
+        want = _in_process(_train, make)
+        got = _train(make)
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-5, err_msg=name)
+        for a, b in zip(got[1] + got[2], want[1] + want[2]):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=name)
+        assert len(got[2]) == len(want[2]) > 0
+
+
+def test_trainable_positional_table_slice(cluster):
+    def run():
+        rng = np.random.default_rng(3)
+        pos = gt.tensor(rng.standard_normal((8, 4)), dtype=gt.float32, requires_grad=True)
+        opt = gt.optim.SGD([pos], lr=0.1, momentum=0.5)
+        for _ in range(3):
+            x = gt.tensor(rng.standard_normal((5, 3, 4)), dtype=gt.float32)
+            loss = ((x + pos[:3]) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return loss.item(), pos.numpy()
+    want, got = _in_process(run), run()
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-6)
+
+
+def test_bytes_per_worker_within_a_ring_all_reduce(cluster):
+    model = _model()
+    opt = OPTIMIZERS["adam"](model.parameters())
+    rng = np.random.default_rng(5)
+    _steps(model, opt, rng, 2, 5)          # the first step places the parameters
+    runner = current_mesh().runner
+    [p.numpy() for p in model.parameters()]           # reading the parameters waits for the update
+    before = runner.byte_counters()
+    steps = 3
+    _steps(model, opt, rng, steps, 5)
+    grad_bytes = sum(p.numpy().nbytes for p in model.parameters())
+    after = runner.byte_counters()
+    W = runner.workers
+    formula = step_bytes_per_worker(runner.last_plan)
+    for w, address in enumerate(runner.addresses):
+        moved = (after[address]["bytes_in"] - before[address]["bytes_in"]) / steps
+        assert moved == formula[w]
+        # the ring bound, up to rounding when W does not divide the element count
+        assert 0 < moved <= 2 * (W - 1) / W * grad_bytes + 4 * max(W - 2, 0), (address, moved, grad_bytes)
+        assert (after[address]["tasks"] - before[address]["tasks"]) / steps == 2
+
+
+def _hold_updates(event_name):
+    """On a worker: level-1 tasks (reduce-and-update) wait for a Dask Event first."""
+    from gtnumba.sched import dask_worker as dw
+    run = dw.run_level
+
+    def held(rid, uid, plan, level, *rest):
+        if level == 1:
+            Event(event_name).wait(60)
+        return run(rid, uid, plan, level, *rest)
+    held.__wrapped_run__ = run
+    dw.run_level = held
+
+
+def _release_hold():
+    from gtnumba.sched import dask_worker as dw
+    dw.run_level = getattr(dw.run_level, "__wrapped_run__", dw.run_level)
+
+
+def test_loss_is_read_while_the_update_still_runs(cluster):
+    make = OPTIMIZERS["sgd-momentum"]
+    want = _in_process(_train, make, 1)
+    event = Event("gtnumba-test-hold")
+    cluster.run(_hold_updates, "gtnumba-test-hold")
+    try:
+        model = _model()
+        opt = make(model.parameters())
+        rng = np.random.default_rng(2)
+        x = gt.tensor(rng.standard_normal((5, 6)), dtype=gt.float32)
+        y = gt.tensor(rng.integers(0, 3, 5))
+        loss = nn.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        assert loss.item() == pytest.approx(want[0][0], rel=1e-5)     # the update is still held
+        weight = model[0].weight._node.value
+        assert all(p.future.status == "pending" for p in weight.parts)
+        event.set()
+        np.testing.assert_allclose(model[0].weight.numpy(), want[1][0], rtol=1e-5, atol=1e-6)
+    finally:
+        event.set()
+        cluster.run(_release_hold)
+
+
+def test_kernel_error_in_a_pipelined_step_surfaces_at_the_next_read(cluster):
+    """opt.step() does not wait, so a kernel's error comes out at the next read, naming the op
+    and the shapes, as in-process.  (It leaves this client's workers failed: the last mesh test.)"""
+    rng = np.random.default_rng(4)
+    table = gt.tensor(rng.standard_normal((4, 3)), dtype=gt.float32, requires_grad=True)
+    opt = gt.optim.SGD([table], lr=0.1)
+
+    def step(idx):
+        rows = table[gt.tensor(np.array(idx)) * 2]           # values known only when it runs
+        loss = (rows ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss
+    assert np.isfinite(step([0, 1]).item())
+    loss = step([1, 5])                                       # row 10 of 4: no error yet
+    with pytest.raises(IndexError, match=r"index.*out of bounds.*shape"):
+        loss.item()
+    with pytest.raises(IndexError, match="out of bounds"):
+        table.numpy()
+
+
+SCRIPT = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import gtnumba as gt
+    from gtnumba import nn
+
+    def train(seed):
+        gt.manual_seed(seed)
+        model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+        opt = gt.optim.Adam(model.parameters(), lr=0.05)
+        rng = np.random.default_rng(seed)
+        for _ in range(8):
+            x = gt.tensor(rng.standard_normal((7, 6)), dtype=gt.float32)
+            y = gt.tensor(rng.integers(0, 3, 7))
+            loss = nn.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            loss.item()
+        return [p.numpy() for p in model.parameters()]
+
+    if __name__ == "__main__":
+        seed = int(sys.argv[1])
+        want = train(seed)
+        gt.init(scheduler=sys.argv[2])
+        got = train(seed)
+        gt.shutdown()
+        print("maxdiff", max(float(np.max(np.abs(a - b))) for a, b in zip(got, want)))
+""")
+
+
+def test_two_training_scripts_share_one_cluster(tmp_path):
+    script = tmp_path / "two_clients.py"
+    script.write_text(SCRIPT)
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(HERE))
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0", silence_logs=40) as lc:
+        procs = [subprocess.Popen([sys.executable, str(script), str(seed), lc.scheduler_address], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for seed in (1, 2)]
+        outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+        diff = float(out.split("maxdiff")[1])
+        assert diff < 1e-5, out
