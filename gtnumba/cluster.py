@@ -200,6 +200,8 @@ def shutdown(bring_home=True):
     set_mesh(None)
     if mesh is not None and bring_home:
         _bring_home()
+    if mesh is not None and _STATE["cluster"] is None and hasattr(mesh.runner, "close"):
+        mesh.runner.close()       # a joined cluster outlives us: our stores on its workers must go
     c, cl = _STATE["client"], _STATE["cluster"]
     _STATE.update(client=None, cluster=None)
     with _quiet_dask():

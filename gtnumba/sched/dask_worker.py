@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from distributed import get_worker
+from distributed import get_worker, rejoin, secede
 from distributed.diagnostics.plugin import WorkerPlugin
 from distributed.protocol import to_serialize
 from distributed.utils import sync
@@ -206,7 +206,7 @@ def _collectives(worker, rid, peers, plan, L, w, token, leafkeys, env, st):
         calls = [worker.rpc(peers[j]).gtnumba_pull(rid=rid, items=wanted) for j in others]
         return await asyncio.gather(*calls)
 
-    replies = sync(worker.loop, pull_all) if others else []
+    replies = _waiting_for_peers(worker, pull_all) if others else []
     pieces = {j: r["data"] for j, r in zip(others, replies)}
     st.counters["bytes_in"] += sum(a.nbytes for r in pieces.values() for a in r)
     for n, (c, (key, start, stop, _)) in enumerate(zip(L.collectives, wanted)):
@@ -214,6 +214,17 @@ def _collectives(worker, rid, peers, plan, L, w, token, leafkeys, env, st):
         own = own if start is None else flat(own)[start:stop]
         parts = [own if j == w else pieces[j][n] for j in range(len(peers))]
         env[c.out] = _combine(plan, c, w, parts)
+
+
+def _waiting_for_peers(worker, pull):
+    """Run `pull` with this task's thread handed back to the worker (secede): the peers may still
+    be computing what it pulls, and on a cluster shared by several clients the step a peer runs
+    now may wait for this worker in turn; a worker thread held while waiting would deadlock them."""
+    secede()
+    try:
+        return sync(worker.loop, pull)
+    finally:
+        rejoin()
 
 
 def _backup(worker, rid, peers, w, items, st):

@@ -202,7 +202,29 @@ def shard_updates(plan, leaf_layouts):
             ins = tuple(rw.whole(i, step.level) for i in step.ins)
             rw.steps.append(LocalStep(step.out, step.op, ins, step.attrs, step.level))
     plan.steps = rw.head + rw.steps
+    _relevel(plan)
     return plan
+
+
+def _relevel(plan):
+    """Levels again after the rewrite, as the planner gives them: a local step runs in the level
+    of its latest input, a collective one level after a computed source and in level 0 for a leaf
+    (a gather of last step's slices).  A gather is made at its first reader's level, and a later
+    reader of it may sit in an earlier level (a weight's transpose for the backward, in level 0,
+    while its first forward use waits for an all-reduce)."""
+    made = {s.out: s for s in plan.steps}
+    level = {}
+    changed = True
+    while changed:
+        changed = False
+        for s in plan.steps:
+            if isinstance(s, Collective):
+                lv = level.get(s.src, 0) + 1 if s.src in made else 0
+            else:
+                lv = max((level.get(i, 0) for i in s.ins), default=0)
+            if level.get(s.out) != lv:
+                level[s.out], s.level, changed = lv, lv, True
+    plan.n_levels = max(level.values(), default=0) + 1
 
 
 def _rewrite_collective(rw, c, scatter, fam, flats):
