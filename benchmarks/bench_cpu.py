@@ -384,9 +384,9 @@ def report(info, ops, rec, steps, wall):
     tbl = lambda rows: "\n".join("| " + " | ".join(str(c) for c in r) + " |" for r in rows)  # noqa: E731
     lines = [BEGIN, "## CPU: gtnumba vs PyTorch (benchmarks/bench_cpu.py)", "",
              f"{info['date']}; {info['cpu']}; Python {info['python']}, NumPy {info['numpy']}, "
-             f"Numba {info['numba']}, PyTorch {info['torch']}; ran {wall:.0f} s. **The machine was shared**: "
-             "other engineers' jobs loaded its 2 cores during the run (other processes' CPU share per "
-             "row). Contenders are timed alternately in one process; medians (minima in brackets).", "",
+             f"Numba {info['numba']}, PyTorch {info['torch']}; ran {wall:.0f} s. 'load' is the share of the 2 "
+             "cores that other processes used during each row. Contenders are timed alternately in one "
+             "process; medians (minima in brackets).", "",
              "| op | gtnumba | NumPy | PyTorch | gt / torch | load |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
     lines.append(tbl([(n, fmt(r[0]["med"]), fmt(r[1]["med"]), fmt(r[2]["med"]) if len(r) > 2 else "-",
                        ratio(r[0]["med"], r[2]["med"]) if len(r) > 2 else "-",

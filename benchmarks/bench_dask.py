@@ -198,9 +198,10 @@ def report(rows, cmp, steps):
     import dask
     import numba
     ms = lambda s: f"{1e3 * s:.1f}"
-    lines = ["", f"## Two-level Dask step: counts and comparisons ({datetime.date.today()})", "",
-             f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, shared with other "
-             f"engineers' builds and tests while this ran (timings are noisy). dask/distributed {dask.__version__}, "
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = ["", f"## Dask step: counts and comparisons ({when})", "",
+             f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average at the "
+             f"end of the run {os.getloadavg()[0]:.1f} (this run's own processes included). dask/distributed {dask.__version__}, "
              f"numpy {np.__version__}, numba {numba.__version__}, Python {platform.python_version()}. "
              f"Medians of {steps} steady-state steps.", "",
              "Part 1: Pixel Transformer img 32 seq 4 E 128 L 2, Adam, batch 16, loss and accuracy read every step.",
