@@ -29,11 +29,7 @@ class Shard:
         return f"Shard({self.dim})"
 
     def offsets(self):
-        out, start = [], 0
-        for s in self.sizes:
-            out.append((start, start + s))
-            start += s
-        return out
+        return offsets(self.sizes)
 
 
 REPLICATE = Replicate()
@@ -82,3 +78,12 @@ def redistribution_bytes(have, want, nbytes, workers):
     if isinstance(have, Shard):
         return collective_bytes("allgather", nbytes, workers)
     return 0
+
+
+def offsets(sizes):
+    """(start, stop) of each worker's run, for runs of `sizes` laid end to end."""
+    out, start = [], 0
+    for s in sizes:
+        out.append((start, start + s))
+        start += s
+    return out

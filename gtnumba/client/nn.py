@@ -12,7 +12,7 @@ import numpy as np
 
 from .. import nn as _torch_nn
 from ..creation import tensor as _tensor
-from ..nn.layers import _check_input, _positive_int
+from ..nn.layers import _positive_int, check_features
 from ..nn.module import Module, Parameter
 
 EPS = 1e-7
@@ -33,11 +33,7 @@ class Linear(Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
     def forward(self, x):
-        _check_input(f"Linear({self.extra_repr()})", x)
-        if x.ndim == 0 or x.shape[-1] != self.in_features:
-            raise ValueError(f"Linear({self.extra_repr()}): input has last dim "
-                             f"{x.shape[-1] if x.ndim else None} (input shape {x.shape}), "
-                             f"expected {self.in_features}")
+        check_features(self, x)
         out = x @ self.weight
         return out if self.bias is None else out + self.bias
 

@@ -42,12 +42,17 @@ class Linear(Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
     def forward(self, x):
-        _check_input(f"Linear({self.extra_repr()})", x)
-        if x.ndim == 0 or x.shape[-1] != self.in_features:
-            raise ValueError(f"Linear({self.extra_repr()}): input has last dim "
-                             f"{x.shape[-1] if x.ndim else None} (input shape {x.shape}), "
-                             f"expected {self.in_features}")
+        check_features(self, x)
         return F.linear(x, self.weight, self.bias)
+
+
+def check_features(linear, x):
+    """A Linear's input: a tensor whose last dim is the layer's in_features."""
+    _check_input(f"Linear({linear.extra_repr()})", x)
+    if x.ndim == 0 or x.shape[-1] != linear.in_features:
+        raise ValueError(f"Linear({linear.extra_repr()}): input has last dim "
+                         f"{x.shape[-1] if x.ndim else None} (input shape {x.shape}), "
+                         f"expected {linear.in_features}")
 
 
 class LayerNorm(Module):

@@ -5,7 +5,7 @@ its layout plus one part per worker (an array in-process, a Dask future on a clu
 """
 from dataclasses import dataclass
 
-from ..layout import Partial, Replicate, Shard
+from ..layout import Partial, Replicate, Shard, offsets
 
 _CURRENT = [None]
 
@@ -37,11 +37,7 @@ class Flat:
         return f"Flat({self.sizes})"
 
     def offsets(self):
-        out, start = [], 0
-        for s in self.sizes:
-            out.append((start, start + s))
-            start += s
-        return out
+        return offsets(self.sizes)
 
 
 class DistValue:
