@@ -33,12 +33,11 @@ def _as_tensor(x, like=None, what="input"):
 
 
 def _known_values(t):
-    """A tensor's values when they are already computed (no materialization), else None."""
-    node = t._node
-    if node.value is None:
-        return None
-    from ..kernels import backend
-    return np.asarray(backend.to_host(node.value)).reshape(t.shape)
+    """A tensor's values when they are already computed and on the host, else None: values on a
+    device or on the workers are not copied back for a check (their kernels check them and the
+    next read raises, naming the op and the value)."""
+    value = t._node.value
+    return value.reshape(t.shape) if isinstance(value, np.ndarray) else None
 
 
 def _reduce(op, loss, reduction):
