@@ -15,6 +15,7 @@ import uuid
 import weakref
 
 import dask
+# private Dask APIs (a graph submitted under our own token, task specs): setup.cfg pins the series
 from dask._expr import LLGExpr
 from dask._task_spec import Task, TaskRef
 
