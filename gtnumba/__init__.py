@@ -17,7 +17,7 @@ from .kernels.backend import set_device
 from .layout import Partial, Replicate, Shard
 from .placement import replicate, shard
 from ._tensor import Tensor
-from . import config, debug, nn, signal  # noqa: F401  (gt.config, gt.debug, gt.nn, gt.signal)
+from . import config, data, debug, nn, signal  # noqa: F401  (gt.config, gt.data, gt.debug, gt.nn, gt.signal)
 from .config import ShardConfig, SignalConfig, get_config, get_signal_config, load_config, register_config
 from .gt_api import connect, gpu_workers
 from ._gtwarn import GTCompatWarning

@@ -315,7 +315,8 @@ def run(args):
         else:
             T.say(f"--resume: no checkpoint in {out}; starting a new run")
     last = min(args.epochs, args.stop_after_epoch or args.epochs)
-    px_train, px_test = T.Pixels(train_set), T.Pixels(test_set)
+    # read where the step runs: in-process here, on a Dask mesh by each worker for its own part
+    px_train, px_test = gt.data.Rows(T.Pixels(train_set)), gt.data.Rows(T.Pixels(test_set))
     k = min(6, len(test_set))
 
     use_report = args.report and client is not None

@@ -145,22 +145,38 @@ def load_data(args):
 
 class Pixels:
     """Rows of a split, rendered on first use and kept (up to ``budget`` bytes; beyond that the
-    split is rendered batch by batch every time)."""
+    split is rendered batch by batch every time).  A gtnumba.data.Rows source: indexed by
+    ``(rows, *slices)``; on a Dask mesh every worker gets its own copy (pickled without the
+    kept pixels) and renders the rows of its own part of each batch."""
 
     def __init__(self, split, budget=4 << 30):
-        self.split = split
+        self.split, self.budget = split, budget
         self.keep = split.nbytes <= budget or not split.is_lazy
         self.cache = np.empty(split.shape, np.float32) if self.keep and split.is_lazy else None
         self.done = np.zeros(len(split), bool)
+        self.shape, self.dtype = split.shape, np.dtype(np.float32)
 
-    def take(self, idx):
+    def __getstate__(self):
+        return {"split": self.split, "budget": self.budget}
+
+    def __setstate__(self, state):
+        self.__init__(state["split"], state["budget"])
+
+    def __getitem__(self, key):
+        idx, rest = (key[0], tuple(key[1:])) if isinstance(key, tuple) else (key, ())
+        idx = np.asarray(idx, dtype=np.int64)
         if self.cache is None:
-            return self.split.take(idx)
+            cols = rest[1] if len(rest) == 2 and rest[0] == slice(None) else slice(None)
+            rows = self.split.take(idx, cols)
+            return rows[(slice(None),) + rest[:1]] if rest else rows
         missing = idx[~self.done[idx]]
         if missing.size:
             self.cache[missing] = self.split.take(missing)
             self.done[missing] = True
-        return self.cache[idx]
+        return self.cache[(idx,) + rest]
+
+    def take(self, idx):
+        return self[np.asarray(idx)]
 
 
 def batch_order(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -219,20 +235,8 @@ class EpochResult:
     step_losses: list
 
 
-def _prefetched(pixels, batches):
-    """Yield (idx, pixels of idx) while a helper thread renders the next batch (NumPy releases
-    the GIL, so rendering overlaps the step on a second core)."""
-    from concurrent.futures import ThreadPoolExecutor
-    with ThreadPoolExecutor(1, thread_name_prefix="render") as pool:
-        fut = pool.submit(pixels.take, batches[0]) if batches else None
-        for i, idx in enumerate(batches):
-            x = fut.result()
-            if i + 1 < len(batches):
-                fut = pool.submit(pixels.take, batches[i + 1])
-            yield idx, x
-
-
-def train_epoch(model, opt, sched, pixels, y, args, epoch, step, progress=True):
+def train_epoch(model, opt, sched, rows, y, args, epoch, step, progress=True):
+    """One epoch over `rows` (a gtnumba.data.Rows of the training pixels) in batch_order."""
     from tqdm import tqdm
     model.train()
     gt.manual_seed(epoch_seed(args.seed, epoch))
@@ -243,8 +247,8 @@ def train_epoch(model, opt, sched, pixels, y, args, epoch, step, progress=True):
     step_losses = []
     start = time.perf_counter()
     chunks = [order[s:s + args.batch_size] for s in range(0, len(order), args.batch_size)]
-    for idx, x in _prefetched(pixels, chunks):
-        xb, yb = gt.from_numpy(x), gt.tensor(y[idx])
+    for idx, xb in rows.loader(chunks):
+        yb = gt.tensor(y[idx])
         logits = model(xb)
         loss = nn.cross_entropy(logits, yb)
         correct = (logits.argmax(axis=-1) == yb).sum()
@@ -271,15 +275,15 @@ def train_epoch(model, opt, sched, pixels, y, args, epoch, step, progress=True):
     return EpochResult(tot_loss / seen, tot_correct / seen, time.perf_counter() - start, seen, step_losses), step
 
 
-def evaluate(model, pixels, y, batch_size):
+def evaluate(model, rows, y, batch_size):
     """Held-out loss, accuracy and predictions, under gt.no_grad() with model.eval()."""
     model.eval()
     tot_loss, preds = 0.0, []
     with gt.no_grad():
         chunks = [np.arange(s, min(s + batch_size, len(y))) for s in range(0, len(y), batch_size)]
-        for idx, x in _prefetched(pixels, chunks):
+        for idx, xb in rows.loader(chunks):
             yb = gt.tensor(y[idx])
-            logits = model(gt.from_numpy(x))
+            logits = model(xb)
             loss = nn.cross_entropy(logits, yb, reduction="sum")
             pred = logits.argmax(axis=-1)
             tot_loss += float(loss.item())

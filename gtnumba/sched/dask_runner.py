@@ -93,6 +93,7 @@ class DaskRunner:
         self._placed = itertools.count()
         self._last = [None] * self.workers           # future of the last task on each worker
         self._sent = set()                            # (plan uid, worker) holding that plan
+        self._shipped = set()                         # (rows source uid, worker) holding that source
         self._frees = [[] for _ in self.addresses]
         self._keyrefs = {}
         self.log = []                                 # (futures, replay) of steps not known finished
@@ -105,7 +106,16 @@ class DaskRunner:
     def place(self, parts):
         """Host parts become Parts that travel with the next step's first tasks."""
         key = f"p{next(self._placed)}"
-        return [Part(w, key, pending=backend.to_host(p)) for w, p in enumerate(parts)]
+        return [Part(w, key, pending=self._pending(w, p)) for w, p in enumerate(parts)]
+
+    def _pending(self, w, part):
+        """A host array, or a recipe read on the worker (gtnumba.data), whose source goes to each
+        worker once: the worker keeps it in this client's store."""
+        if not hasattr(part, "read"):
+            return backend.to_host(part)
+        ship = (part.uid, w) not in self._shipped
+        self._shipped.add((part.uid, w))
+        return part.shipped(ship)
 
     def track(self, value):
         """When `value` (a DistValue) dies, its store entries are freed with the next step."""

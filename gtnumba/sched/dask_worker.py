@@ -34,7 +34,7 @@ class Store:
         self.values, self.refs, self.events = {}, {}, {}
         self.backups = {}                     # key -> {owner worker index: slice}
         self.freed, self.failed = {}, None     # recently freed keys (insertion-ordered, capped)
-        self.programs, self.steps = {}, {}
+        self.programs, self.steps, self.sources = {}, {}, {}
         self.counters = {"tasks": 0, "bytes_in": 0, "backup_bytes": 0, "pull_seconds": 0.0,
                          "compute_seconds": 0.0, "backup_seconds": 0.0}
 
@@ -246,6 +246,20 @@ def _describe_failure(step, env, w, exc):
     return f"{step.op} on worker {w} (local input shapes {shapes}): {exc}"
 
 
+def _arrived(value, st):
+    """A leaf part that came with the task: an array, or rows this worker reads itself (a failed
+    read fails the store, so the client's next read raises it)."""
+    if hasattr(value, "read"):
+        t0 = time.perf_counter()
+        try:
+            value = value.read(st.sources)
+        except Exception as exc:
+            st.fail(exc)
+            raise
+        st.counters["read_seconds"] = st.counters.get("read_seconds", 0.0) + time.perf_counter() - t0
+    return backend.to_backend(value) if isinstance(value, np.ndarray) else value
+
+
 def run_levels(rid, uid, plan, levels, w, token, peers, leafkeys, inline, frees, *after):
     """A Dask task running several levels of a step in a row on worker w (the whole step: no
     scheduler hop between forward_backward and reduce_update; reads of the loss still return
@@ -267,7 +281,7 @@ def run_level(rid, uid, plan, level, w, token, peers, leafkeys, inline, frees, *
     L = program[level]
     if level == 0:
         for slot, value in inline.items():
-            st.put(leafkeys[slot], backend.to_backend(value) if isinstance(value, np.ndarray) else value)
+            st.put(leafkeys[slot], _arrived(value, st))
         st.steps[token] = leafkeys
     leafkeys = st.steps[token]
     st.counters["tasks"] += 1

@@ -95,7 +95,10 @@ def assemble(layout, arrays):
 
 
 def split(layout, array, workers):
-    """The part each worker holds of a host array laid out as `layout`."""
+    """The part each worker holds of a host array laid out as `layout` (rows read on the workers
+    split into recipes)."""
+    if hasattr(array, "worker_parts"):
+        return array.worker_parts(layout, workers)
     if isinstance(layout, Shard):
         parts = []
         for start, stop in layout.offsets():

@@ -83,7 +83,7 @@ class InProcessRunner:
         self.workers = workers
 
     def place(self, parts):
-        return parts
+        return [p.read() if hasattr(p, "read") else p for p in parts]
 
     def track(self, value):
         pass
