@@ -3,9 +3,10 @@
 Part 1, for W = 2, 4, 8 CPU worker processes: tasks per step, bytes each worker pulls from its
 peers per step (the runner's own counters), client->scheduler messages per step, and the step
 split into record / plan / submit / wait.  Part 2, side by side in the same run:
-  (a) the main job's default Pixel Transformer (img 200, seq 4, E 128, L 2, ff 256, Adam, batch 64):
-      samples/s of steady-state steps (the train_epoch loop body, loss and accuracy read every
-      step), 2 workers x 1 thread vs in-process;
+  (a) the main job's default Pixel Transformer (img 200, seq 4, E 128, L 2, ff 256, Adam, cosine
+      schedule, batch 64, digits data rendered batch by batch as at the default 16,000 rows): the
+      samples/s of its second epoch, run by the main job's own loop (models.train.train_epoch), 2
+      workers x 1 thread vs in-process with 2 threads;
   (b) the small GT-style model (tests/gt_style_model.py) at batch 4: Dask step minus in-process
       step, in units of a bare one-task Dask round trip measured in the same run;
   (c) the first user's size (batch 4, 4 tokens of 200x200, plain SGD, loss and logits read every
@@ -166,10 +167,31 @@ def gt_style(steps):
     return split.median()[0]
 
 
+def main_job_epoch(steps):
+    """Samples/s of the main job's second epoch (its own loop, data and optimizer), `steps` steps
+    an epoch; the split is rendered batch by batch, as the default 16,000-row split is (over
+    Pixels' keep budget): on a mesh each worker renders its own part of each batch."""
+    import gtnumba as gt
+    from models import pixel_transformer as P, train as T
+    args = P.build_parser().parse_args(["--n-train", str(64 * steps), "--n-test", "64", "--no-progress"])
+    P._resolve(args)
+    train, _ = T.load_data(args)
+    gt.manual_seed(args.seed)
+    model = P.PixelTransformer(args.img_size, args.seq_len, args.embed_dim, args.heads, args.layers, args.ff_dim,
+                               train.n_classes, dropout=args.dropout)
+    opt = T.make_optimizer(args, model)
+    sched = T.make_scheduler(args, opt, 2 * steps)
+    rows = gt.data.Rows(T.Pixels(train, budget=0))
+    step = 0
+    for epoch in (1, 2):
+        res, step = T.train_epoch(model, opt, sched, rows, train.y, args, epoch, step, progress=False)
+    return res.samples / res.seconds
+
+
 def part2(steps):
     import gtnumba as gt
     out = {}
-    a_proc = timed_steps(*pixel_model(200, 4, 64, "adam"), steps)[0]
+    a_proc = main_job_epoch(steps)
     b_proc = gt_style(steps * 3)
     c_proc = timed_steps(*pixel_model(200, 4, 4, "sgd"), steps, read_logits=True)[0]
     client = start(2)
@@ -177,18 +199,18 @@ def part2(steps):
         rt = round_trip(client)
         b_dask = gt_style(steps * 3)
         c_dask = timed_steps(*pixel_model(200, 4, 4, "sgd"), steps, read_logits=True)[0]
-        a_dask = timed_steps(*pixel_model(200, 4, 64, "adam"), steps)[0]
+        a_dask = main_job_epoch(steps)
     finally:
         gt.shutdown()
     os.environ["GT_STATE_BACKUP"] = "0"          # the same without the fault-tolerance copies
     client = start(2)
     try:
-        a_nobackup = timed_steps(*pixel_model(200, 4, 64, "adam"), steps)[0]
+        a_nobackup = main_job_epoch(steps)
     finally:
         gt.shutdown()
         del os.environ["GT_STATE_BACKUP"]
-    out["a_nobackup"] = 64 / a_nobackup
-    out["a"] = (64 / a_proc, 64 / a_dask)
+    out["a_nobackup"] = a_nobackup
+    out["a"] = (a_proc, a_dask)
     out["b"] = (b_proc, b_dask, rt)
     out["c"] = (c_proc, c_dask)
     return out
@@ -224,7 +246,7 @@ def report(rows, cmp, steps):
     rts = (b[1] - b[0]) / b[2]
     lines += ["", "Part 2 (same run):", "",
               "| benchmark | in-process | 2 Dask workers | result | goal |", "|---|---|---|---|---|",
-              f"| (a) default model b64, samples/s (steady-state steps, not whole epochs) | {a[0]:.1f} | {a[1]:.1f} | "
+              f"| (a) main job's default model b64, second epoch, samples/s | {a[0]:.1f} | {a[1]:.1f} | "
               f"{a[1] / a[0]:.2f}x | >= 0.9x: {'met' if a[1] / a[0] >= 0.9 else 'not met'} |",
               f"| (a') the same, GT_STATE_BACKUP=0 (no slice backups) | {a[0]:.1f} | {cmp['a_nobackup']:.1f} | "
               f"{cmp['a_nobackup'] / a[0]:.2f}x | |",

@@ -174,12 +174,13 @@ def nonleaf_grad(node, g):
     Returns the gradient to propagate (laid out by a backward signal, if one names it)."""
     if not isinstance(g, Tensor):         # the parts of a multi-output node: no tensor wraps it
         return g
-    if signal.TAGS or node.n_tensors > 0:
-        REC.no_replay()                   # a replayed backward sets leaf .grads only
     if signal.TAGS:
+        REC.no_replay()                   # a replayed backward cannot lay gradients out
         g = signal.grad_layout(node, g)
     if node.n_tensors > 0:
         old = Tensor._NONLEAF_GRADS.get(node)
+        if old is None:
+            REC.nonleaf_grad(node, g._node)   # a replayed backward sets it again
         Tensor._NONLEAF_GRADS[node] = g if old is None else old + g
     return g
 

@@ -66,7 +66,7 @@ class Region:
     """One backward() of a trace (its "bwd" event at index c), precomputed for replay: where it
     ends, the checks to make before building it (leaf events, and the rules' constants that first
     appear in it), the events of its gradient nodes and the externals they refer to."""
-    __slots__ = ("end", "items", "ops", "first_pos", "sgs", "released", "uses", "ok")
+    __slots__ = ("end", "items", "ops", "first_pos", "sgs", "ngs", "released", "uses", "ok")
 
     def __init__(self, trace, c):
         events = trace.events
@@ -74,7 +74,7 @@ class Region:
         self.first_pos = sum(1 for ev in events[:c] if ev[0] is not None)
         known = 1 + max((-r - 1 for ev in events[:c + 1] for r in _refs_of(ev) if r is not None and r < 0),
                         default=-1)
-        self.items, self.ops, self.sgs, self.uses, self.ok = [], [], [], {}, True
+        self.items, self.ops, self.sgs, self.ngs, self.uses, self.ok = [], [], [], [], {}, True
         for i in range(c + 1, self.end):
             ev = events[i]
             if ev[0] is not None:
@@ -93,6 +93,8 @@ class Region:
                     known = -ev[4]
             elif ev[1] == "sg":
                 self.sgs.append((ev[2], ev[3]))
+            elif ev[1] == "ng":
+                self.ngs.append((ev[2], ev[3]))
         self.released = events[self.end][2]
 
 
@@ -100,7 +102,7 @@ def _refs_of(ev):
     if ev[0] is not None:
         return ev[2]
     kind = ev[1]
-    return (ev[2], ev[3]) if kind == "bwd" else (ev[2], ev[4]) if kind == "lg" else (ev[2],)
+    return (ev[2], ev[3]) if kind in ("bwd", "ng") else (ev[2], ev[4]) if kind == "lg" else (ev[2],)
 
 
 class Variant:
@@ -305,7 +307,7 @@ class Recorder:
         if region is None:
             region = trace.regions[c] = Region(trace, c)
         fresh = [] if id(grad_node) in self.ref else [grad_node]
-        if not region.ok or not self._check_leaves(region, fresh):
+        if not region.ok or not self._check_leaves(region, fresh) or not self._check_held(region, root):
             self.diverge()
             return False
         self._commit(fresh)
@@ -360,6 +362,14 @@ class Recorder:
                     return False
         return True
 
+    def _check_held(self, region, root):
+        """The non-leaf results the user holds (GT gives each a .grad) are those of the trace, and
+        none holds a gradient from an earlier backward."""
+        nodes, held = self.nodes, TENSOR[0]._NONLEAF_GRADS
+        now = {p for p in region.released if nodes[p] is not root and nodes[p].n_tensors > 0
+               and len(nodes[p].specs) == 1}
+        return now == {p for p, _ in region.ngs} and not any(nodes[p] in held for p in now)
+
     def _build(self, region, wrap):
         """Only the nodes that become a .grad are made (without inputs until realized)."""
         nodes, exts, ref = self.nodes, self.exts, self.ref
@@ -374,6 +384,13 @@ class Recorder:
                 ref[id(node)] = pos
             leaf = nodes[leaf_ref] if leaf_ref >= 0 else exts[-leaf_ref - 1]
             leaf.owner().grad = wrap(node)
+        for held, pos in region.ngs:
+            node = nodes[pos]
+            if node is None:
+                ev = region.ops[pos - p0]
+                node = nodes[pos] = Node(ev[0], ev[1], (), ev[3], ev[4])
+                ref[id(node)] = pos
+            TENSOR[0]._NONLEAF_GRADS[nodes[held]] = wrap(node)
         STATS["replayed_nodes"] += len(region.sgs)
         self.n_virtual += sum(1 for n in nodes[p0:] if n is None)
         for p in region.released:
@@ -409,6 +426,18 @@ class Recorder:
         backward signal's layout): a later step with this structure records its backward again."""
         if self.region is not None:
             self.region[1] = False
+
+    def nonleaf_grad(self, node, grad_node):
+        """GT gives `node` (a non-leaf result the user holds) the gradient `grad_node` of the
+        backward being recorded: a replay sets it again, unless the backward keeps its graph."""
+        region = self.region
+        if region is None:
+            return
+        r, g = self.ref.get(id(node)), self.ref.get(id(grad_node))
+        if r is None or r < 0 or g is None or g < 0 or self.events[region[0]][4]:
+            region[1] = False
+            return
+        self._event((None, "ng", r, g))
 
     def leaf_before(self, leaf):
         if self.region is None:
