@@ -143,7 +143,15 @@ def _start_cluster(gpus, workers, dashboard, allow_shared_gpu, verbose, host):
         from distributed import LocalCluster
         n = workers or int(os.environ.get("GT_WORKERS", 0)) or os.cpu_count()
         return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host=host,
-                            dashboard_address=dashboard, silence_logs=quiet, env={WORKER_FLAG: "1"})
+                            dashboard_address=dashboard, silence_logs=quiet, env={WORKER_FLAG: "1", **_threads(n)})
+
+
+def _threads(workers):
+    """Each worker's share of this machine's cores for its kernels' own threads (Numba's parallel
+    kernels, BLAS): without it every worker starts a thread per core and they fight for them."""
+    share = str(max(1, (os.cpu_count() or 1) // workers))
+    return {name: share for name in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                      "MKL_NUM_THREADS")}
 
 
 WORKER_FLAG = "GTNUMBA_WORKER"
@@ -181,7 +189,8 @@ def _gpu_cluster(gpus, n_visible, dashboard, host, quiet):
     from distributed import Nanny, Scheduler, SpecCluster
     specs = {}
     for i in range(gpus):
-        env = {"CUDA_VISIBLE_DEVICES": str(i % n_visible), "GTNUMBA_DEVICE": "cuda", WORKER_FLAG: "1"}
+        env = {"CUDA_VISIBLE_DEVICES": str(i % n_visible), "GTNUMBA_DEVICE": "cuda", WORKER_FLAG: "1",
+               **_threads(gpus)}
         options = {"nthreads": 1, "env": env, "memory_limit": 0, "resources": {"GPU": 1}, "host": host,
                    "silence_logs": quiet}
         specs[f"gpu-{i}"] = {"cls": Nanny, "options": options}
