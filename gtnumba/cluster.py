@@ -143,15 +143,20 @@ def _start_cluster(gpus, workers, dashboard, allow_shared_gpu, verbose, host):
         from distributed import LocalCluster
         n = workers or int(os.environ.get("GT_WORKERS", 0)) or os.cpu_count()
         return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host=host,
-                            dashboard_address=dashboard, silence_logs=quiet, env={WORKER_FLAG: "1", **_threads(n)})
+                            dashboard_address=dashboard, silence_logs=quiet, env={WORKER_FLAG: "1", **_worker_env(n)})
 
 
-def _threads(workers):
+def _worker_env(workers):
     """Each worker's share of this machine's cores for its kernels' own threads (Numba's parallel
-    kernels, BLAS): without it every worker starts a thread per core and they fight for them."""
+    kernels, BLAS): without it every worker starts a thread per core and they fight for them.
+    And glibc keeps freed blocks up to 256 MiB for reuse: Dask's default (trim at 64 KiB) hands
+    every parameter-sized result back to the OS, so each step page-faults its arrays in again
+    (measured: an SGD update and a GEMM of a 128 x 20000 weight, 12 ms -> 4-7 ms)."""
     share = str(max(1, (os.cpu_count() or 1) // workers))
-    return {name: share for name in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                                      "MKL_NUM_THREADS")}
+    env = {name: share for name in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                     "MKL_NUM_THREADS")}
+    env.update(MALLOC_MMAP_THRESHOLD_=str(256 << 20), MALLOC_TRIM_THRESHOLD_=str(1 << 30))
+    return env
 
 
 WORKER_FLAG = "GTNUMBA_WORKER"
@@ -190,7 +195,7 @@ def _gpu_cluster(gpus, n_visible, dashboard, host, quiet):
     specs = {}
     for i in range(gpus):
         env = {"CUDA_VISIBLE_DEVICES": str(i % n_visible), "GTNUMBA_DEVICE": "cuda", WORKER_FLAG: "1",
-               **_threads(gpus)}
+               **_worker_env(gpus)}
         options = {"nthreads": 1, "env": env, "memory_limit": 0, "resources": {"GPU": 1}, "host": host,
                    "silence_logs": quiet}
         specs[f"gpu-{i}"] = {"cls": Nanny, "options": options}
