@@ -23,9 +23,14 @@ B, E, C = 3, 4, 5
 
 
 def _drop_cuda_plans():
+    """No cached CUDA plan: neither in the plan cache nor held by the traces of replayed steps."""
+    from gtnumba.sched import replay
     from gtnumba.sched.plan_cache import _CACHE
     for key in [k for k in _CACHE if k[0] == "cuda"]:
         del _CACHE[key]
+    for trace in replay._TRACES.values():
+        for variant in trace.variants.values():
+            variant.plans.pop("cuda", None)
 
 
 @pytest.fixture
@@ -208,14 +213,15 @@ class _FakeGraphDriver:
         return (0, token)
 
     def cuGraphLaunch(self, token, stream):
-        from gtnumba.sched.plan_cache import _CACHE
+        import gc
+        from gtnumba.kernels.cuda.graphs import GraphPlan
         self.launches += 1
-        for plan in _CACHE.values():
-            g = plan.__dict__.get("_cuda_graph")
-            if g is not None and g.exec is token:
-                fresh = g._run_steps(g.static_in)
-                for slot, value in g.static_out.items():
-                    value.copy_to_device(fresh[slot])
+        # every graph, also of plans that replayed steps still hold after the plan cache was cleared
+        graphs = [g for g in gc.get_objects() if type(g) is GraphPlan and g.exec is token]
+        assert len(graphs) == 1, f"{len(graphs)} graphs for one launch token"
+        fresh = graphs[0]._run_steps(graphs[0].static_in)
+        for slot, value in graphs[0].static_out.items():
+            value.copy_to_device(fresh[slot])
         return (0,)
 
 

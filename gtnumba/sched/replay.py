@@ -372,29 +372,28 @@ class Recorder:
 
     def _build(self, region, wrap):
         """Only the nodes that become a .grad are made (without inputs until realized)."""
-        nodes, exts, ref = self.nodes, self.exts, self.ref
+        nodes, exts = self.nodes, self.exts
         p0 = len(nodes)
         nodes.extend([None] * len(region.ops))
         self.virtual.append((p0, region))
         for leaf_ref, pos in region.sgs:
-            node = nodes[pos]
-            if node is None:
-                ev = region.ops[pos - p0]
-                node = nodes[pos] = Node(ev[0], ev[1], (), ev[3], ev[4])
-                ref[id(node)] = pos
             leaf = nodes[leaf_ref] if leaf_ref >= 0 else exts[-leaf_ref - 1]
-            leaf.owner().grad = wrap(node)
+            leaf.owner().grad = wrap(self._grad_node(region, p0, pos))
         for held, pos in region.ngs:
-            node = nodes[pos]
-            if node is None:
-                ev = region.ops[pos - p0]
-                node = nodes[pos] = Node(ev[0], ev[1], (), ev[3], ev[4])
-                ref[id(node)] = pos
-            TENSOR[0]._NONLEAF_GRADS[nodes[held]] = wrap(node)
+            TENSOR[0]._NONLEAF_GRADS[nodes[held]] = wrap(self._grad_node(region, p0, pos))
         STATS["replayed_nodes"] += len(region.sgs)
         self.n_virtual += sum(1 for n in nodes[p0:] if n is None)
         for p in region.released:
             nodes[p].released = True
+
+    def _grad_node(self, region, p0, pos):
+        """The node at trace position pos of a region built from p0, made (without inputs) if virtual."""
+        node = self.nodes[pos]
+        if node is None:
+            ev = region.ops[pos - p0]
+            node = self.nodes[pos] = Node(ev[0], ev[1], (), ev[3], ev[4])
+            self.ref[id(node)] = pos
+        return node
 
     def realize(self):
         """Make the virtual gradient nodes real, in trace order, before anything walks the graph."""
