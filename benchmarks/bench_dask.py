@@ -167,7 +167,7 @@ def gt_style(steps):
     return split.median()[0]
 
 
-def main_job_epoch(steps):
+def main_job_epoch(2 * steps):
     """Samples/s of the main job's second epoch (its own loop, data and optimizer), `steps` steps
     an epoch; the split is rendered batch by batch, as the default 16,000-row split is (over
     Pixels' keep budget): on a mesh each worker renders its own part of each batch."""
@@ -191,7 +191,7 @@ def main_job_epoch(steps):
 def part2(steps):
     import gtnumba as gt
     out = {}
-    a_proc = main_job_epoch(steps)
+    a_proc = main_job_epoch(2 * steps)
     b_proc = gt_style(steps * 3)
     c_proc = timed_steps(*pixel_model(200, 4, 4, "sgd"), steps, read_logits=True)[0]
     client = start(2)
@@ -199,13 +199,13 @@ def part2(steps):
         rt = round_trip(client)
         b_dask = gt_style(steps * 3)
         c_dask = timed_steps(*pixel_model(200, 4, 4, "sgd"), steps, read_logits=True)[0]
-        a_dask = main_job_epoch(steps)
+        a_dask = main_job_epoch(2 * steps)
     finally:
         gt.shutdown()
     os.environ["GT_STATE_BACKUP"] = "0"          # the same without the fault-tolerance copies
     client = start(2)
     try:
-        a_nobackup = main_job_epoch(steps)
+        a_nobackup = main_job_epoch(2 * steps)
     finally:
         gt.shutdown()
         del os.environ["GT_STATE_BACKUP"]
