@@ -167,7 +167,7 @@ def gt_style(steps):
     return split.median()[0]
 
 
-def main_job_epoch(2 * steps):
+def main_job_epoch(steps):
     """Samples/s of the main job's second epoch (its own loop, data and optimizer), `steps` steps
     an epoch; the split is rendered batch by batch, as the default 16,000-row split is (over
     Pixels' keep budget): on a mesh each worker renders its own part of each batch."""
