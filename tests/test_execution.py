@@ -107,3 +107,24 @@ def _ops_of(node):
         ops.append(n.op)
         stack.extend(n.inputs)
     return ops
+
+
+def test_repeated_counter_step_on_cuda_reads_each_input_once():
+    """`t = t + 1` on the CUDA backend: at its first step the counter and the constant 1 are the
+    same cached device scalar, so a step bound then would read its first input twice from then on
+    (2, 4, 8, ...).  It counts 2, 3, 4, ... like the CPU."""
+    from numba import cuda
+    if not cuda.is_available():
+        import pytest
+        pytest.skip("needs Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1) or a GPU")
+    from gtnumba.kernels import backend
+    saved = backend._current
+    gt.set_device("cuda")
+    try:
+        t, got = gt.tensor(np.array(1, np.int64)), []
+        for _ in range(5):
+            t = t + 1
+            got.append(int(t.item()))
+    finally:
+        backend._current = saved
+    assert got == [2, 3, 4, 5, 6]
