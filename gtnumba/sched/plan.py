@@ -47,6 +47,7 @@ class Plan:
     kernels: list = None        # what the compiled code calls: kernels and their attributes
     kwargs: list = None
     backend: str = "cpu"
+    specs: list = None          # per slot, its output specs (what generated code specializes on)
 
 
 def pending_order(roots):
@@ -127,7 +128,8 @@ def build_plan(key, backend):
         if slot not in last_use and slot not in kept:
             step.frees = step.frees + (slot,)
     _plan_memory(steps, key, last_use, kept)
-    return Plan(n_leaves, n_leaves + len(node_part), steps, tuple(sorted(kept)), backend=backend)
+    specs = [entry[0] for entry in leaf_part] + [entry[3] for entry in node_part]
+    return Plan(n_leaves, n_leaves + len(node_part), steps, tuple(sorted(kept)), backend=backend, specs=specs)
 
 
 def _plan_memory(steps, key, last_use, kept):
