@@ -51,20 +51,34 @@ def scalar_node(value, dtype):
         if len(_SCALARS) > 4096:
             _SCALARS.clear()
         node = _SCALARS[key] = constant(np.asarray(value, dtype=dtype))
+        node._scalar_key = key
     return node
+
+
+_FAST = {}        # (type, value, dtype of the tensor beside it, backend) -> scalar_node(...)
 
 
 def _fast_scalar(x, inputs):
     """The constant node of a Python scalar input on the replay fast path, or None for anything
     the normal path must handle (arrays, an int tensor next to a float scalar, ...)."""
-    if type(x) not in (float, int, bool):
+    cls = x.__class__
+    if cls is not float and cls is not int and cls is not bool:
         return None
     for like in inputs:
-        if isinstance(like, Tensor):
+        if like.__class__ is Tensor or isinstance(like, Tensor):
             dtype = like._node.specs[0].dtype
-            if type(x) is float and not dtypes.is_float(dtype):
+            key = (cls, x, dtype, backend._current)
+            node = _FAST.get(key) if x else None      # 0.0 == -0.0: zeros take the slow road
+            if node is not None and _SCALARS.get(node._scalar_key) is node:
+                return node
+            if cls is float and not dtypes.is_float(dtype):
                 return None
-            return scalar_node(x, dtypes.scalar_dtype(x, dtype))
+            node = scalar_node(x, dtypes.scalar_dtype(x, dtype))
+            if x and x == x and not isinstance(node.value, DistValue):
+                if len(_FAST) > 4096:
+                    _FAST.clear()
+                _FAST[key] = node
+            return node
     return None
 
 
@@ -151,8 +165,8 @@ class Tensor:
     @classmethod
     def _wrap(cls, node):
         t = object.__new__(cls)
-        t._node, t._grad_value = None, None
-        t._bind(node)
+        node.n_tensors += 1
+        t._node, t._grad_value = node, None
         return t
 
     @classmethod

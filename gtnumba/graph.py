@@ -17,7 +17,7 @@ _SEQ = itertools.count()
 class Node:
     __slots__ = ("op", "attrs", "inputs", "specs", "value", "requires_grad", "leaf",
                  "owner", "n_tensors", "released", "seq", "error", "placement", "role",
-                 "__weakref__")
+                 "_scalar_key", "__weakref__")
 
     def __init__(self, op, attrs, inputs, specs, requires_grad=False, value=None):
         self.op = op                  # op name in the table, or "leaf" for a stored value

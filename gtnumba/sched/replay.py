@@ -224,18 +224,19 @@ class Recorder:
         """The fast path of apply(): the node the event under the cursor describes, or None.
         `scalar_node(x, inputs)` gives the constant node of a non-Tensor input (None: no fast path)."""
         trace, c = self.trace, self.cursor
-        events = trace.events
-        if c >= len(events):
+        try:
+            ev = trace.events[c]
+        except IndexError:
             return None
-        ev = events[c]
         refs = ev[2]
-        if ev[0] != op or len(refs) != len(inputs) or trace.adicts[c] != attrs or ev[5] != GRAD_MODE.enabled:
+        if ev[0] != op or len(refs) != len(inputs) or ev[5] is not GRAD_MODE.enabled or trace.adicts[c] != attrs:
             return None
-        tensor, get = TENSOR[0], self.ref.get
+        tensor, ref = TENSOR[0], self.ref
+        get = ref.get
         nodes = tuple([x._node if x.__class__ is tensor else scalar_node(x, inputs) for x in inputs])
         for n, r in zip(nodes, refs):
             if get(id(n)) != r:
-                if any(n is None for n in nodes):
+                if None in nodes:
                     return None
                 fresh = self._match_inputs(nodes, refs)
                 if fresh is None:
@@ -243,8 +244,9 @@ class Recorder:
                 self._commit(fresh)
                 break
         node = Node(op, ev[1], nodes, ev[3], ev[4])
-        self.ref[id(node)] = len(self.nodes)
-        self.nodes.append(node)
+        nodes = self.nodes
+        ref[id(node)] = len(nodes)
+        nodes.append(node)
         self.cursor = c + 1
         return node
 
