@@ -69,7 +69,7 @@ def _fast_scalar(x, inputs):
             dtype = like._node.specs[0].dtype
             key = (cls, x, dtype, backend._current)
             node = _FAST.get(key) if x else None      # 0.0 == -0.0: zeros take the slow road
-            if node is not None and _SCALARS.get(node._scalar_key) is node:
+            if node is not None and _SCALARS.get(node._scalar_key) is node and node.value.__class__ is not DistValue:
                 return node
             if cls is float and not dtypes.is_float(dtype):
                 return None

@@ -364,3 +364,21 @@ def test_a_backend_binder_binds_each_plan_once_at_its_first_run(monkeypatch):
     assert bound and runs_at_bind == [1] * len(bound)
     assert any(plan.runs >= 2 for plan in bound)        # replayed plans are not bound again
     assert len(bound) == len({id(p) for p in bound})   # once per plan
+
+
+def test_pending_leftovers_of_a_failed_read_do_not_stop_replay():
+    """A failed read leaves its root's inputs pending while the exception holds them: they are
+    no one's tensors, so the steps after it are still replayed."""
+    P = _gt_params()
+    x, y = _gt_data(1)
+    for _ in range(3):
+        _gt_sgd_step(P, x, y)
+    bad = x[gt.tensor(np.array([0, 7])) + 0]
+    with pytest.raises(IndexError) as info:
+        bad.numpy()
+    del bad
+    before = replay.STATS["replayed"]
+    for _ in range(4):
+        _gt_sgd_step(P, x, y)
+    assert replay.STATS["replayed"] - before >= 3
+    assert info.value is not None          # the leftovers stay alive until here

@@ -30,6 +30,7 @@ STATS = {"replayed": 0, "diverged": 0, "recorded_nodes": 0, "replayed_nodes": 0,
 _ENABLED = [os.environ.get("GTNUMBA_REPLAY", "1") != "0"]
 _TRACES = {}          # (events, ext_sigs) -> Trace: one object per distinct step structure
 _TRACE_LIMIT = 64
+_VARIANT_LIMIT = 8
 
 
 def set_enabled(flag):
@@ -460,13 +461,21 @@ class Recorder:
             if trace is not None:
                 self.diverge()
             return None
-        if len(PENDING) != len(self.nodes) - self.n_virtual or not sig[0] and not sig[1]:
+        if not sig[0] and not sig[1] or len(PENDING) != len(self.nodes) - self.n_virtual and self._foreign_roots():
             return None
         variant = trace.variants.get(sig)
         if variant is None:
             return None
         nodes, exts = self.nodes, self.exts
         return [nodes[p] for p in variant.order_pos], [exts[k] for k in variant.leaf_ext], variant
+
+    def _foreign_roots(self):
+        """Is a node recorded outside this segment waiting to be computed (the normal path would
+        compute it too)?  Pending nodes nothing holds (the inputs of a failed read, not yet
+        garbage-collected) do not count."""
+        mine = {id(n) for n in self.nodes}
+        return any(n.value is None and n.n_tensors > 0 and n.error is None and id(n) not in mine
+                   for n in list(PENDING))
 
     def finish(self, sig, order, leaves, key):
         """A segment was described and computed normally: keep its trace and variant for replay.
@@ -481,7 +490,9 @@ class Recorder:
         trace = self.trace if self.trace is not None else self._intern()
         self.trace = trace
         variant = trace.variants.get(sig)
-        if variant is None and len(trace.variants) < 8:
+        if variant is None:
+            if len(trace.variants) >= _VARIANT_LIMIT:       # the oldest goes: a new one may repeat
+                trace.variants.pop(next(iter(trace.variants)))
             # after the run only nodes kept for a later backward still hold their inputs
             retained = frozenset(-get(id(i)) - 1 for n in order if n.value is not None
                                  for i in n.inputs if get(id(i), 0) < 0)
@@ -511,6 +522,10 @@ class Recorder:
             if len(_TRACES) >= _TRACE_LIMIT:
                 _TRACES.pop(next(iter(_TRACES)))
             trace = _TRACES[tkey] = Trace(list(events), list(self.adicts), list(sigs), dict(self.consts))
+        else:
+            # the rules' constants of this recording: an older one may no longer fit its signature
+            # (a run on a mesh made its value a DistValue)
+            trace.consts = dict(self.consts)
         self.events = self.adicts = None
         return trace
 
