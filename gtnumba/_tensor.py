@@ -532,8 +532,10 @@ class Tensor:
     # ---- shape -------------------------------------------------------------------------------
     def reshape(self, *shape):
         shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
-        shape = resolve_reshape("reshape", self.shape, shape)
-        return self if shape == self.shape else apply("reshape", self, shape=shape)
+        mine = self._node.specs[0].shape
+        if shape.__class__ is not tuple or not _plain_dims(shape) or math.prod(shape) != math.prod(mine):
+            shape = resolve_reshape("reshape", mine, shape)
+        return self if shape == mine else apply("reshape", self, shape=shape)
 
     view = reshape
 
@@ -562,9 +564,11 @@ class Tensor:
 
     def permute(self, *axes):
         axes = axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
-        if len(axes) != self.ndim:
+        ndim = len(self._node.specs[0].shape)
+        if len(axes) != ndim:
             raise ValueError(f"permute: got {len(axes)} axes {tuple(axes)} for a tensor of shape {self.shape}")
-        axes = tuple(normalize_axis("permute", a, self.ndim) for a in axes)
+        if axes.__class__ is not tuple or not _plain_dims(axes, ndim - 1):
+            axes = tuple(normalize_axis("permute", a, ndim) for a in axes)
         base, node = self, self._node
         if node.op == "permute" and node.inputs:
             # a permute of a permute is one permute (x.T.T is x): no copy, no extra node
@@ -655,6 +659,14 @@ class Tensor:
         """`chunks` pieces along `dim` (the last may be smaller), as a list."""
         from .functions import chunk
         return list(chunk(self, chunks, _pick_axis("chunk", axis, dim)))
+
+
+def _plain_dims(values, high=None):
+    """Are all `values` ints (not bools) >= 0 (and <= high)?  Then they need no normalizing."""
+    for v in values:
+        if v.__class__ is not int or v < 0 or (high is not None and v > high):
+            return False
+    return True
 
 
 def _pick_axis(op, axis, dim):

@@ -48,6 +48,7 @@ class Plan:
     kwargs: list = None
     backend: str = "cpu"
     specs: list = None          # per slot, its output specs (what generated code specializes on)
+    donates: bool = True        # may a run overwrite a leaf's value (see executor: donate)?
 
 
 def pending_order(roots):
@@ -129,7 +130,9 @@ def build_plan(key, backend):
             step.frees = step.frees + (slot,)
     _plan_memory(steps, key, last_use, kept)
     specs = [entry[0] for entry in leaf_part] + [entry[3] for entry in node_part]
-    return Plan(n_leaves, n_leaves + len(node_part), steps, tuple(sorted(kept)), backend=backend, specs=specs)
+    donates = any(st.leaf_frees or any(s < n_leaves for r in st.reuse for s in r) for st in steps)
+    return Plan(n_leaves, n_leaves + len(node_part), steps, tuple(sorted(kept)), backend=backend, specs=specs,
+                donates=donates)
 
 
 def _plan_memory(steps, key, last_use, kept):
