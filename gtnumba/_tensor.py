@@ -117,7 +117,8 @@ def apply(op, *inputs, **attrs):
     if REC.trace is not None:
         node = REC.match_op(op, inputs, attrs, _fast_scalar)
         if node is not None:
-            if len(REC.nodes) > AUTO_FLUSH_NODES and len(PENDING) > AUTO_FLUSH_NODES:
+            if len(REC.nodes) > AUTO_FLUSH_NODES and PENDING.upper_bound() > AUTO_FLUSH_NODES \
+                    and len(PENDING) > AUTO_FLUSH_NODES:
                 materialize()
             return outputs(node) if op in _MULTI else Tensor._wrap(node)
     row = OPS[op]
@@ -133,7 +134,7 @@ def apply(op, *inputs, **attrs):
     REC.on_node(node)
     if multi:
         _MULTI.add(op)
-    if len(PENDING) > AUTO_FLUSH_NODES:
+    if PENDING.upper_bound() > AUTO_FLUSH_NODES and len(PENDING) > AUTO_FLUSH_NODES:
         materialize()
     return outputs(node) if multi else Tensor._wrap(node)
 

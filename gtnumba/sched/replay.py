@@ -461,7 +461,9 @@ class Recorder:
             if trace is not None:
                 self.diverge()
             return None
-        if not sig[0] and not sig[1] or len(PENDING) != len(self.nodes) - self.n_virtual and self._foreign_roots():
+        mine = len(self.nodes) - self.n_virtual
+        if not sig[0] and not sig[1] or (PENDING.upper_bound() != mine and len(PENDING) != mine
+                                          and self._foreign_roots()):
             return None
         variant = trace.variants.get(sig)
         if variant is None:
