@@ -114,10 +114,12 @@ def test_nn_optim_replay_is_bit_identical_to_fresh_recording(make_opt):
     _same(fresh, replayed)
 
 
-def _diverging_step(i, P, x, y):
+def _diverging_step(i, P, x, y, read_first=False):
     """Steps 5 and 8 differ midway: an extra op in the forward, then a parameter left out of the
-    update; the rest of the time the step repeats."""
+    update; the rest of the time the step repeats.  `read_first`: the loss is read before
+    backward() (as some GT users do), so a step's graph spans two segments."""
     loss = gt_forward(P, x, y)
+    value = loss.item() if read_first else None
     if i == 5:
         loss = loss + 0.01 * (P["q_w"] ** 2).sum()
     loss.backward()
@@ -127,7 +129,7 @@ def _diverging_step(i, P, x, y):
                 continue
             t -= 0.05 * t.grad
             t.grad.zero_()
-    return loss.item()
+    return loss.item() if value is None else value
 
 
 def test_divergence_midway_falls_back_to_normal_recording():
@@ -384,22 +386,8 @@ def test_pending_leftovers_of_a_failed_read_do_not_stop_replay():
     assert info.value is not None          # the leftovers stay alive until here
 
 
-def _read_first_step(i, P, x, y, lr=0.05):
-    """GT users sometimes read the loss before backward(): the step's graph then spans two
-    segments (forward | backward, update, next forward).  Steps 6 and 9 differ: an extra term
-    after the read, a parameter left out of the update."""
-    loss = gt_forward(P, x, y)
-    value = loss.item()
-    if i == 6:
-        loss = loss + 0.01 * (P["q_w"] ** 2).sum()
-    loss.backward()
-    with gt.no_grad():
-        for k, t in P.items():
-            if i == 9 and k == "cls_b":
-                continue
-            t -= lr * t.grad
-            t.grad.zero_()
-    return value
+def _read_first_step(i, P, x, y):
+    return _diverging_step(i, P, x, y, read_first=True)
 
 
 def test_loss_read_before_backward_is_replayed_bit_identically():
