@@ -83,6 +83,7 @@ def _fast_scalar(x, inputs):
 
 
 _MULTI = set()   # ops whose shape rule gives several outputs (the fast path wraps them alike)
+_new_tensor = object.__new__
 
 
 def constant(array):
@@ -120,7 +121,12 @@ def apply(op, *inputs, **attrs):
             if len(REC.nodes) > AUTO_FLUSH_NODES and PENDING.upper_bound() > AUTO_FLUSH_NODES \
                     and len(PENDING) > AUTO_FLUSH_NODES:
                 materialize()
-            return outputs(node) if op in _MULTI else Tensor._wrap(node)
+            if op in _MULTI:
+                return outputs(node)
+            t = _new_tensor(Tensor)
+            node.n_tensors += 1
+            t._node, t._grad_value = node, None
+            return t
     row = OPS[op]
     nodes = _operand_nodes(inputs)
     specs = row.infer(attrs, *[_spec(n) for n in nodes])

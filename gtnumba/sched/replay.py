@@ -123,6 +123,25 @@ class Variant:
         self.retained = retained      # externals a node kept for a later backward still points at
 
 
+class _Order:
+    """A replayed step's plan order, by trace position (no list of every node is made: a run
+    stores only its kept values back)."""
+    __slots__ = ("nodes", "pos")
+
+    def __init__(self, nodes, pos):
+        self.nodes, self.pos = nodes, pos
+
+    def __getitem__(self, i):
+        return self.nodes[self.pos[i]]
+
+    def __iter__(self):
+        nodes = self.nodes
+        return (nodes[p] for p in self.pos)
+
+    def __len__(self):
+        return len(self.pos)
+
+
 class Recorder:
     def __init__(self):
         self.prev = None
@@ -528,8 +547,8 @@ class Recorder:
         variant = trace.variants.get(sig)
         if variant is None:
             return None
-        nodes, exts = self.nodes, self.exts
-        return [nodes[p] for p in variant.order_pos], [exts[k] for k in variant.leaf_ext], variant
+        exts = self.exts
+        return _Order(self.nodes, variant.order_pos), [exts[k] for k in variant.leaf_ext], variant
 
     def _foreign_roots(self):
         """Is a node recorded outside this segment waiting to be computed (the normal path would
