@@ -187,9 +187,10 @@ class Tensor:
         self._node = node
 
     def __del__(self):
-        node = getattr(self, "_node", None)
-        if node is not None:
-            node.n_tensors -= 1
+        try:
+            self._node.n_tensors -= 1
+        except AttributeError:          # never bound (its constructor failed)
+            pass
 
     # ---- properties ------------------------------------------------------------------------
     @property

@@ -35,7 +35,7 @@ class Node:
         self.placement = None         # a layout the user asked for (gt.shard / gt.replicate)
         self.role = None              # "data" for user data leaves: auto-sharding splits them
         if value is None:
-            PENDING.add(self)
+            _PENDING_REFS[id(self)] = _ref(self)       # PENDING.add, inlined: nodes are made by the hundred
 
     @property
     def shape(self):
@@ -69,17 +69,14 @@ class _Pending:
     """Pending nodes, held weakly: a node nobody can reach is never computed.  A step makes hundreds
     of nodes, so this is cheaper than a WeakSet (whose references call back into Python when a
     node dies): plain weak references by id, the dead ones dropped when the set is counted or
-    walked, or when it has doubled since the last sweep."""
+    walked, or, when its upper bound is asked, if it has doubled since the last sweep."""
     __slots__ = ("_refs", "_sweep_at")
 
     def __init__(self):
         self._refs, self._sweep_at = {}, 1024
 
     def add(self, node):
-        refs = self._refs
-        refs[id(node)] = _ref(node)
-        if len(refs) > self._sweep_at:
-            self._sweep()
+        self._refs[id(node)] = _ref(node)
 
     def discard(self, node):
         r = self._refs.get(id(node))
@@ -87,7 +84,10 @@ class _Pending:
             del self._refs[id(node)]
 
     def upper_bound(self):
-        """At least len(self), in O(1)."""
+        """At least len(self), in O(1) amortized (the materializations and the recording of new
+        ops ask it, so dead references never pile up)."""
+        if len(self._refs) > self._sweep_at:
+            self._sweep()
         return len(self._refs)
 
     def _sweep(self):
@@ -106,6 +106,7 @@ class _Pending:
 
 _ref = weakref.ref
 PENDING = _Pending()
+_PENDING_REFS = PENDING._refs
 
 # Past this many pending nodes the API materializes on its own, so a loop that never reads a
 # value (nothing distributed or lazy in the user's mind) does not grow the graph forever.
