@@ -478,7 +478,11 @@ class Tensor:
 
     # ---- reductions --------------------------------------------------------------------------
     def _axes(self, op, axis, dim):
-        return normalize_axes(op, axis if dim is None else dim, self.ndim)
+        axis = axis if dim is None else dim
+        ndim = len(self._node.specs[0].shape)
+        if axis.__class__ is int and -ndim <= axis < ndim:
+            return (axis % ndim,)          # the common case, without the general normalizing
+        return normalize_axes(op, axis, ndim)
 
     def sum(self, axis=None, keepdims=False, dim=None, keepdim=None):
         axes = self._axes("sum", axis, dim)
@@ -490,7 +494,8 @@ class Tensor:
         if count == 0:
             raise ValueError(f"mean: cannot average over an empty axis (shape {self.shape}, axes {axes})")
         x = self if dtypes.is_float(self.dtype) else self.astype(dtypes.float32)
-        return x.sum(axes, keepdims=keepdims, keepdim=keepdim) * (1.0 / count)
+        keep = bool(keepdim if keepdim is not None else keepdims)
+        return apply("sum", x, axes=axes, keepdims=keep) * (1.0 / count)
 
     def var(self, axis=None, keepdims=False, ddof=0, dim=None, keepdim=None, unbiased=None, correction=None):
         axes = self._axes("var", axis, dim)
