@@ -7,7 +7,7 @@ A *segment* is everything recorded between two materializations.  Its *trace* is
     (None, "bwd", root_ref, grad_ref, retain, ok)   backward() begins ...
     (None, "lg", leaf_ref, owner_alive, old_grad_ref)   ... reaches a leaf ...
     (None, "sg", leaf_ref, new_grad_ref)              ... and sets its owner's .grad
-    (None, "end", released_positions)                 backward() ends
+    (None, "end", released_positions, released_prev)  backward() ends
 A ref names a node: an int >= 0 is the position of a node recorded in this segment; -(k+1) is the
 k-th *external* node (one with a value, e.g. a parameter, data or a constant) in order of first
 appearance.  Each external's signature (specs, value type, requires_grad, leaf) is checked when it
@@ -19,6 +19,12 @@ matched prefix becomes the start of a new trace and recording carries on normall
 always exactly what normal recording would build.  At materialization a fully matched trace finds
 its *variant* (which nodes are live decides the order and what is kept) and runs the cached plan.
 Traces are chained by what followed them (a different last batch is a sibling trace).
+
+A loss read before backward() splits a step: the backward runs in the next segment, through nodes
+of the segment before.  While a live tensor of a segment awaits backward, the next segment keeps
+that segment's node list, and the externals a backward meets there (root, leaves, saved values)
+are named by their position in it (trace.prev_pos; the released ones by released_prev).  The
+predecessor trace fixes what sits at each position, so a matched position is a matched node.
 """
 import os
 from sys import getrefcount
