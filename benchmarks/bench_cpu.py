@@ -186,14 +186,15 @@ def tiny_setup():
     return p, x, y
 
 
-def gt_tiny_step(P, x, y, lr=0.01):
+def gt_tiny_step(P, x, y, lr=0.01, read_first=False):
     loss = tiny.gt_forward(P, x, y)
+    value = loss.item() if read_first else None     # some GT users read the loss before backward()
     loss.backward()
     with gt.no_grad():
         for t in P.values():
             t -= lr * t.grad
             t.grad.zero_()
-    return loss.item()
+    return loss.item() if value is None else value
 
 
 def torch_tiny_forward(P, x, y):
@@ -219,14 +220,15 @@ def torch_tiny_forward(P, x, y):
     return ((lin(h.mean(1), "cls") - y) ** 2).mean()
 
 
-def torch_tiny_step(P, x, y, lr=0.01):
+def torch_tiny_step(P, x, y, lr=0.01, read_first=False):
     loss = torch_tiny_forward(P, x, y)
+    value = loss.item() if read_first else None
     loss.backward()
     with torch.no_grad():
         for t in P.values():
             t -= lr * t.grad
             t.grad.zero_()
-    return loss.item()
+    return loss.item() if value is None else value
 
 
 B, S, PIX, E, H, L, FF, C = 2, 4, 200 * 200, 128, 4, 2, 256, 10
@@ -306,6 +308,13 @@ def bench_steps(rounds, quick):
     out["tiny"] = alternate([lambda: gt_tiny_step(G, gx, gy), lambda: torch_tiny_step(T, tx, ty)],
                             0.15 if quick else 0.25, 3 * rounds)
     print(f"  tiny step: gtnumba {fmt(out['tiny'][0]['med'])}, torch {fmt(out['tiny'][1]['med'])}", flush=True)
+    for _ in range(5):
+        gt_tiny_step(G, gx, gy, read_first=True)
+    out["tiny_read_first"] = alternate([lambda: gt_tiny_step(G, gx, gy, read_first=True),
+                                        lambda: torch_tiny_step(T, tx, ty, read_first=True)],
+                                       0.15 if quick else 0.25, 3 * rounds)
+    print(f"  tiny step, loss read before backward: gtnumba {fmt(out['tiny_read_first'][0]['med'])}, "
+          f"torch {fmt(out['tiny_read_first'][1]['med'])}", flush=True)
     p, x, y = big_params()
     G = {k: gt.tensor(v, requires_grad=True) for k, v in p.items()}
     gx, gy = gt.tensor(x), gt.tensor(y)
@@ -401,6 +410,7 @@ def report(info, ops, rec, steps, wall):
     lines += ["", "| step (forward + backward + SGD, GT style, loss read) | gtnumba | PyTorch | ratio | load | "
               "goal (median/min) |", "| --- | ---: | ---: | ---: | ---: | --- |",
               tbl([step_row("tiny (b2, 3 tokens of 8, E 8, 2 heads)", steps["tiny"]),
+                   step_row("tiny, loss read before backward()", steps["tiny_read_first"]),
                    step_row("first user (b2, 4 tokens of 40000, E 128, L 2)", steps["big"])]),
               "", f"Recording cost per op (4x4 add in a 100-op chain): replayed step {fmt(rec['replayed']['med'])} "
               f"(min {fmt(rec['replayed']['min'])}), new step {fmt(rec['fresh']['med'])}; goal <= 5 us: "

@@ -51,24 +51,39 @@ def scalar_node(value, dtype):
         if len(_SCALARS) > 4096:
             _SCALARS.clear()
         node = _SCALARS[key] = constant(np.asarray(value, dtype=dtype))
+        node._scalar_key = key
     return node
+
+
+_FAST = {}        # (type, value, dtype of the tensor beside it, backend) -> scalar_node(...)
 
 
 def _fast_scalar(x, inputs):
     """The constant node of a Python scalar input on the replay fast path, or None for anything
     the normal path must handle (arrays, an int tensor next to a float scalar, ...)."""
-    if type(x) not in (float, int, bool):
+    cls = x.__class__
+    if cls is not float and cls is not int and cls is not bool:
         return None
     for like in inputs:
-        if isinstance(like, Tensor):
+        if like.__class__ is Tensor or isinstance(like, Tensor):
             dtype = like._node.specs[0].dtype
-            if type(x) is float and not dtypes.is_float(dtype):
+            key = (cls, x, dtype, backend._current)
+            node = _FAST.get(key) if x else None      # 0.0 == -0.0: zeros take the slow road
+            if node is not None and _SCALARS.get(node._scalar_key) is node and node.value.__class__ is not DistValue:
+                return node
+            if cls is float and not dtypes.is_float(dtype):
                 return None
-            return scalar_node(x, dtypes.scalar_dtype(x, dtype))
+            node = scalar_node(x, dtypes.scalar_dtype(x, dtype))
+            if x and x == x and not isinstance(node.value, DistValue):
+                if len(_FAST) > 4096:
+                    _FAST.clear()
+                _FAST[key] = node
+            return node
     return None
 
 
 _MULTI = set()   # ops whose shape rule gives several outputs (the fast path wraps them alike)
+_new_tensor = object.__new__
 
 
 def constant(array):
@@ -103,9 +118,15 @@ def apply(op, *inputs, **attrs):
     if REC.trace is not None:
         node = REC.match_op(op, inputs, attrs, _fast_scalar)
         if node is not None:
-            if len(REC.nodes) > AUTO_FLUSH_NODES and len(PENDING) > AUTO_FLUSH_NODES:
+            if len(REC.nodes) > AUTO_FLUSH_NODES and PENDING.upper_bound() > AUTO_FLUSH_NODES \
+                    and len(PENDING) > AUTO_FLUSH_NODES:
                 materialize()
-            return outputs(node) if op in _MULTI else Tensor._wrap(node)
+            if op in _MULTI:
+                return outputs(node)
+            t = _new_tensor(Tensor)
+            node.n_tensors += 1
+            t._node, t._grad_value = node, None
+            return t
     row = OPS[op]
     nodes = _operand_nodes(inputs)
     specs = row.infer(attrs, *[_spec(n) for n in nodes])
@@ -119,7 +140,7 @@ def apply(op, *inputs, **attrs):
     REC.on_node(node)
     if multi:
         _MULTI.add(op)
-    if len(PENDING) > AUTO_FLUSH_NODES:
+    if PENDING.upper_bound() > AUTO_FLUSH_NODES and len(PENDING) > AUTO_FLUSH_NODES:
         materialize()
     return outputs(node) if multi else Tensor._wrap(node)
 
@@ -151,8 +172,8 @@ class Tensor:
     @classmethod
     def _wrap(cls, node):
         t = object.__new__(cls)
-        t._node, t._grad_value = None, None
-        t._bind(node)
+        node.n_tensors += 1
+        t._node, t._grad_value = node, None
         return t
 
     @classmethod
@@ -166,9 +187,10 @@ class Tensor:
         self._node = node
 
     def __del__(self):
-        node = getattr(self, "_node", None)
-        if node is not None:
-            node.n_tensors -= 1
+        try:
+            self._node.n_tensors -= 1
+        except AttributeError:          # never bound (its constructor failed)
+            pass
 
     # ---- properties ------------------------------------------------------------------------
     @property
@@ -456,7 +478,11 @@ class Tensor:
 
     # ---- reductions --------------------------------------------------------------------------
     def _axes(self, op, axis, dim):
-        return normalize_axes(op, axis if dim is None else dim, self.ndim)
+        axis = axis if dim is None else dim
+        ndim = len(self._node.specs[0].shape)
+        if axis.__class__ is int and -ndim <= axis < ndim:
+            return (axis % ndim,)          # the common case, without the general normalizing
+        return normalize_axes(op, axis, ndim)
 
     def sum(self, axis=None, keepdims=False, dim=None, keepdim=None):
         axes = self._axes("sum", axis, dim)
@@ -468,7 +494,8 @@ class Tensor:
         if count == 0:
             raise ValueError(f"mean: cannot average over an empty axis (shape {self.shape}, axes {axes})")
         x = self if dtypes.is_float(self.dtype) else self.astype(dtypes.float32)
-        return x.sum(axes, keepdims=keepdims, keepdim=keepdim) * (1.0 / count)
+        keep = bool(keepdim if keepdim is not None else keepdims)
+        return apply("sum", x, axes=axes, keepdims=keep) * (1.0 / count)
 
     def var(self, axis=None, keepdims=False, ddof=0, dim=None, keepdim=None, unbiased=None, correction=None):
         axes = self._axes("var", axis, dim)
@@ -518,8 +545,10 @@ class Tensor:
     # ---- shape -------------------------------------------------------------------------------
     def reshape(self, *shape):
         shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
-        shape = resolve_reshape("reshape", self.shape, shape)
-        return self if shape == self.shape else apply("reshape", self, shape=shape)
+        mine = self._node.specs[0].shape
+        if shape.__class__ is not tuple or not _plain_dims(shape) or math.prod(shape) != math.prod(mine):
+            shape = resolve_reshape("reshape", mine, shape)
+        return self if shape == mine else apply("reshape", self, shape=shape)
 
     view = reshape
 
@@ -548,9 +577,11 @@ class Tensor:
 
     def permute(self, *axes):
         axes = axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
-        if len(axes) != self.ndim:
+        ndim = len(self._node.specs[0].shape)
+        if len(axes) != ndim:
             raise ValueError(f"permute: got {len(axes)} axes {tuple(axes)} for a tensor of shape {self.shape}")
-        axes = tuple(normalize_axis("permute", a, self.ndim) for a in axes)
+        if axes.__class__ is not tuple or not _plain_dims(axes, ndim - 1):
+            axes = tuple(normalize_axis("permute", a, ndim) for a in axes)
         base, node = self, self._node
         if node.op == "permute" and node.inputs:
             # a permute of a permute is one permute (x.T.T is x): no copy, no extra node
@@ -641,6 +672,14 @@ class Tensor:
         """`chunks` pieces along `dim` (the last may be smaller), as a list."""
         from .functions import chunk
         return list(chunk(self, chunks, _pick_axis("chunk", axis, dim)))
+
+
+def _plain_dims(values, high=None):
+    """Are all `values` ints (not bools) >= 0 (and <= high)?  Then they need no normalizing."""
+    for v in values:
+        if v.__class__ is not int or v < 0 or (high is not None and v > high):
+            return False
+    return True
 
 
 def _pick_axis(op, axis, dim):

@@ -17,7 +17,7 @@ _SEQ = itertools.count()
 class Node:
     __slots__ = ("op", "attrs", "inputs", "specs", "value", "requires_grad", "leaf",
                  "owner", "n_tensors", "released", "seq", "error", "placement", "role",
-                 "__weakref__")
+                 "_scalar_key", "__weakref__")
 
     def __init__(self, op, attrs, inputs, specs, requires_grad=False, value=None):
         self.op = op                  # op name in the table, or "leaf" for a stored value
@@ -35,7 +35,7 @@ class Node:
         self.placement = None         # a layout the user asked for (gt.shard / gt.replicate)
         self.role = None              # "data" for user data leaves: auto-sharding splits them
         if value is None:
-            PENDING.add(self)
+            _PENDING_REFS[id(self)] = _ref(self)       # PENDING.add, inlined: nodes are made by the hundred
 
     @property
     def shape(self):
@@ -65,8 +65,48 @@ def leaf_node(array, spec, requires_grad=False):
     return node
 
 
-# Pending nodes, held weakly: a node nobody can reach is never computed.
-PENDING = weakref.WeakSet()
+class _Pending:
+    """Pending nodes, held weakly: a node nobody can reach is never computed.  A step makes hundreds
+    of nodes, so this is cheaper than a WeakSet (whose references call back into Python when a
+    node dies): plain weak references by id, the dead ones dropped when the set is counted or
+    walked, or, when its upper bound is asked, if it has doubled since the last sweep."""
+    __slots__ = ("_refs", "_sweep_at")
+
+    def __init__(self):
+        self._refs, self._sweep_at = {}, 1024
+
+    def add(self, node):
+        self._refs[id(node)] = _ref(node)
+
+    def discard(self, node):
+        r = self._refs.get(id(node))
+        if r is not None and r() is node:
+            del self._refs[id(node)]
+
+    def upper_bound(self):
+        """At least len(self), in O(1) amortized (the materializations and the recording of new
+        ops ask it, so dead references never pile up)."""
+        if len(self._refs) > self._sweep_at:
+            self._sweep()
+        return len(self._refs)
+
+    def _sweep(self):
+        refs = self._refs
+        for k in [k for k, r in list(refs.items()) if r() is None]:
+            del refs[k]
+        self._sweep_at = max(1024, 2 * len(refs))
+
+    def __len__(self):
+        self._sweep()
+        return len(self._refs)
+
+    def __iter__(self):
+        return iter([n for n in [r() for r in list(self._refs.values())] if n is not None])
+
+
+_ref = weakref.ref
+PENDING = _Pending()
+_PENDING_REFS = PENDING._refs
 
 # Past this many pending nodes the API materializes on its own, so a loop that never reads a
 # value (nothing distributed or lazy in the user's mind) does not grow the graph forever.

@@ -107,3 +107,88 @@ def _ops_of(node):
         ops.append(n.op)
         stack.extend(n.inputs)
     return ops
+
+
+def test_repeated_counter_step_on_cuda_reads_each_input_once():
+    """`t = t + 1` on the CUDA backend: at its first step the counter and the constant 1 are the
+    same cached device scalar, so a step bound then would read its first input twice from then on
+    (2, 4, 8, ...).  It counts 2, 3, 4, ... like the CPU."""
+    from numba import cuda
+    if not cuda.is_available():
+        import pytest
+        pytest.skip("needs Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1) or a GPU")
+    from gtnumba.kernels import backend
+    saved = backend._current
+    gt.set_device("cuda")
+    try:
+        t, got = gt.tensor(np.array(1, np.int64)), []
+        for _ in range(5):
+            t = t + 1
+            got.append(int(t.item()))
+    finally:
+        backend._current = saved
+    assert got == [2, 3, 4, 5, 6]
+
+
+def _inline_cases():
+    import zlib
+    from gtnumba.ops import OPS
+    cases = []
+    for name in sorted(OPS):
+        row = OPS[name]
+        if getattr(row.kernels.get("cpu"), "inline", None) is None:
+            continue
+        for inputs, attrs in row.sample(np.random.default_rng(zlib.crc32(name.encode()))):
+            cases.append((name, tuple(np.asarray(a) for a in inputs), dict(attrs)))
+    one = np.random.default_rng(0).standard_normal
+    cases += [("add", (np.array(1.5), np.array(2.0)), {}), ("sum", (one((2, 3)),), dict(axes=(0, 1), keepdims=False)),
+              ("fill", (), dict(shape=(2, 2), value=0.0, dtype=np.dtype("float32"))),
+              ("fill", (), dict(shape=(2,), value=-0.0, dtype=np.dtype("float64"))),
+              ("matmul", (one((2, 3, 4)), one((4, 5))), {}), ("matmul", (one((4, 40, 3)), one((3, 2))), {})]
+    return cases
+
+
+def test_inline_forms_of_generated_plans_compute_what_the_kernels_do():
+    """Generated plan code calls NumPy directly (kernels/cpu.py's inline forms): bit for bit the
+    kernel's result, an ndarray (never a NumPy scalar), for every row sample that has one."""
+    from gtnumba.ops import OPS, Spec
+    cases = _inline_cases()
+    assert {c[0] for c in cases} >= {"add", "mul", "sum", "reshape", "permute", "matmul", "fill", "div", "pow"}
+    inlined = 0
+    for name, arrays, attrs in cases:
+        row = OPS[name]
+        kernel = row.kernels["cpu"]
+        ins = [Spec(a.shape, np.dtype(a.dtype)) for a in arrays]
+        outs = row.infer(attrs, *ins)
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        got = kernel.inline([f"a{i}" for i in range(len(arrays))], attrs, ins, outs)
+        if got is None:
+            continue
+        expr, names = got
+        value = eval(expr, dict(names, **{f"a{i}": a for i, a in enumerate(arrays)}))
+        want = kernel(*arrays, **attrs)
+        assert type(value) is np.ndarray, f"{name}: {expr} gave {type(value).__name__}"
+        assert value.dtype == want.dtype and value.shape == want.shape == outs[0].shape, f"{name}: {expr}"
+        np.testing.assert_array_equal(value, want, err_msg=f"{name}: {expr}")
+        assert np.array_equal(np.signbit(value), np.signbit(want)), f"{name}: {expr}"
+        inlined += 1
+    assert inlined >= len(cases) - 4
+
+
+def test_generated_plan_step_matches_the_interpreted_one():
+    """The same step run interpreted (first run) and as generated code (later runs) gives the
+    same values, bit for bit (GT-style model: its plan is all inline forms)."""
+    from gt_style_model import gt_forward, init_params, B, S, E, C
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((B, S, E)).astype(np.float32)
+    y = np.eye(C, dtype=np.float32)[rng.integers(0, C, B)]
+    p = {k: v.astype(np.float32) for k, v in init_params(1).items()}
+    got = []
+    for _ in range(4):
+        P = {k: gt.tensor(v, requires_grad=True) for k, v in p.items()}
+        loss = gt_forward(P, gt.tensor(x), gt.tensor(y))
+        loss.backward()
+        got.append([loss.numpy()] + [P[k].grad.numpy() for k in sorted(P)])
+    for later in got[1:]:
+        for a, b in zip(got[0], later):
+            np.testing.assert_array_equal(a, b)

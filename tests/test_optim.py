@@ -308,3 +308,52 @@ def test_tiny_mlp_classification_trains_to_near_zero_loss():
     final = nn.cross_entropy(model(xt), yt).item()
     acc = (model(xt).numpy().argmax(1) == y).mean()
     assert final < 0.05 and acc == 1.0
+
+
+class _AttnNet(nn.Module):
+    def __init__(self, e=8, heads=2, classes=4):
+        super().__init__()
+        self.ln = nn.LayerNorm(e, dtype=F64)
+        self.attn = nn.MultiHeadAttention(e, heads, dtype=F64)
+        self.head = nn.Linear(e, classes, dtype=F64)
+
+    def forward(self, x):
+        return self.head((x + self.attn(self.ln(x))).mean(axis=1))
+
+
+def test_adam_step_count_stays_on_the_device_and_a_step_copies_only_data_and_loss():
+    """Simulated CUDA: a steady-state step of an nn model + AdamW that reads only its loss copies
+    the loss back (1 device->host) and sends only its new data (x, labels: 2 host->device); Adam's
+    step count is incremented on the device.  The run matches the CPU backend's losses."""
+    from numba import cuda
+    if not cuda.is_available():
+        pytest.skip("needs Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1) or a GPU")
+    from gtnumba.kernels import backend
+    from gtnumba.kernels.cuda import memory
+    rng = np.random.default_rng(3)
+    data = [(rng.standard_normal((2, 3, 8)), rng.integers(0, 4, 2)) for _ in range(4)]
+    gt.manual_seed(0)
+    state = dict(_AttnNet().state_dict())
+
+    def train(device):
+        saved = backend._current
+        gt.set_device(device)
+        try:
+            model = _AttnNet()
+            model.load_state_dict(state)
+            opt, loss_fn, out = optim.AdamW(model.parameters(), lr=0.05, weight_decay=0.01), nn.CrossEntropyLoss(), []
+            for x, labels in data:
+                before = dict(memory.COPIES)
+                opt.zero_grad()
+                loss = loss_fn(model(gt.tensor(x, dtype=F64)), gt.tensor(labels))
+                loss.backward()
+                opt.step()
+                out.append((loss.item(), {k: memory.COPIES[k] - before[k] for k in ("h2d", "d2h")}))
+            return out
+        finally:
+            backend._current = saved
+    cpu, dev = train("cpu"), train("cuda")
+    np.testing.assert_allclose([c[0] for c in dev], [c[0] for c in cpu], rtol=1e-9)
+    assert cpu[0][0] != cpu[-1][0]
+    for _, copies in dev[1:]:
+        assert copies == {"h2d": 2, "d2h": 1}, copies

@@ -48,6 +48,31 @@ def _checks_data(kernel):
     return kernel
 
 
+# ---- inline forms: what a generated plan calls in place of a kernel ------------------------
+# `kernel.inline(args, attrs, in_specs, out_specs)` -> (expression, {name: object}) or None: a
+# Python expression over the argument expressions `args` that returns exactly what the kernel
+# would (an ndarray, never a NumPy scalar), specialized on the step's shapes and attributes.
+def _inline(fn):
+    def mark(kernel):
+        kernel.inline = fn
+        return kernel
+    return mark
+
+
+def _array_expr(expr, out_specs):
+    """A ufunc's 0-d result is a NumPy scalar: kernels return arrays."""
+    return f"asarray({expr})" if out_specs[0].shape == () else expr
+
+
+def _ufunc_inline(ufunc, *extra):
+    name = f"u_{ufunc.__name__}"
+
+    def inline(args, attrs, in_specs, out_specs):
+        call = f"{name}({', '.join(list(args) + list(extra))})"
+        return _array_expr(call, out_specs), {name: ufunc, "asarray": np.asarray}
+    return inline
+
+
 # ---- elementwise -------------------------------------------------------------------------
 def binary(ufunc):
     def kernel(a, b):
@@ -57,6 +82,7 @@ def binary(ufunc):
         return _arr(ufunc(a, b, out=out))
     kernel.__name__ = ufunc.__name__
     kernel.ufunc = ufunc      # what a compiled plan may call directly (the result is an array unless 0-d)
+    kernel.inline = _ufunc_inline(ufunc)
     # comparisons give bool whatever the inputs: their out= never changes the arithmetic
     return _mark(kernel, into, "any" if ufunc in _BOOL_RESULT else "same", "any")
 
@@ -73,14 +99,17 @@ def unary(ufunc):
         return _arr(ufunc(x, out=out))
     kernel.__name__ = ufunc.__name__
     kernel.ufunc = ufunc
+    kernel.inline = _ufunc_inline(ufunc)
     return _mark(kernel, into, "same", "any")
 
 
+@_inline(_ufunc_inline(np.true_divide))
 @_writes_out("same", "any")
 def div(a, b, out=None):
     return _arr(np.true_divide(a, b, out=out))
 
 
+@_inline(_ufunc_inline(np.power))
 @_writes_out("same", "any")
 def power(a, b, out=None):
     return _arr(np.power(a, b, out=out))
@@ -144,6 +173,14 @@ def cast(x, dtype, out=None):
     return out
 
 
+def _fill_inline(args, attrs, in_specs, out_specs):
+    dtype = np.dtype(attrs["dtype"])
+    if attrs["value"] != 0 or str(attrs["value"]).startswith("-"):      # -0.0 keeps its sign bit
+        return None
+    return f"zeros({tuple(attrs['shape'])!r}, dt_{dtype.name})", {"zeros": np.zeros, f"dt_{dtype.name}": dtype}
+
+
+@_inline(_fill_inline)
 @_writes_out("any")
 def fill(shape, value, dtype, out=None):
     if out is None:
@@ -161,6 +198,14 @@ def select(values, index):
 
 
 # ---- reductions --------------------------------------------------------------------------
+def _sum_inline(args, attrs, in_specs, out_specs):
+    if in_specs[0].dtype.kind in "biu":
+        return None
+    return _array_expr(f"add_reduce({args[0]}, {tuple(attrs['axes'])!r}, None, None, {bool(attrs['keepdims'])})",
+                       out_specs), {"add_reduce": np.add.reduce, "asarray": np.asarray}
+
+
+@_inline(_sum_inline)
 @_writes_out("same")
 def reduce_sum(x, axes, keepdims, out=None):
     if x.dtype.kind in "biu":     # np.sum's integer promotion (int32 -> int64, bool -> int64)
@@ -185,10 +230,12 @@ def argmin(x, axis, keepdims):
 
 
 # ---- shape -------------------------------------------------------------------------------
+@_inline(lambda args, attrs, i, o: (f"{args[0]}.reshape({tuple(attrs['shape'])!r})", {}))
 def reshape(x, shape):
     return x.reshape(shape)
 
 
+@_inline(lambda args, attrs, i, o: (f"{args[0]}.transpose({tuple(attrs['axes'])!r})", {}))
 def permute(x, axes):
     return x.transpose(axes)
 
@@ -266,6 +313,18 @@ def setitem(x, value, *arrays, spec):
 
 
 # ---- linear algebra ----------------------------------------------------------------------
+# below this many rows a batched matmul costs less than reshaping to one GEMM
+_MATMUL_FLAT_MIN_ROWS = 64
+
+
+def _matmul_inline(args, attrs, in_specs, out_specs):
+    a, b = in_specs
+    if len(a.shape) > 2 and len(b.shape) == 2 and math.prod(a.shape[:-1]) >= _MATMUL_FLAT_MIN_ROWS:
+        return None
+    return _array_expr(f"u_matmul({args[0]}, {args[1]})", out_specs), {"u_matmul": np.matmul, "asarray": np.asarray}
+
+
+@_inline(_matmul_inline)
 @_writes_out("same")
 def matmul(a, b, out=None):
     if a.ndim > 2 and b.ndim == 2:

@@ -15,6 +15,7 @@ class Adam(Optimizer):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False):
         if amsgrad:
             raise NotImplementedError(f"{type(self).__name__}: amsgrad=True is not supported")
+        self._step_counts = {}       # id(param group) -> {step: its count tensor of the last step}
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
 
     def _check_group(self, group):
@@ -34,7 +35,7 @@ class Adam(Optimizer):
         beta1, beta2 = (float(b) for b in group["betas"])
         attrs = dict(beta1=beta1, beta2=beta2, eps=float(group["eps"]),
                      weight_decay=float(group["weight_decay"]), decoupled=self._decoupled)
-        steps = {}
+        steps, counts = {}, self._step_counts.setdefault(id(group), {})
         for p in params:
             state = self.state.setdefault(p, {})
             if "exp_avg" not in state:
@@ -44,11 +45,21 @@ class Adam(Optimizer):
             state["step"] += 1
             step = state["step"]
             if step not in steps:
-                steps[step] = scalar(step, dtypes.int64)
+                steps[step] = _step_count(counts, step)
             new_p, m, v = apply("adam_update", p, p.grad, state["exp_avg"], state["exp_avg_sq"], lrs[p.dtype],
                                 steps[step], **attrs)
             p.data = new_p
             state["exp_avg"], state["exp_avg_sq"] = m, v
+        counts.clear()
+        counts.update(steps)
+
+
+def _step_count(counts, step):
+    """The step count as a 0-d tensor.  It stays where the parameters are (on a GPU: no copy from
+    the host per step): the last step's count tensor plus one, by an op inside the step.  Only a
+    count with no predecessor (the first step, a loaded checkpoint) is made from the host."""
+    prev = counts.get(step - 1)
+    return prev + 1 if prev is not None else scalar(step, dtypes.int64)
 
 
 class AdamW(Adam):

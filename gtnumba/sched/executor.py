@@ -77,9 +77,12 @@ def _interpret(plan, slots, mem):
 def _compile(plan):
     """The plan's steps as one generated function: s is the slot list, K the kernels, A their
     keyword attributes, mem the memory plan (for the steps that write into planned buffers)."""
-    lines = ["def run(s, K, A, mem):"]
+    lines, names = ["def run(s, K, A, mem):"], {}
     for i, st in enumerate(plan.steps):
-        if st.outs is None:
+        expr = _inline(plan, st, names) if st.outs is None else None
+        if expr is not None:
+            lines.append(f" s[{st.out}] = {expr}")
+        elif st.outs is None:
             args = ", ".join([f"s[{x}]" for x in st.ins] + ([f"**A[{i}]"] if st.attrs else []))
             lines.append(f" s[{st.out}] = K[{i}]({args})")
         else:
@@ -90,9 +93,26 @@ def _compile(plan):
     lines.append(" return None")
     plan.kernels = [st.direct or getattr(st.kernel, "into", st.kernel) for st in plan.steps]
     plan.kwargs = [st.attrs for st in plan.steps]
-    namespace = {}
+    namespace = dict(names)
     exec(compile("\n".join(lines), "<gtnumba plan>", "exec"), namespace)
     return namespace["run"]
+
+
+def _inline(plan, step, names):
+    """The step as an expression calling NumPy directly (kernels/cpu.py's inline forms), or None."""
+    inline = getattr(step.kernel, "inline", None)
+    if inline is None or plan.backend != "cpu" or plan.specs is None or len(plan.specs[step.out]) != 1:
+        return None
+    in_specs = [plan.specs[x] for x in step.ins]
+    if any(len(sp) != 1 for sp in in_specs):
+        return None
+    got = inline([f"s[{x}]" for x in step.ins], step.attrs, [sp[0] for sp in in_specs], plan.specs[step.out])
+    if got is None:
+        return None
+    expr, used = got
+    for name, obj in used.items():
+        assert names.setdefault(name, obj) == obj, f"generated plan code: two objects named {name}"
+    return expr
 
 
 class _Memory:

@@ -104,7 +104,7 @@ def _execute(order, key, leaves, variant):
             STATS["plans_reused"] += 1
             STATS["runs"] += 1
         t1 = time.perf_counter()
-        donate = REC.donatable(variant, leaves) if variant is not None else ()
+        donate = REC.donatable(variant, leaves) if variant is not None and plan.donates else ()
         values = run_plan(plan, [n.value if type(n.value) is not DistValue else _local(n.value) for n in leaves],
                           donate)
         STATS["plan_seconds"] += t1 - t0

@@ -47,6 +47,8 @@ class Plan:
     kernels: list = None        # what the compiled code calls: kernels and their attributes
     kwargs: list = None
     backend: str = "cpu"
+    specs: list = None          # per slot, its output specs (what generated code specializes on)
+    donates: bool = True        # may a run overwrite a leaf's value (see executor: donate)?
 
 
 def pending_order(roots):
@@ -127,7 +129,10 @@ def build_plan(key, backend):
         if slot not in last_use and slot not in kept:
             step.frees = step.frees + (slot,)
     _plan_memory(steps, key, last_use, kept)
-    return Plan(n_leaves, n_leaves + len(node_part), steps, tuple(sorted(kept)), backend=backend)
+    specs = [entry[0] for entry in leaf_part] + [entry[3] for entry in node_part]
+    donates = any(st.leaf_frees or any(s < n_leaves for r in st.reuse for s in r) for st in steps)
+    return Plan(n_leaves, n_leaves + len(node_part), steps, tuple(sorted(kept)), backend=backend, specs=specs,
+                donates=donates)
 
 
 def _plan_memory(steps, key, last_use, kept):

@@ -7,7 +7,7 @@ A *segment* is everything recorded between two materializations.  Its *trace* is
     (None, "bwd", root_ref, grad_ref, retain, ok)   backward() begins ...
     (None, "lg", leaf_ref, owner_alive, old_grad_ref)   ... reaches a leaf ...
     (None, "sg", leaf_ref, new_grad_ref)              ... and sets its owner's .grad
-    (None, "end", released_positions)                 backward() ends
+    (None, "end", released_positions, released_prev)  backward() ends
 A ref names a node: an int >= 0 is the position of a node recorded in this segment; -(k+1) is the
 k-th *external* node (one with a value, e.g. a parameter, data or a constant) in order of first
 appearance.  Each external's signature (specs, value type, requires_grad, leaf) is checked when it
@@ -19,6 +19,12 @@ matched prefix becomes the start of a new trace and recording carries on normall
 always exactly what normal recording would build.  At materialization a fully matched trace finds
 its *variant* (which nodes are live decides the order and what is kept) and runs the cached plan.
 Traces are chained by what followed them (a different last batch is a sibling trace).
+
+A loss read before backward() splits a step: the backward runs in the next segment, through nodes
+of the segment before.  While a live tensor of a segment awaits backward, the next segment keeps
+that segment's node list, and the externals a backward meets there (root, leaves, saved values)
+are named by their position in it (trace.prev_pos; the released ones by released_prev).  The
+predecessor trace fixes what sits at each position, so a matched position is a matched node.
 """
 import os
 from sys import getrefcount
@@ -30,6 +36,7 @@ STATS = {"replayed": 0, "diverged": 0, "recorded_nodes": 0, "replayed_nodes": 0,
 _ENABLED = [os.environ.get("GTNUMBA_REPLAY", "1") != "0"]
 _TRACES = {}          # (events, ext_sigs) -> Trace: one object per distinct step structure
 _TRACE_LIMIT = 64
+_VARIANT_LIMIT = 8
 
 
 def set_enabled(flag):
@@ -48,10 +55,12 @@ def ext_sig(node):
 
 
 class Trace:
-    __slots__ = ("events", "adicts", "ext_sigs", "consts", "variants", "successors", "ext_uses", "regions")
+    __slots__ = ("events", "adicts", "ext_sigs", "consts", "variants", "successors", "ext_uses", "regions",
+                 "prev_pos")
 
-    def __init__(self, events, adicts, ext_sigs, consts):
+    def __init__(self, events, adicts, ext_sigs, consts, prev_pos):
         self.events, self.adicts, self.ext_sigs, self.consts = events, adicts, ext_sigs, consts
+        self.prev_pos = prev_pos      # external -> its position in the segment before (see Recorder.end)
         self.variants, self.successors, self.regions = {}, [], {}
         uses = [0] * len(ext_sigs)
         for ev in events:
@@ -66,7 +75,8 @@ class Region:
     """One backward() of a trace (its "bwd" event at index c), precomputed for replay: where it
     ends, the checks to make before building it (leaf events, and the rules' constants that first
     appear in it), the events of its gradient nodes and the externals they refer to."""
-    __slots__ = ("end", "items", "ops", "first_pos", "sgs", "ngs", "released", "uses", "ok")
+    __slots__ = ("end", "items", "ops", "first_pos", "sgs", "ngs", "released", "released_prev", "uses",
+                 "ok")
 
     def __init__(self, trace, c):
         events = trace.events
@@ -83,11 +93,14 @@ class Region:
                     if r < 0:
                         self.uses[-r - 1] = self.uses.get(-r - 1, 0) + 1
                         if -r - 1 >= known:
-                            self.items.append(("const", -r - 1))
+                            self.items.append(("prev" if -r - 1 in trace.prev_pos else "const", -r - 1))
                             known = -r
             elif ev[1] == "lg":
                 if ev[2] < 0 and -ev[2] - 1 >= known:
-                    self.ok = False
+                    if -ev[2] - 1 not in trace.prev_pos:
+                        self.ok = False
+                    self.items.append(("prev", -ev[2] - 1))
+                    known = -ev[2]
                 self.items.append(("lg", ev))
                 if ev[4] is not None and ev[4] < 0 and -ev[4] - 1 >= known:
                     known = -ev[4]
@@ -95,14 +108,19 @@ class Region:
                 self.sgs.append((ev[2], ev[3]))
             elif ev[1] == "ng":
                 self.ngs.append((ev[2], ev[3]))
-        self.released = events[self.end][2]
+        self.released, self.released_prev = events[self.end][2], events[self.end][3]
+
+
+def _below(prev_pos, n):
+    return {k: p for k, p in prev_pos.items() if k < n}
 
 
 def _refs_of(ev):
     if ev[0] is not None:
         return ev[2]
     kind = ev[1]
-    return (ev[2], ev[3]) if kind in ("bwd", "ng") else (ev[2], ev[4]) if kind == "lg" else (ev[2],)
+    return ((ev[2], ev[3]) if kind in ("bwd", "ng") else (ev[2], ev[4]) if kind == "lg" else () if kind == "end"
+            else (ev[2],))
 
 
 class Variant:
@@ -113,6 +131,25 @@ class Variant:
     def __init__(self, order_pos, leaf_ext, key, retained):
         self.order_pos, self.leaf_ext, self.key, self.plans = order_pos, leaf_ext, key, {}
         self.retained = retained      # externals a node kept for a later backward still points at
+
+
+class _Order:
+    """A replayed step's plan order, by trace position (no list of every node is made: a run
+    stores only its kept values back)."""
+    __slots__ = ("nodes", "pos")
+
+    def __init__(self, nodes, pos):
+        self.nodes, self.pos = nodes, pos
+
+    def __getitem__(self, i):
+        return self.nodes[self.pos[i]]
+
+    def __iter__(self):
+        nodes = self.nodes
+        return (nodes[p] for p in self.pos)
+
+    def __len__(self):
+        return len(self.pos)
 
 
 class Recorder:
@@ -129,6 +166,10 @@ class Recorder:
         self.region = None
         self.virtual = []     # (first position, Region) of each backward built virtually
         self.n_virtual = 0    # positions with no node (yet)
+        self.live = ()
+        # the nodes of the segment before, while a backward() through them may come (a loss read
+        # before its backward): externals of a backward are named by their position there
+        self.prev_nodes, self.prev_index, self.ext_prev = None, None, {}
         self.broken = not _ENABLED[0]
         if self.broken:
             return
@@ -145,7 +186,9 @@ class Recorder:
         if self.events is not None:
             self.sigs.append(ext_sig(node))
             region = self.region
-            if region is not None and not allowed:
+            if region is not None and self._prev_position(node) is not None:
+                self.ext_prev[k] = self._prev_position(node)
+            elif region is not None and not allowed:
                 if node.op == "leaf" and not node.requires_grad and node.value is not None:
                     self.consts[k] = node      # a constant a gradient rule made: reused on replay
                 else:
@@ -160,7 +203,21 @@ class Recorder:
         return tuple(out)
 
     def _new_ext_ok(self, node, k, trace):
-        return k < len(trace.ext_sigs) and node.value is not None and ext_sig(node) == trace.ext_sigs[k]
+        if k >= len(trace.ext_sigs) or node.value is None or ext_sig(node) != trace.ext_sigs[k]:
+            return False
+        p = trace.prev_pos.get(k)
+        return p is None or self._prev_node(p) is node
+
+    def _prev_position(self, node):
+        if self.prev_nodes is None:
+            return None
+        if self.prev_index is None:
+            self.prev_index = {id(n): p for p, n in enumerate(self.prev_nodes) if n is not None}
+        return self.prev_index.get(id(node))
+
+    def _prev_node(self, p):
+        prev = self.prev_nodes
+        return prev[p] if prev is not None and p < len(prev) else None
 
     # ---- recording -------------------------------------------------------------------------
     def on_node(self, node):
@@ -226,18 +283,19 @@ class Recorder:
         """The fast path of apply(): the node the event under the cursor describes, or None.
         `scalar_node(x, inputs)` gives the constant node of a non-Tensor input (None: no fast path)."""
         trace, c = self.trace, self.cursor
-        events = trace.events
-        if c >= len(events):
+        try:
+            ev = trace.events[c]
+        except IndexError:
             return None
-        ev = events[c]
         refs = ev[2]
-        if ev[0] != op or len(refs) != len(inputs) or trace.adicts[c] != attrs or ev[5] != GRAD_MODE.enabled:
+        if ev[0] != op or len(refs) != len(inputs) or ev[5] is not GRAD_MODE.enabled or trace.adicts[c] != attrs:
             return None
-        tensor, get = TENSOR[0], self.ref.get
+        tensor, ref = TENSOR[0], self.ref
+        get = ref.get
         nodes = tuple([x._node if x.__class__ is tensor else scalar_node(x, inputs) for x in inputs])
         for n, r in zip(nodes, refs):
             if get(id(n)) != r:
-                if any(n is None for n in nodes):
+                if None in nodes:
                     return None
                 fresh = self._match_inputs(nodes, refs)
                 if fresh is None:
@@ -245,8 +303,9 @@ class Recorder:
                 self._commit(fresh)
                 break
         node = Node(op, ev[1], nodes, ev[3], ev[4])
-        self.ref[id(node)] = len(self.nodes)
-        self.nodes.append(node)
+        nodes = self.nodes
+        ref[id(node)] = len(nodes)
+        nodes.append(node)
         self.cursor = c + 1
         return node
 
@@ -259,6 +318,7 @@ class Recorder:
         self.adicts = list(trace.adicts[:self.cursor])
         self.sigs = list(trace.ext_sigs[:n_ext])
         self.consts = {k: v for k, v in trace.consts.items() if k < n_ext}
+        self.ext_prev = {k: p for k, p in trace.prev_pos.items() if k < n_ext}
         STATS["diverged"] += 1
 
     def _try_sibling(self, test):
@@ -269,7 +329,8 @@ class Recorder:
         for alt in self.prev.successors:
             if alt is cur or len(alt.events) <= c or alt.events[:c] != cur.events[:c]:
                 continue
-            if alt.ext_sigs[:len(self.exts)] != cur.ext_sigs[:len(self.exts)]:
+            n = len(self.exts)
+            if alt.ext_sigs[:n] != cur.ext_sigs[:n] or _below(alt.prev_pos, n) != _below(cur.prev_pos, n):
                 continue
             self.trace = alt
             if test():
@@ -298,43 +359,57 @@ class Recorder:
         match: backward() then records normally."""
         if self.broken or self.trace is None:
             return False
-        if not self._bwd_matches(root, grad_node, retain):
-            if not self._try_sibling(lambda: self._bwd_matches(root, grad_node, retain)):
+        if self._bwd_fresh(root, grad_node, retain) is None:
+            if not self._try_sibling(lambda: self._bwd_fresh(root, grad_node, retain) is not None):
                 self.diverge()
                 return False
         trace, c = self.trace, self.cursor
         region = trace.regions.get(c)
         if region is None:
             region = trace.regions[c] = Region(trace, c)
-        fresh = [] if id(grad_node) in self.ref else [grad_node]
+        fresh = self._bwd_fresh(root, grad_node, retain)
         if not region.ok or not self._check_leaves(region, fresh) or not self._check_held(region, root):
             self.diverge()
             return False
         self._commit(fresh)
         self._build(region, wrap)
         self.cursor = region.end + 1
+        self.prev_nodes = self.prev_index = None      # only a backward looks back
         return True
 
-    def _bwd_matches(self, root, grad_node, retain):
+    def _bwd_fresh(self, root, grad_node, retain):
+        """The new externals (root, gradient) when the event under the cursor is this backward()."""
         events, c = self.trace.events, self.cursor
         if c >= len(events):
-            return False
+            return None
         ev = events[c]
         if ev[0] is not None or ev[1] != "bwd" or not ev[5] or ev[4] != retain or root.released:
-            return False
-        if self.ref.get(id(root)) != ev[2]:
-            return False
-        r = self.ref.get(id(grad_node))
-        if r is None:
-            k = len(self.exts)
-            return ev[3] == -k - 1 and self._new_ext_ok(grad_node, k, self.trace)
-        return r == ev[3]
+            return None
+        fresh = []
+        for node, want in ((root, ev[2]), (grad_node, ev[3])):
+            r = self.ref.get(id(node))
+            if r is None and node not in fresh:
+                k = len(self.exts) + len(fresh)
+                if want != -k - 1 or not self._new_ext_ok(node, k, self.trace):
+                    return None
+                fresh.append(node)
+            elif r is not None and r != want:
+                return None
+        return fresh
 
     def _check_leaves(self, region, fresh):
         """Every leaf backward reaches is in the state it was in when the trace was recorded, and
         every new external is a rule's constant or an old gradient: collects them into `fresh`."""
         trace, nodes, exts, get = self.trace, self.nodes, self.exts, self.ref.get
         for kind, item in region.items:
+            if kind == "prev":
+                node = self._prev_node(trace.prev_pos.get(item, len(self.prev_nodes or ())))
+                if node is None or item != len(exts) + len(fresh) or get(id(node)) is not None or node in fresh:
+                    return False
+                if ext_sig(node) != trace.ext_sigs[item]:
+                    return False
+                fresh.append(node)
+                continue
             if kind == "const":
                 const = trace.consts.get(item)
                 if const is None or item != len(exts) + len(fresh):
@@ -344,7 +419,8 @@ class Recorder:
                 fresh.append(const)
                 continue
             ev = item
-            leaf = nodes[ev[2]] if ev[2] >= 0 else exts[-ev[2] - 1]
+            leaf = nodes[ev[2]] if ev[2] >= 0 else (exts[-ev[2] - 1] if -ev[2] - 1 < len(exts)
+                                                      else fresh[-ev[2] - 1 - len(exts)])
             owner = leaf.owner() if leaf.owner is not None else None
             if (owner is not None) != ev[3]:
                 return False
@@ -368,6 +444,10 @@ class Recorder:
         nodes, held = self.nodes, TENSOR[0]._NONLEAF_GRADS
         now = {p for p in region.released if nodes[p] is not root and nodes[p].n_tensors > 0
                and len(nodes[p].specs) == 1}
+        # a held result of the segment before would need its .grad too: such a step records
+        before = [self.prev_nodes[p] for p in region.released_prev]
+        if any(n is not root and n.n_tensors > 0 and len(n.specs) == 1 for n in before):
+            return False
         return now == {p for p, _ in region.ngs} and not any(nodes[p] in held for p in now)
 
     def _build(self, region, wrap):
@@ -385,6 +465,11 @@ class Recorder:
         self.n_virtual += sum(1 for n in nodes[p0:] if n is None)
         for p in region.released:
             nodes[p].released = True
+        for p in region.released_prev:
+            node = self.prev_nodes[p]
+            node.released = True
+            if node.value is not None:
+                node.inputs = ()
 
     def _grad_node(self, region, p0, pos):
         """The node at trace position pos of a region built from p0, made (without inputs) if virtual."""
@@ -416,8 +501,11 @@ class Recorder:
         if self.broken or self.events is None:
             return None
         refs = self._refs((root, grad_node), allowed=True)
+        p = self._prev_position(root) if refs[0] < 0 else None
+        if p is not None:
+            self.ext_prev[-refs[0] - 1] = p
         self._event((None, "bwd", refs[0], refs[1], retain, True))
-        self.region = [len(self.events) - 1, refs[0] >= 0]
+        self.region = [len(self.events) - 1, refs[0] >= 0 or p is not None]
         return self.region
 
     def no_replay(self):
@@ -463,19 +551,25 @@ class Recorder:
         if token is None or token is not self.region:
             return
         self.region = None
-        get = self.ref.get
-        released = tuple(get(id(n), -1) for n in walked if not n.leaf)
-        ok = token[1] and min(released, default=0) >= 0
+        get, ok, released, released_prev = self.ref.get, token[1], [], []
+        for n in walked:
+            if not n.leaf:
+                r, p = get(id(n), -1), None
+                if r < 0:
+                    p = self._prev_position(n)
+                    ok = ok and p is not None
+                (released if r >= 0 else released_prev).append(r if r >= 0 else p)
         i = token[0]
         self.events[i] = self.events[i][:5] + (ok,)
-        self._event((None, "end", () if retain else released))
+        self._event((None, "end", () if retain else tuple(released), () if retain else tuple(released_prev)))
+        self.prev_nodes = self.prev_index = None
 
     # ---- materialization -------------------------------------------------------------------
     def live_sig(self, extra):
         """Which of the segment's nodes are live (and asked for): this decides the plan's order."""
         if self.broken:
             return None
-        live = tuple([i for i, n in enumerate(self.nodes) if n is not None and n.n_tensors > 0])
+        live = self.live = tuple([i for i, n in enumerate(self.nodes) if n is not None and n.n_tensors > 0])
         get = self.ref.get
         return live, tuple([get(id(n), None) for n in extra if n.value is None])
 
@@ -486,13 +580,23 @@ class Recorder:
             if trace is not None:
                 self.diverge()
             return None
-        if len(PENDING) != len(self.nodes) - self.n_virtual or not sig[0] and not sig[1]:
+        mine = len(self.nodes) - self.n_virtual
+        if not sig[0] and not sig[1] or (PENDING.upper_bound() != mine and len(PENDING) != mine
+                                          and self._foreign_roots()):
             return None
         variant = trace.variants.get(sig)
         if variant is None:
             return None
-        nodes, exts = self.nodes, self.exts
-        return [nodes[p] for p in variant.order_pos], [exts[k] for k in variant.leaf_ext], variant
+        exts = self.exts
+        return _Order(self.nodes, variant.order_pos), [exts[k] for k in variant.leaf_ext], variant
+
+    def _foreign_roots(self):
+        """Is a node recorded outside this segment waiting to be computed (the normal path would
+        compute it too)?  Pending nodes nothing holds (the inputs of a failed read, not yet
+        garbage-collected) do not count."""
+        mine = {id(n) for n in self.nodes}
+        return any(n.value is None and n.n_tensors > 0 and n.error is None and id(n) not in mine
+                   for n in list(PENDING))
 
     def finish(self, sig, order, leaves, key):
         """A segment was described and computed normally: keep its trace and variant for replay.
@@ -507,7 +611,9 @@ class Recorder:
         trace = self.trace if self.trace is not None else self._intern()
         self.trace = trace
         variant = trace.variants.get(sig)
-        if variant is None and len(trace.variants) < 8:
+        if variant is None:
+            if len(trace.variants) >= _VARIANT_LIMIT:       # the oldest goes: a new one may repeat
+                trace.variants.pop(next(iter(trace.variants)))
             # after the run only nodes kept for a later backward still hold their inputs
             retained = frozenset(-get(id(i)) - 1 for n in order if n.value is not None
                                  for i in n.inputs if get(id(i), 0) < 0)
@@ -531,12 +637,17 @@ class Recorder:
 
     def _intern(self):
         events, sigs = self.events, self.sigs
-        tkey = (tuple(events), tuple(sigs))
+        tkey = (tuple(events), tuple(sigs), tuple(sorted(self.ext_prev.items())))
         trace = _TRACES.get(tkey)
         if trace is None:
             if len(_TRACES) >= _TRACE_LIMIT:
                 _TRACES.pop(next(iter(_TRACES)))
-            trace = _TRACES[tkey] = Trace(list(events), list(self.adicts), list(sigs), dict(self.consts))
+            trace = _TRACES[tkey] = Trace(list(events), list(self.adicts), list(sigs), dict(self.consts),
+                                          dict(self.ext_prev))
+        else:
+            # the rules' constants of this recording: an older one may no longer fit its signature
+            # (a run on a mesh made its value a DistValue)
+            trace.consts = dict(self.consts)
         self.events = self.adicts = None
         return trace
 
@@ -553,7 +664,19 @@ class Recorder:
                     succ.remove(trace)
                 succ.insert(0, trace)
                 del succ[4:]
+        keep = self._awaiting_backward() if trace is not None else None
         self.reset(trace)
+        self.prev_nodes = keep
+
+    def _awaiting_backward(self):
+        """The segment's nodes when a live tensor of it may still be backward()-ed (a loss read
+        before its backward): the next segment names that graph's nodes by position."""
+        nodes = self.nodes
+        for i in self.live:
+            n = nodes[i]
+            if n.requires_grad and not n.leaf and not n.released:
+                return nodes
+        return None
 
 
 REC = Recorder()

@@ -215,15 +215,15 @@ def bind(rec, result, packed=None):
 
 class StepRunner:
     """The executor's callable for one CUDA plan step: records the first call, replays later ones."""
-    __slots__ = ("kernel", "bound", "reason")
+    __slots__ = ("kernel", "bound", "reason", "ins")
 
-    def __init__(self, kernel):
-        self.kernel, self.bound, self.reason = kernel, None, None
+    def __init__(self, kernel, ins=()):
+        self.kernel, self.bound, self.reason, self.ins = kernel, None, None, ins
 
     def __call__(self, *inputs, **attrs):
         if self.bound is not None:
             return self.bound(*inputs)
-        if self.reason is not None:
+        if self.reason is not None or _aliased(self.ins, inputs):
             return self.kernel(*inputs, **attrs)
         flat = _flatten(inputs)
         rec = Recorder(flat, nested=len(flat) != len(inputs) or any(isinstance(v, tuple) for v in inputs))
@@ -236,9 +236,21 @@ class StepRunner:
         return result
 
 
+def _aliased(slots, inputs):
+    """Do two different plan slots hold the same buffer on this call (e.g. two cached constants of
+    one value)?  Arguments are resolved by pointer, so binding now would read one slot twice on
+    every later call: the step binds on a later call instead."""
+    seen = {}
+    for slot, v in zip(slots, inputs):
+        if runtime.is_device_array(v) and v.size:
+            if seen.setdefault(runtime.device_pointer(v), slot) != slot:
+                return True
+    return False
+
+
 def bound_steps(plan):
     """Per step of `plan`, the callable the executor runs (bound once, kept on the plan)."""
     runners = plan.__dict__.get("_cuda_steps")
     if runners is None:
-        runners = plan._cuda_steps = [StepRunner(step.kernel) for step in plan.steps]
+        runners = plan._cuda_steps = [StepRunner(step.kernel, step.ins) for step in plan.steps]
     return runners
