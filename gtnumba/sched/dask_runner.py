@@ -21,7 +21,7 @@ from dask._task_spec import Task, TaskRef
 
 from ..kernels import backend
 from .distribute import Collective
-from .dask_worker import StorePlugin, counters, drop_store, run_levels, store_get
+from .dask_worker import StorePlugin, counters, drop_store, run_levels, store_get, unpack
 from .mesh import Flat, WorkerLost
 
 
@@ -140,7 +140,7 @@ class DaskRunner:
                 raise WorkerLost(dead) from None
             raise
         for idx, reply in zip(by_worker.values(), replies):
-            for i, value in zip(idx, reply["data"]):
+            for i, value in zip(idx, unpack(reply)):
                 out[i] = value
         self.stats["wait_seconds"] += time.perf_counter() - t0
         return out
