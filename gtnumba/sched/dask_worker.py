@@ -8,6 +8,7 @@ from the worker's event loop.  The client reads values from the stores the same 
 number, so the Dask dependencies that order a worker's tasks move no data.
 """
 import asyncio
+import concurrent.futures
 import os
 import time
 
@@ -24,6 +25,7 @@ from .mesh import Flat
 from .spmd import concat, flat, reduce_sum, run_local_step
 
 PULL_TIMEOUT = 120.0
+SECEDE_AFTER = 0.02              # seconds a task waits for its peers' pieces before it secedes
 FREED_MEMORY = 4096              # freed keys remembered, so a late read fails at once
 
 
@@ -37,7 +39,7 @@ class Store:
         self.failed = {}                      # failed step token (or leaf key) -> its error
         self.programs, self.steps = {}, {}
         self.counters = {"tasks": 0, "bytes_in": 0, "backup_bytes": 0, "pull_seconds": 0.0,
-                         "compute_seconds": 0.0, "backup_seconds": 0.0}
+                         "compute_seconds": 0.0, "backup_seconds": 0.0, "secedes": 0}
 
     def put(self, key, value, refs=None):
         """refs: reads left before the value is dropped (None: until the client frees it)."""
@@ -276,7 +278,7 @@ def _collectives(worker, rid, peers, plan, L, w, token, leafkeys, env, st):
         calls = [worker.rpc(peers[j]).gtnumba_pull(rid=rid, items=wanted) for j in others]
         return await asyncio.gather(*calls)
 
-    replies = _waiting_for_peers(worker, pull_all) if others else []
+    replies = _waiting_for_peers(worker, pull_all, st) if others else []
     pieces = {j: unpack(r) for j, r in zip(others, replies)}
     st.counters["bytes_in"] += sum(a.nbytes for r in pieces.values() for a in r)
     for n, (c, (key, start, stop, _)) in enumerate(zip(L.collectives, wanted)):
@@ -286,13 +288,20 @@ def _collectives(worker, rid, peers, plan, L, w, token, leafkeys, env, st):
         env[c.out] = _combine(plan, c, w, parts)
 
 
-def _waiting_for_peers(worker, pull):
-    """Run `pull` with this task's thread handed back to the worker (secede): the peers may still
-    be computing what it pulls, and on a cluster shared by several clients the step a peer runs
-    now may wait for this worker in turn; a worker thread held while waiting would deadlock them."""
+def _waiting_for_peers(worker, pull, st):
+    """Run `pull` on the worker's loop, and if it has not finished within SECEDE_AFTER, wait with
+    this task's thread handed back to the worker (secede): on a cluster shared by several clients
+    the step a peer runs now may wait for this worker in turn, and a thread held while waiting
+    would deadlock them.  Seceding costs a scheduler message and two worker transitions, so the
+    pulls that peers answer at once (most of them: workers run a step's levels in step) skip it."""
+    done = asyncio.run_coroutine_threadsafe(pull(), worker.loop.asyncio_loop)
+    try:
+        return done.result(SECEDE_AFTER)
+    except concurrent.futures.TimeoutError:
+        st.counters["secedes"] += 1
     secede()
     try:
-        return sync(worker.loop, pull)
+        return done.result()
     finally:
         rejoin()
 
