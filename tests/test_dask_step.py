@@ -231,3 +231,18 @@ def test_two_training_scripts_share_one_cluster(tmp_path):
         assert p.returncode == 0, err[-3000:]
         diff = float(out.split("maxdiff")[1])
         assert diff < 1e-5, out
+
+
+def test_packed_pieces_keep_their_shapes_and_dtypes_over_the_wire():
+    """A pull reply's pieces travel as one buffer (dask_worker.pack): 0-d values, non-contiguous
+    slices and mixed dtypes come back as they were, through distributed's own message protocol."""
+    from distributed.protocol import dumps, loads
+    from gtnumba.sched.dask_worker import pack, unpack
+    arrays = [np.float32(2.5), np.array(3.0), np.arange(6.0).reshape(2, 3).T, np.array([1, 2], np.int64),
+              np.zeros((0, 4), np.float32)]
+    got = unpack(loads(dumps(pack(arrays))))
+    assert [(a.shape, a.dtype) for a in got] == [(np.shape(a), np.asarray(a).dtype) for a in arrays]
+    for a, b in zip(got, arrays):
+        np.testing.assert_array_equal(a, b)
+        assert a.flags.writeable
+    assert unpack(loads(dumps(pack([])))) == []

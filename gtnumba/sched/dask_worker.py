@@ -130,9 +130,11 @@ def _piece(value, start, stop):
 def pack(arrays):
     """Many (small) arrays as one message part: Dask serializes each array of a message on its own
     (~0.1 ms apiece), so a level's dozens of parameter-sized pieces travel as one byte buffer."""
-    arrays = [np.ascontiguousarray(a) for a in arrays]
+    arrays = [np.asarray(a) for a in arrays]
     meta = [(a.dtype.str, a.shape) for a in arrays]
-    buf = np.concatenate([a.reshape(-1).view(np.uint8) for a in arrays]) if arrays else np.empty(0, np.uint8)
+    # (np.ascontiguousarray would make a 0-d array 1-d: its shape is taken before)
+    bytes_ = [np.ascontiguousarray(a).reshape(-1).view(np.uint8) for a in arrays]
+    buf = np.concatenate(bytes_) if arrays else np.empty(0, np.uint8)
     return {"meta": meta, "buf": to_serialize(buf)}
 
 
