@@ -8,6 +8,7 @@ need from the peers' stores (see dask_worker).  New host data (a batch, paramete
 first time) travels inside the first task of its worker.  The plan goes to each worker once and is
 cached there under its uid.
 """
+import asyncio
 import itertools
 import os
 import time
@@ -21,7 +22,7 @@ from dask._task_spec import Task, TaskRef
 
 from ..kernels import backend
 from .distribute import Collective
-from .dask_worker import StorePlugin, counters, drop_store, run_levels, store_get
+from .dask_worker import StorePlugin, counters, drop_store, run_levels, store_get, unpack
 from .mesh import Flat, WorkerLost
 
 
@@ -79,6 +80,19 @@ class _PlanInfo:
         task_of = {lv: i for i, (_, levels) in enumerate(self.tasks) for lv in levels}
         made = {s.out: s.level for s in plan.steps}
         self.kept_task = {s: task_of[made[s]] for s in plan.keep}
+
+
+async def _failure(future):
+    """Raises the error of a task future that fails; returns when it finishes otherwise."""
+    await future._state.wait()
+    if future.status == "error":
+        await future._result()
+
+
+def _retrieved(task):
+    """A cancelled wait: its outcome is not wanted (asyncio would log it as never retrieved)."""
+    if not task.cancelled():
+        task.exception()
 
 
 class DaskRunner:
@@ -150,17 +164,30 @@ class DaskRunner:
                 raise WorkerLost(dead) from None
             raise
         for idx, reply in zip(by_worker.values(), replies):
-            for i, value in zip(idx, reply["data"]):
+            for i, value in zip(idx, unpack(reply)):
                 out[i] = value
         self.stats["wait_seconds"] += time.perf_counter() - t0
         return out
 
     async def _pull(self, parts, by_worker):
-        import asyncio
-        calls = [self.client.rpc(self.addresses[w]).gtnumba_pull(
-                 rid=self.rid, items=[(parts[i].key, None, None, False) for i in idx])
-                 for w, idx in by_worker.items()]
-        return await asyncio.gather(*calls)
+        """The pulls, unless a task making one of the parts fails first (a step the scheduler could
+        not even unpickle never reaches a store): then that task's error, at once."""
+        calls = asyncio.gather(*[self.client.rpc(self.addresses[w]).gtnumba_pull(
+            rid=self.rid, items=[(parts[i].key, None, None, False) for i in idx]) for w, idx in by_worker.items()])
+        makers = {id(p.future): p.future for p in parts if p.pending is None and p.future is not None}
+        watch = [asyncio.ensure_future(_failure(f)) for f in makers.values() if f.status != "finished"]
+        try:
+            while True:
+                done, _ = await asyncio.wait([calls, *watch], return_when=asyncio.FIRST_COMPLETED)
+                if calls in done:
+                    return calls.result()
+                for t in done:
+                    t.result()
+                watch = [t for t in watch if t not in done]
+        finally:
+            for t in (calls, *watch):
+                if t.cancel():
+                    t.add_done_callback(_retrieved)
 
     def _stored(self, items):
         """Values from the workers' stores: (worker index, key, owner of a backup or None)."""
@@ -240,7 +267,7 @@ class DaskRunner:
         return kept
 
     def _log(self, futures, replay):
-        while self.log and all(f.status == "finished" for f in self.log[0][0]):
+        while self.log and all(f.status in ("finished", "error") for f in self.log[0][0]):
             self.log.pop(0)
         self.log.append((futures, replay))
 
@@ -250,9 +277,12 @@ class DaskRunner:
             inline = {slot: parts[w].pending for slot, parts in enumerate(leaf_parts)
                       if parts[w].pending is not None}
             frees, self._frees[w] = self._frees[w], []
+            prev = self._last[w]
+            if getattr(prev, "status", None) == "error":
+                # its graph failed before reaching the worker: nothing to wait for, no plan arrived
+                prev, self._sent = None, {s for s in self._sent if s[1] != w}
             send = None if (info.uid, w) in self._sent else plan
             self._sent.add((info.uid, w))
-            prev = self._last[w]
             for t, (name, levels) in enumerate(info.tasks):
                 key = (name, token, t, w)
                 after = (TaskRef(prev.key if hasattr(prev, "key") else prev),) if prev is not None else ()

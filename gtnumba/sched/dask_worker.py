@@ -8,6 +8,7 @@ from the worker's event loop.  The client reads values from the stores the same 
 number, so the Dask dependencies that order a worker's tasks move no data.
 """
 import asyncio
+import concurrent.futures
 import os
 import time
 
@@ -15,7 +16,7 @@ import numpy as np
 
 from distributed import get_worker, rejoin, secede
 from distributed.diagnostics.plugin import WorkerPlugin
-from distributed.protocol import to_serialize
+from distributed.protocol import pickle, to_serialize
 from distributed.utils import sync
 
 from ..kernels import backend
@@ -24,6 +25,7 @@ from .mesh import Flat
 from .spmd import concat, flat, reduce_sum, run_local_step
 
 PULL_TIMEOUT = 120.0
+SECEDE_AFTER = 0.02              # seconds a task waits for its peers' pieces before it secedes
 FREED_MEMORY = 4096              # freed keys remembered, so a late read fails at once
 
 
@@ -33,10 +35,11 @@ class Store:
     def __init__(self):
         self.values, self.refs, self.events = {}, {}, {}
         self.backups = {}                     # key -> {owner worker index: slice}
-        self.freed, self.failed = {}, None     # recently freed keys (insertion-ordered, capped)
+        self.freed = {}                       # recently freed keys (insertion-ordered, capped)
+        self.failed = {}                      # failed step token (or leaf key) -> its error
         self.programs, self.steps, self.sources = {}, {}, {}
         self.counters = {"tasks": 0, "bytes_in": 0, "backup_bytes": 0, "pull_seconds": 0.0,
-                         "compute_seconds": 0.0, "backup_seconds": 0.0}
+                         "compute_seconds": 0.0, "backup_seconds": 0.0, "secedes": 0}
 
     def put(self, key, value, refs=None):
         """refs: reads left before the value is dropped (None: until the client frees it)."""
@@ -64,22 +67,52 @@ class Store:
         while len(self.freed) > FREED_MEMORY:
             self.freed.pop(next(iter(self.freed)))
 
-    def fail(self, exc):
-        """A block failed: every read of this client's values that is waiting or comes later gets
-        its error (a pipelined step's error surfaces at the next read, as in-process)."""
-        self.failed = exc
-        for ev in self.events.values():
-            ev.set()
+    def fail_step(self, token, exc, keys=()):
+        """Step `token` failed here: reads of its values (and of `keys`, the leaves it was to place
+        that it had not) raise its error at once, and so fail the steps that read them in turn; a
+        step that does not read them runs as usual (a pipelined kernel error surfaces at the next
+        read, as in-process, and later independent steps and reads still work)."""
+        for k in (token, *keys):
+            self.failed.setdefault(k, exc)         # the first cause stays
+        while len(self.failed) > FREED_MEMORY:
+            self.failed.pop(next(iter(self.failed)))
+        events, self.events = self.events, {}
+        _on_loop(lambda: [ev.set() for ev in events.values()])
+
+    def failure(self, key):
+        """The error of the failed step that was to make `key`, or None."""
+        return self.failed.get(key) or self.failed.get(key.rpartition(":")[0])
+
+    def get(self, key):
+        """A value this worker's own step reads (made by an earlier level or step)."""
+        value = self.values.get(key)
+        if value is None:
+            exc = self.failure(key)
+            if exc is not None:
+                raise exc
+            raise KeyError(f"gtnumba: value {key} is not on this worker")
+        return value
 
     async def wait_for(self, key):
         while key not in self.values:
             if key in self.freed:
                 raise KeyError(f"gtnumba: value {key} was freed before a peer read it")
-            if self.failed is not None:
-                raise self.failed
+            exc = self.failure(key)
+            if exc is not None:
+                raise exc
             ev = self.events.setdefault(key, asyncio.Event())
             await asyncio.wait_for(ev.wait(), PULL_TIMEOUT)
         return self.values[key]
+
+
+def _on_loop(fn):
+    """Run fn on this worker's event loop (asyncio objects are not thread-safe)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        get_worker().loop.add_callback(fn)
+    else:
+        fn()
 
 
 _STORES = {}
@@ -94,6 +127,29 @@ def _piece(value, start, stop):
     return value if start is None else value.reshape(-1)[start:stop]
 
 
+def pack(arrays):
+    """Many (small) arrays as one message part: Dask serializes each array of a message on its own
+    (~0.1 ms apiece), so a level's dozens of parameter-sized pieces travel as one byte buffer."""
+    arrays = [np.asarray(a) for a in arrays]
+    meta = [(a.dtype.str, a.shape) for a in arrays]
+    # (np.ascontiguousarray would make a 0-d array 1-d: its shape is taken before)
+    bytes_ = [np.ascontiguousarray(a).reshape(-1).view(np.uint8) for a in arrays]
+    buf = np.concatenate(bytes_) if arrays else np.empty(0, np.uint8)
+    return {"meta": meta, "buf": to_serialize(buf)}
+
+
+def unpack(message):
+    """The arrays of `pack` (views into the received buffer)."""
+    buf, out, at = message["buf"], [], 0
+    for dtype, shape in message["meta"]:
+        dtype = np.dtype(dtype)
+        n = int(np.prod(shape)) * dtype.itemsize
+        a = buf[at:at + n].view(dtype).reshape(shape)
+        out.append(a if a.flags.writeable else a.copy())
+        at += n
+    return out
+
+
 async def _pull(rid, items):
     """Handler: the asked slices of this worker's values, waiting for ones not yet computed."""
     st = store(rid)
@@ -102,12 +158,12 @@ async def _pull(rid, items):
         out.append(_piece(await st.wait_for(key), start, stop))
         if release:
             st.release(key)
-    return {"data": [to_serialize(a) for a in out]}
+    return pack(out)
 
 
-async def _put_backup(rid, owner, items):
+async def _put_backup(rid, owner, keys, data):
     st = store(rid)
-    for key, value in items:
+    for key, value in zip(keys, unpack(data)):
         st.backups.setdefault(key, {})[owner] = value
     return {"ok": True}
 
@@ -118,8 +174,26 @@ class StorePlugin(WorkerPlugin):
     idempotent = True
 
     def setup(self, worker):
+        self.worker = worker
         worker.handlers["gtnumba_pull"] = _pull
         worker.handlers["gtnumba_put_backup"] = _put_backup
+
+    def transition(self, key, start, finish, **kwargs):
+        """A step's task that failed outside run_levels (its arguments, the worker): its step
+        fails in the store, so reads and peers waiting for its values raise at once."""
+        if finish != "error" or not (isinstance(key, tuple) and len(key) == 4 and isinstance(key[1], str)):
+            return
+        ts = self.worker.state.tasks.get(key)
+        exc = getattr(getattr(ts, "exception", None), "data", None)       # the pickled exception
+        try:
+            exc = pickle.loads(exc)
+        except Exception:
+            pass
+        if not isinstance(exc, BaseException):
+            exc = RuntimeError(f"gtnumba: task {key} failed: {getattr(ts, 'exception_text', '')}")
+        for rid, st in list(_STORES.items()):
+            if key[1].startswith(rid[:8] + "-"):
+                st.fail_step(key[1], exc)
 
 
 def store_get(rid, key, owner=None):
@@ -206,23 +280,30 @@ def _collectives(worker, rid, peers, plan, L, w, token, leafkeys, env, st):
         calls = [worker.rpc(peers[j]).gtnumba_pull(rid=rid, items=wanted) for j in others]
         return await asyncio.gather(*calls)
 
-    replies = _waiting_for_peers(worker, pull_all) if others else []
-    pieces = {j: r["data"] for j, r in zip(others, replies)}
+    replies = _waiting_for_peers(worker, pull_all, st) if others else []
+    pieces = {j: unpack(r) for j, r in zip(others, replies)}
     st.counters["bytes_in"] += sum(a.nbytes for r in pieces.values() for a in r)
     for n, (c, (key, start, stop, _)) in enumerate(zip(L.collectives, wanted)):
-        own = st.values[key]
+        own = st.get(key)
         own = own if start is None else flat(own)[start:stop]
         parts = [own if j == w else pieces[j][n] for j in range(len(peers))]
         env[c.out] = _combine(plan, c, w, parts)
 
 
-def _waiting_for_peers(worker, pull):
-    """Run `pull` with this task's thread handed back to the worker (secede): the peers may still
-    be computing what it pulls, and on a cluster shared by several clients the step a peer runs
-    now may wait for this worker in turn; a worker thread held while waiting would deadlock them."""
+def _waiting_for_peers(worker, pull, st):
+    """Run `pull` on the worker's loop, and if it has not finished within SECEDE_AFTER, wait with
+    this task's thread handed back to the worker (secede): on a cluster shared by several clients
+    the step a peer runs now may wait for this worker in turn, and a thread held while waiting
+    would deadlock them.  Seceding costs a scheduler message and two worker transitions, so the
+    pulls that peers answer at once (most of them: workers run a step's levels in step) skip it."""
+    done = asyncio.run_coroutine_threadsafe(pull(), worker.loop.asyncio_loop)
+    try:
+        return done.result(SECEDE_AFTER)
+    except concurrent.futures.TimeoutError:
+        st.counters["secedes"] += 1
     secede()
     try:
-        return sync(worker.loop, pull)
+        return done.result()
     finally:
         rejoin()
 
@@ -233,11 +314,12 @@ def _backup(worker, rid, peers, w, items, st):
     if len(peers) < 2 or not items or os.environ.get("GT_STATE_BACKUP") == "0":
         return
     nxt = peers[(w + 1) % len(peers)]
-    host = [(k, to_serialize(backend.to_host(v))) for k, v in items]
-    st.counters["backup_bytes"] += sum(backend.to_host(v).nbytes for _, v in items)
+    host = [backend.to_host(v) for _, v in items]
+    st.counters["backup_bytes"] += sum(a.nbytes for a in host)
+    keys, data = [k for k, _ in items], pack(host)
 
     async def push():
-        return await worker.rpc(nxt).gtnumba_put_backup(rid=rid, owner=w, items=host)
+        return await worker.rpc(nxt).gtnumba_put_backup(rid=rid, owner=w, keys=keys, data=data)
     sync(worker.loop, push)
 
 
@@ -248,14 +330,10 @@ def _describe_failure(step, env, w, exc):
 
 def _arrived(value, st):
     """A leaf part that came with the task: an array, or rows this worker reads itself (a failed
-    read fails the store, so the client's next read raises it)."""
+    read fails the step, like a failed kernel)."""
     if hasattr(value, "read"):
         t0 = time.perf_counter()
-        try:
-            value = value.read(st.sources)
-        except Exception as exc:
-            st.fail(exc)
-            raise
+        value = value.read(st.sources)
         st.counters["read_seconds"] = st.counters.get("read_seconds", 0.0) + time.perf_counter() - t0
     return backend.to_backend(value) if isinstance(value, np.ndarray) else value
 
@@ -263,12 +341,29 @@ def _arrived(value, st):
 def run_levels(rid, uid, plan, levels, w, token, peers, leafkeys, inline, frees, *after):
     """A Dask task running several levels of a step in a row on worker w (the whole step: no
     scheduler hop between forward_backward and reduce_update; reads of the loss still return
-    as soon as level 0 has stored it)."""
-    for n, level in enumerate(levels):
-        first, last = n == 0, n == len(levels) - 1
-        run_level(rid, uid, plan if first else None, level, w, token, peers, leafkeys if first else None,
-                  inline if first else {}, frees if last else [])
+    as soon as level 0 has stored it).  It never raises: whatever fails (a kernel, or anything
+    before the store is reached) fails the step in the store, where reads and the steps that
+    depend on it find the error at once; Dask sees a finished task, so the next step's task,
+    which Dask runs after this one, still runs."""
+    try:
+        for n, level in enumerate(levels):
+            first, last = n == 0, n == len(levels) - 1
+            run_level(rid, uid, plan if first else None, level, w, token, peers, leafkeys if first else None,
+                      inline if first else {}, frees if last else [])
+    except Exception as exc:
+        _step_failed(rid, uid, plan, token, leafkeys, inline, frees, exc)
+        return -1
     return len(levels)
+
+
+def _step_failed(rid, uid, plan, token, leafkeys, inline, frees, exc):
+    st = store(rid)
+    if plan is not None and uid not in st.programs:
+        st.programs[uid] = (plan, compile_program(plan))     # later steps of this plan do not carry it
+    placed = [leafkeys[slot] for slot in inline if leafkeys[slot] not in st.values] if leafkeys else []
+    st.fail_step(token, exc, placed)
+    st.steps.pop(token, None)
+    st.free(frees)
 
 
 def run_level(rid, uid, plan, level, w, token, peers, leafkeys, inline, frees, *after):
@@ -277,6 +372,8 @@ def run_level(rid, uid, plan, level, w, token, peers, leafkeys, inline, frees, *
     st = store(rid)
     if plan is not None:
         st.programs[uid] = (plan, compile_program(plan))
+    if uid not in st.programs:
+        raise KeyError(f"gtnumba: plan {uid} never reached this worker (the task carrying it failed before it ran)")
     plan, program = st.programs[uid]
     L = program[level]
     if level == 0:
@@ -286,20 +383,16 @@ def run_level(rid, uid, plan, level, w, token, peers, leafkeys, inline, frees, *
     leafkeys = st.steps[token]
     st.counters["tasks"] += 1
     t0 = time.perf_counter()
-    try:
-        env = {}
-        _collectives(worker, rid, peers, plan, L, w, token, leafkeys, env, st)
-        t1 = time.perf_counter()
-        for i in L.reads:
-            env[i] = st.values[_key(token, i, leafkeys)]
-        for step in L.steps:
-            try:
-                run_local_step(step, env, w)
-            except Exception as exc:
-                raise type(exc)(_describe_failure(step, env, w, exc)) from exc
-    except Exception as exc:
-        st.fail(exc)
-        raise
+    env = {}
+    _collectives(worker, rid, peers, plan, L, w, token, leafkeys, env, st)
+    t1 = time.perf_counter()
+    for i in L.reads:
+        env[i] = st.get(_key(token, i, leafkeys))
+    for step in L.steps:
+        try:
+            run_local_step(step, env, w)
+        except Exception as exc:
+            raise type(exc)(_describe_failure(step, env, w, exc)) from exc
     for slot, refs in L.puts:
         st.put(f"{token}:{slot}", env[slot], refs)
     for i in L.drops:

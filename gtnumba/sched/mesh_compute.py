@@ -36,7 +36,7 @@ def _run_on_mesh(mesh, order, key, leaves):
             # a value an earlier mesh holds (e.g. a cached constant) comes home to be placed again
             node.value = old.host if old.host is not None else old.to_host()
     layouts = leaf_layouts(key, leaves, workers)
-    plan = cached(("mesh", workers, backend.current(), key, layouts), lambda: _build(key, layouts, workers))
+    plan = _plan(key, layouts, workers)
     t1 = time.perf_counter()
     STATS["plan_seconds"] += t1 - t0
     STATS["mesh_plan_seconds"] = STATS.get("mesh_plan_seconds", 0.0) + t1 - t0
@@ -60,6 +60,27 @@ def _run_on_mesh(mesh, order, key, leaves):
                 value = node.value
             runner.track(value)
             node.set_value(value)
+
+
+_BY_ID = {}              # id(key) -> (key, layouts, backend, plan): the last plans, found without hashing
+_BY_ID_LIMIT = 16
+
+
+def _plan(key, layouts, workers):
+    """The cached DistPlan of a step.  A replayed step hands over the very same structure key
+    every time, so the plan is found by the key's identity first: hashing a key of a few hundred
+    nodes costs ~0.2 ms a step."""
+    hit = _BY_ID.get(id(key))
+    name = backend.current()
+    if hit is not None and hit[0] is key and hit[1] == layouts and hit[2] == name and hit[3].workers == workers:
+        STATS["plans_reused"] += 1
+        STATS["runs"] += 1
+        return hit[3]
+    plan = cached(("mesh", workers, name, key, layouts), lambda: _build(key, layouts, workers))
+    if len(_BY_ID) >= _BY_ID_LIMIT:
+        _BY_ID.pop(next(iter(_BY_ID)))
+    _BY_ID[id(key)] = (key, layouts, name, plan)
+    return plan
 
 
 def _build(key, layouts, workers):

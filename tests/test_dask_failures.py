@@ -1,0 +1,130 @@
+"""A step's task that fails before it runs its levels, on real Dask workers: the read waiting for
+it raises at once with the cause (not after the pull timeout), and later steps work again."""
+import numpy as np
+import pytest
+
+import gtnumba as gt
+from gtnumba import nn
+from gtnumba.sched import dask_runner
+from gtnumba.sched.mesh import current_mesh, set_mesh
+
+
+def _short_pull_timeout():
+    """On a worker: a read waiting for a value gives up after 30 s (instead of 120 s), so a failure
+    that is not reported shows up here as a TimeoutError, not as the cause the tests expect."""
+    from gtnumba.sched import dask_worker
+    dask_worker.PULL_TIMEOUT = 30.0
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    client = gt.init(workers=2, dashboard=":0")
+    client.run(_short_pull_timeout)
+    yield client
+    gt.shutdown()
+
+
+def _model(seed=0):
+    gt.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3))
+
+
+def _step(model, opt, rng):
+    x = gt.tensor(rng.standard_normal((5, 6)), dtype=gt.float32)
+    y = gt.tensor(rng.integers(0, 3, 5))
+    loss = nn.cross_entropy(model(x), y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return loss
+
+
+def _train(steps=3):
+    model = _model(1)
+    opt = gt.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    rng = np.random.default_rng(7)
+    losses = [_step(model, opt, rng).item() for _ in range(steps)]
+    return losses, [p.numpy() for p in model.parameters()]
+
+
+def _trains_like_in_process():
+    mesh = current_mesh()
+    set_mesh(None)
+    try:
+        want = _train()
+    finally:
+        set_mesh(mesh)
+    got = _train()
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+    for a, b in zip(got[1], want[1]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def _explode():
+    raise RuntimeError("gtnumba-test: this step cannot be unpickled")
+
+
+class _Unpicklable:
+    """Stands in for the task function: pickles on the client, fails where it is unpickled."""
+
+    def __call__(self, *args):
+        raise AssertionError("never unpickled, never called")
+
+    def __reduce__(self):
+        return (_explode, ())
+
+
+def test_a_step_that_cannot_be_unpickled_fails_its_read_at_once(cluster, monkeypatch):
+    model = _model()
+    opt = gt.optim.SGD(model.parameters(), lr=0.1)
+    rng = np.random.default_rng(3)
+    assert np.isfinite(_step(model, opt, rng).item())
+    monkeypatch.setattr(dask_runner, "run_levels", _Unpicklable())
+    loss = _step(model, opt, rng)
+    monkeypatch.undo()
+    with pytest.raises(Exception, match="deserializ"):
+        loss.item()
+    _trains_like_in_process()
+
+
+def _fail_before_the_store(name, message):
+    """On a worker: the next step's task fails in `name` (run_levels: the Dask task itself, so
+    Dask sees it fail; run_level: inside it) before it reaches this client's store."""
+    from gtnumba.sched import dask_worker
+    real = getattr(dask_worker, name)
+
+    def broken(*args):
+        if name == "run_level" and args[3] != 0:
+            return real(*args)
+        setattr(dask_worker, name, real)
+        raise RuntimeError(message)
+    broken.__wrapped_real__ = real
+    setattr(dask_worker, name, broken)
+
+
+def _restore(name):
+    from gtnumba.sched import dask_worker
+    setattr(dask_worker, name, getattr(getattr(dask_worker, name), "__wrapped_real__", getattr(dask_worker, name)))
+
+
+@pytest.mark.parametrize("where", ["run_levels", "run_level"])
+@pytest.mark.parametrize("worker", [0, 1])
+def test_a_worker_side_failure_before_the_store_fails_reads_at_once(cluster, worker, where):
+    """The task on one worker fails before its step reaches the store; the loss read (a part on
+    each worker) and the peer's collectives (waiting for that worker's gradients) fail at once."""
+    model = _model()
+    opt = gt.optim.Adam(model.parameters(), lr=0.05)
+    rng = np.random.default_rng(4)
+    assert np.isfinite(_step(model, opt, rng).item())
+    model[0].weight.numpy()                            # the update finished: the next task breaks
+    address = current_mesh().runner.addresses[worker]
+    cluster.run(_fail_before_the_store, where, f"gtnumba-test: worker {worker} broke", workers=[address])
+    try:
+        loss = _step(model, opt, rng)
+        with pytest.raises(RuntimeError, match=f"worker {worker} broke"):
+            loss.item()
+        with pytest.raises(RuntimeError, match=f"worker {worker} broke"):
+            model[0].weight.numpy()                   # its update needed that worker's gradients
+    finally:
+        cluster.run(_restore, where)
+    _trains_like_in_process()
