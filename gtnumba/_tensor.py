@@ -332,7 +332,8 @@ class Tensor:
 
     def _inplace(self, op, compute):
         """Store `compute()` in place; a GT leaf update computes it with gradient recording off."""
-        if not self._check_inplace(op):
+        node = self._node
+        if not (GRAD_MODE.enabled and node.leaf and node.requires_grad):     # not GT's leaf update
             return self._assign(compute(), op)
         saved, GRAD_MODE.enabled = GRAD_MODE.enabled, False
         try:
@@ -379,7 +380,8 @@ class Tensor:
     def _filled(self, op, value):
         if not isinstance(value, (int, float, bool, np.number, np.bool_)):
             raise TypeError(f"{op}: fill value must be a number, got {value!r}")
-        return apply("fill", shape=self.shape, value=self.dtype.type(value).item(), dtype=self.dtype)
+        spec = self._node.specs[0]
+        return apply("fill", shape=spec.shape, value=spec.dtype.type(value).item(), dtype=spec.dtype)
 
     def zero_(self):
         return self._inplace("zero_", lambda: self._filled("zero_", 0))

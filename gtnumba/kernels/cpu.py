@@ -313,13 +313,14 @@ def setitem(x, value, *arrays, spec):
 
 
 # ---- linear algebra ----------------------------------------------------------------------
-# below this many rows a batched matmul costs less than reshaping to one GEMM
-_MATMUL_FLAT_MIN_ROWS = 64
+# below this many rows, and this many weights, a batched matmul costs less than reshaping to one GEMM
+_MATMUL_FLAT_MIN_ROWS, _MATMUL_FLAT_MIN_WEIGHTS = 64, 4096
 
 
 def _matmul_inline(args, attrs, in_specs, out_specs):
     a, b = in_specs
-    if len(a.shape) > 2 and len(b.shape) == 2 and math.prod(a.shape[:-1]) >= _MATMUL_FLAT_MIN_ROWS:
+    if len(a.shape) > 2 and len(b.shape) == 2 and (math.prod(a.shape[:-1]) >= _MATMUL_FLAT_MIN_ROWS
+                                                   or math.prod(b.shape) >= _MATMUL_FLAT_MIN_WEIGHTS):
         return None
     return _array_expr(f"u_matmul({args[0]}, {args[1]})", out_specs), {"u_matmul": np.matmul, "asarray": np.asarray}
 
