@@ -336,6 +336,8 @@ def run_levels(rid, uid, plan, levels, w, token, peers, leafkeys, inline, frees,
     depend on it find the error at once; Dask sees a finished task, so the next step's task,
     which Dask runs after this one, still runs."""
     try:
+        if plan is None and uid not in store(rid).programs:
+            raise KeyError(f"gtnumba: plan {uid} never reached this worker (the task carrying it failed before it ran)")
         for n, level in enumerate(levels):
             first, last = n == 0, n == len(levels) - 1
             run_level(rid, uid, plan if first else None, level, w, token, peers, leafkeys if first else None,
@@ -362,8 +364,6 @@ def run_level(rid, uid, plan, level, w, token, peers, leafkeys, inline, frees, *
     st = store(rid)
     if plan is not None:
         st.programs[uid] = (plan, compile_program(plan))
-    if uid not in st.programs:
-        raise KeyError(f"gtnumba: plan {uid} never reached this worker (the task carrying it failed before it ran)")
     plan, program = st.programs[uid]
     L = program[level]
     if level == 0:
