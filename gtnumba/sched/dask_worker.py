@@ -15,6 +15,7 @@ import time
 import numpy as np
 
 from distributed import get_worker, rejoin, secede
+from distributed.core import error_message
 from distributed.diagnostics.plugin import WorkerPlugin
 from distributed.protocol import pickle, to_serialize
 from distributed.utils import sync
@@ -151,13 +152,18 @@ def unpack(message):
 
 
 async def _pull(rid, items):
-    """Handler: the asked slices of this worker's values, waiting for ones not yet computed."""
+    """Handler: the asked slices of this worker's values, waiting for ones not yet computed.  A
+    value that cannot come (its step failed, it was freed) is an error reply, which the caller's
+    rpc raises: raised here, it would also be logged on this worker as an ERROR with a traceback."""
     st = store(rid)
     out = []
-    for key, start, stop, release in items:
-        out.append(_piece(await st.wait_for(key), start, stop))
-        if release:
-            st.release(key)
+    try:
+        for key, start, stop, release in items:
+            out.append(_piece(await st.wait_for(key), start, stop))
+            if release:
+                st.release(key)
+    except Exception as exc:
+        return error_message(exc, status="uncaught-error")
     return pack(out)
 
 
