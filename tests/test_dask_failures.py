@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 import gtnumba as gt
-from gtnumba import nn
 from gtnumba.sched import dask_runner
-from gtnumba.sched.mesh import current_mesh, set_mesh
+from gtnumba.sched.mesh import current_mesh
+from test_dask_step import _model, _step, _trains_like_in_process
 
 
 def _short_pull_timeout():
@@ -22,42 +22,6 @@ def cluster():
     client.run(_short_pull_timeout)
     yield client
     gt.shutdown()
-
-
-def _model(seed=0):
-    gt.manual_seed(seed)
-    return nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3))
-
-
-def _step(model, opt, rng):
-    x = gt.tensor(rng.standard_normal((5, 6)), dtype=gt.float32)
-    y = gt.tensor(rng.integers(0, 3, 5))
-    loss = nn.cross_entropy(model(x), y)
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-    return loss
-
-
-def _train(steps=3):
-    model = _model(1)
-    opt = gt.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    rng = np.random.default_rng(7)
-    losses = [_step(model, opt, rng).item() for _ in range(steps)]
-    return losses, [p.numpy() for p in model.parameters()]
-
-
-def _trains_like_in_process():
-    mesh = current_mesh()
-    set_mesh(None)
-    try:
-        want = _train()
-    finally:
-        set_mesh(mesh)
-    got = _train()
-    np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
-    for a, b in zip(got[1], want[1]):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def _explode():
@@ -82,7 +46,7 @@ def test_a_step_that_cannot_be_unpickled_fails_its_read_at_once(cluster, monkeyp
     monkeypatch.setattr(dask_runner, "run_levels", _Unpicklable())
     loss = _step(model, opt, rng)
     monkeypatch.undo()
-    with pytest.raises(Exception, match="deserializ"):
+    with pytest.raises(RuntimeError, match="deserializ"):
         loss.item()
     _trains_like_in_process()
 

@@ -45,17 +45,19 @@ def _model():
     return nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3))
 
 
+def _step(model, opt, rng, batch=5):
+    """One training step, not read: its loss (a pipelined step runs on while nothing reads it)."""
+    x = gt.tensor(rng.standard_normal((batch, 6)), dtype=gt.float32)
+    y = gt.tensor(rng.integers(0, 3, batch))
+    loss = nn.cross_entropy(model(x), y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return loss
+
+
 def _steps(model, opt, rng, steps, batch):
-    losses = []
-    for _ in range(steps):
-        x = gt.tensor(rng.standard_normal((batch, 6)), dtype=gt.float32)
-        y = gt.tensor(rng.integers(0, 3, batch))
-        loss = nn.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return losses
+    return [_step(model, opt, rng, batch).item() for _ in range(steps)]
 
 
 def _train(make_opt, steps=3, batch=5):
@@ -64,6 +66,14 @@ def _train(make_opt, steps=3, batch=5):
     losses = _steps(model, opt, np.random.default_rng(2), steps, batch)
     state = [np.asarray(t.numpy()) for st in opt.state.values() for t in st.values() if hasattr(t, "numpy")]
     return losses, [p.numpy() for p in model.parameters()], state
+
+
+def _trains_like_in_process():
+    make = OPTIMIZERS["sgd-momentum"]
+    want, got = _in_process(_train, make), _train(make)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+    for a, b in zip(got[1] + got[2], want[1] + want[2]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_sliced_optimizers_match_in_process_on_uneven_batches(cluster):
@@ -181,11 +191,7 @@ def test_kernel_error_in_a_pipelined_step_surfaces_at_the_next_read(cluster):
         table.numpy()
     with pytest.raises(IndexError, match="out of bounds"):
         step([0, 1]).item()                                   # it reads the failed update
-    make = OPTIMIZERS["sgd-momentum"]
-    want, got = _in_process(_train, make), _train(make)
-    np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
-    for a, b in zip(got[1] + got[2], want[1] + want[2]):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    _trains_like_in_process()
 
 
 SCRIPT = textwrap.dedent("""

@@ -15,6 +15,7 @@ import time
 import numpy as np
 
 from distributed import get_worker, rejoin, secede
+from distributed.core import error_message
 from distributed.diagnostics.plugin import WorkerPlugin
 from distributed.protocol import pickle, to_serialize
 from distributed.utils import sync
@@ -151,13 +152,18 @@ def unpack(message):
 
 
 async def _pull(rid, items):
-    """Handler: the asked slices of this worker's values, waiting for ones not yet computed."""
+    """Handler: the asked slices of this worker's values, waiting for ones not yet computed.  A
+    value that cannot come (its step failed, it was freed) is an error reply, which the caller's
+    rpc raises: raised here, it would also be logged on this worker as an ERROR with a traceback."""
     st = store(rid)
     out = []
-    for key, start, stop, release in items:
-        out.append(_piece(await st.wait_for(key), start, stop))
-        if release:
-            st.release(key)
+    try:
+        for key, start, stop, release in items:
+            out.append(_piece(await st.wait_for(key), start, stop))
+            if release:
+                st.release(key)
+    except Exception as exc:
+        return error_message(exc, status="uncaught-error")
     return pack(out)
 
 
@@ -346,6 +352,8 @@ def run_levels(rid, uid, plan, levels, w, token, peers, leafkeys, inline, frees,
     depend on it find the error at once; Dask sees a finished task, so the next step's task,
     which Dask runs after this one, still runs."""
     try:
+        if plan is None and uid not in store(rid).programs:
+            raise KeyError(f"gtnumba: plan {uid} never reached this worker (the task carrying it failed before it ran)")
         for n, level in enumerate(levels):
             first, last = n == 0, n == len(levels) - 1
             run_level(rid, uid, plan if first else None, level, w, token, peers, leafkeys if first else None,
@@ -372,8 +380,6 @@ def run_level(rid, uid, plan, level, w, token, peers, leafkeys, inline, frees, *
     st = store(rid)
     if plan is not None:
         st.programs[uid] = (plan, compile_program(plan))
-    if uid not in st.programs:
-        raise KeyError(f"gtnumba: plan {uid} never reached this worker (the task carrying it failed before it ran)")
     plan, program = st.programs[uid]
     L = program[level]
     if level == 0:
