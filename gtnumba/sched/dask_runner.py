@@ -23,6 +23,7 @@ from dask._task_spec import Task, TaskRef
 from ..kernels import backend
 from .distribute import Collective
 from .dask_worker import StorePlugin, counters, drop_store, run_levels, store_get, unpack
+from .cost import nbytes, slot_specs
 from .mesh import Flat, WorkerLost
 
 
@@ -32,15 +33,18 @@ FUSED = os.environ.get("GT_DASK_TASK_PER_LEVEL") != "1"
 
 # new parameters travel inside the first step's tasks: no warning about that graph's size
 _QUIET = {"distributed.admin.large-graph-warning-threshold": "4GiB"}
+# kept values up to this size, of the last RIDE_STEPS steps, come along with any read of their worker
+SMALL_READ, RIDE_STEPS = 4096, 2
 
 
 class Part:
     """One worker's piece of a value on the cluster: its key in the worker's store, the future of
     the task that produced it, and (until its first step is submitted) the host array to send."""
-    __slots__ = ("worker", "key", "future", "slot", "pending")
+    __slots__ = ("worker", "key", "future", "slot", "pending", "host")
 
     def __init__(self, worker, key, future=None, slot=None, pending=None):
         self.worker, self.key, self.future, self.slot, self.pending = worker, key, future, slot, pending
+        self.host = None          # its value, when it came along with an earlier read
 
 
 class _Where:
@@ -80,6 +84,13 @@ class _PlanInfo:
         task_of = {lv: i for i, (_, levels) in enumerate(self.tasks) for lv in levels}
         made = {s.out: s.level for s in plan.steps}
         self.kept_task = {s: task_of[made[s]] for s in plan.keep}
+        self.small = None         # kept slots small enough to ride along with a read (see fetch)
+
+    def small_slots(self, plan, key):
+        if self.small is None:
+            specs = slot_specs(key, plan) if key is not None else {}
+            self.small = frozenset(s for s in plan.keep if s in specs and nbytes(specs[s]) <= SMALL_READ)
+        return self.small
 
 
 async def _failure(future):
@@ -108,11 +119,12 @@ class DaskRunner:
         self._last = [None] * self.workers           # future of the last task on each worker
         self._sent = set()                            # (plan uid, worker) holding that plan
         self._shipped = set()                         # (rows source uid, worker) holding that source
+        self._small = []                              # per recent step: its small kept values' parts
         self._frees = [[] for _ in self.addresses]
         self._keyrefs = {}
         self.log = []                                 # (futures, replay) of steps not known finished
         self.on_lost = None                           # recovery, installed by the mesh step
-        self.stats = {"steps": 0, "tasks": 0, "submit_seconds": 0.0, "wait_seconds": 0.0}
+        self.stats = {"steps": 0, "tasks": 0, "reads": 0, "submit_seconds": 0.0, "wait_seconds": 0.0}
         self._where = _Where(self.addresses)
         self._plugin = False      # registered at the first step: gt.init may run inside `import gtnumba`,
         #                           and pickling the plugin there would wait for that import
@@ -151,29 +163,45 @@ class DaskRunner:
         """Host copies of parts, straight from the workers' stores: each waits there only until its
         own value is computed (the rest of its task, such as the update, may still run)."""
         t0 = time.perf_counter()
-        out = [p.pending for p in parts]
+        out = [p.pending if p.pending is not None else p.host for p in parts]
         by_worker = {}
         for i, p in enumerate(parts):
-            if p.pending is None:
+            if out[i] is None:
                 by_worker.setdefault(p.worker, []).append(i)
+        self.stats["reads"] += bool(by_worker)
+        if by_worker:       # the other workers' small values come in the same round trip
+            by_worker.update({w: [] for w in range(self.workers) if w not in by_worker})
+        riders = {w: self._riders(w, [parts[i] for i in idx]) for w, idx in by_worker.items()}
+        by_worker = {w: idx for w, idx in by_worker.items() if idx or riders[w]}
         try:
-            replies = self.client.sync(self._pull, parts, by_worker)
+            replies = self.client.sync(self._pull, parts, by_worker, riders)
         except Exception:
             dead = self.dead_workers()
             if dead:
                 raise WorkerLost(dead) from None
             raise
-        for idx, reply in zip(by_worker.values(), replies):
-            for i, value in zip(idx, unpack(reply)):
+        for (w, idx), reply in zip(by_worker.items(), replies):
+            values = unpack(reply)
+            for i, value in zip(idx, values):
                 out[i] = value
+            for part, value in zip([r for r, have in zip(riders[w], reply["have"]) if have], values[len(idx):]):
+                part.host = value
         self.stats["wait_seconds"] += time.perf_counter() - t0
         return out
 
-    async def _pull(self, parts, by_worker):
+    def _riders(self, w, asked):
+        """Worker w's small kept values of recent steps not read yet: they come with this read if
+        they are computed by then (the loop reading the loss reads its accuracy next: one RPC)."""
+        asked = {id(p) for p in asked}
+        return [parts[w] for step in self._small for parts in step
+                if parts[w].host is None and id(parts[w]) not in asked]
+
+    async def _pull(self, parts, by_worker, riders):
         """The pulls, unless a task making one of the parts fails first (a step the scheduler could
         not even unpickle never reaches a store): then that task's error, at once."""
         calls = asyncio.gather(*[self.client.rpc(self.addresses[w]).gtnumba_pull(
-            rid=self.rid, items=[(parts[i].key, None, None, False) for i in idx]) for w, idx in by_worker.items()])
+            rid=self.rid, items=[(parts[i].key, None, None, False) for i in idx],
+            ready=[p.key for p in riders[w]]) for w, idx in by_worker.items()])
         makers = {id(p.future): p.future for p in parts if p.pending is None and p.future is not None}
         watch = [asyncio.ensure_future(_failure(f)) for f in makers.values() if f.status != "finished"]
         try:
@@ -260,6 +288,9 @@ class DaskRunner:
             t = info.kept_task[slot]
             kept[slot] = [Part(w, f"{token}:{slot}", by_key[(info.tasks[t][0], token, t, w)], slot)
                           for w in range(self.workers)]
+        small = info.small_slots(plan, replay[1] if replay is not None else None)
+        self._small.append([kept[slot] for slot in small])
+        del self._small[:-RIDE_STEPS]
         self._log(futures, replay)
         self.stats["steps"] += 1
         self.stats["tasks"] += len(futures)

@@ -151,10 +151,11 @@ def unpack(message):
     return out
 
 
-async def _pull(rid, items):
-    """Handler: the asked slices of this worker's values, waiting for ones not yet computed.  A
-    value that cannot come (its step failed, it was freed) is an error reply, which the caller's
-    rpc raises: raised here, it would also be logged on this worker as an ERROR with a traceback."""
+async def _pull(rid, items, ready=()):
+    """Handler: the asked slices of this worker's values, waiting for ones not yet computed, then
+    those of the values `ready` names that are computed already (`have` says which).  A value that
+    cannot come (its step failed, it was freed) is an error reply, which the caller's rpc raises:
+    raised here, it would also be logged on this worker as an ERROR with a traceback."""
     st = store(rid)
     out = []
     try:
@@ -164,7 +165,10 @@ async def _pull(rid, items):
                 st.release(key)
     except Exception as exc:
         return error_message(exc, status="uncaught-error")
-    return pack(out)
+    have = [key in st.values for key in ready]
+    reply = pack(out + [backend.to_host(st.values[key]) for key, h in zip(ready, have) if h])
+    reply["have"] = have
+    return reply
 
 
 async def _put_backup(rid, owner, keys, data):
