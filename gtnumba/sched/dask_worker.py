@@ -357,7 +357,8 @@ def run_levels(rid, uid, plan, levels, w, token, peers, leafkeys, inline, frees,
     which Dask runs after this one, still runs."""
     try:
         if plan is None and uid not in store(rid).programs:
-            raise KeyError(f"gtnumba: plan {uid} never reached this worker (the task carrying it failed before it ran)")
+            raise KeyError(f"gtnumba: plan {uid} never reached this worker (the task carrying it failed "
+                           f"before it ran)")
         for n, level in enumerate(levels):
             first, last = n == 0, n == len(levels) - 1
             run_level(rid, uid, plan if first else None, level, w, token, peers, leafkeys if first else None,
