@@ -148,15 +148,10 @@ def _start_cluster(gpus, workers, dashboard, allow_shared_gpu, verbose, host):
 
 def _worker_env(workers):
     """Each worker's share of this machine's cores for its kernels' own threads (Numba's parallel
-    kernels, BLAS): without it every worker starts a thread per core and they fight for them.
-    And glibc keeps freed blocks up to 256 MiB for reuse: Dask's default (trim at 64 KiB) hands
-    every parameter-sized result back to the OS, so each step page-faults its arrays in again
-    (measured: an SGD update and a GEMM of a 128 x 20000 weight, 12 ms -> 4-7 ms)."""
+    kernels, BLAS): without it every worker starts a thread per core and they fight for them."""
     share = str(max(1, (os.cpu_count() or 1) // workers))
-    env = {name: share for name in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+    return {name: share for name in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                                      "MKL_NUM_THREADS")}
-    env.update(MALLOC_MMAP_THRESHOLD_=str(256 << 20), MALLOC_TRIM_THRESHOLD_=str(1 << 30))
-    return env
 
 
 WORKER_FLAG = "GTNUMBA_WORKER"
