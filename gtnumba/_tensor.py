@@ -378,7 +378,7 @@ class Tensor:
         return self._inplace("__itruediv__", lambda: self / other)
 
     def _filled(self, op, value):
-        if not isinstance(value, (int, float, bool, np.number, np.bool_)):
+        if value.__class__ is not int and not isinstance(value, (float, bool, np.number, np.bool_)):
             raise TypeError(f"{op}: fill value must be a number, got {value!r}")
         spec = self._node.specs[0]
         return apply("fill", shape=spec.shape, value=spec.dtype.type(value).item(), dtype=spec.dtype)
@@ -432,6 +432,10 @@ class Tensor:
     def __ge__(self, o): return apply("ge", self, o)
 
     def __matmul__(self, o):
+        if o.__class__ is Tensor:       # two matrices (or stacks) that fit: nothing to promote or check
+            a, b = self._node.specs[0].shape, o._node.specs[0].shape
+            if len(a) > 1 and len(b) > 1 and a[-1] == b[-2]:
+                return apply("matmul", self, o)
         from .functions import matmul
         return matmul(self, o)
 
