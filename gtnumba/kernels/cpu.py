@@ -201,6 +201,7 @@ def fill(shape, value, dtype, out=None):
     return out
 
 
+@_inline(lambda args, attrs, i, o: (args[0], {}))
 def alias(x, placement=None):
     return x
 
