@@ -207,9 +207,11 @@ class Recorder:
         if k >= len(sigs) or node.value is None:
             return False
         sig = sigs[k]     # ext_sig(node) == sig, without making the tuple
-        if (node.specs != sig[0] or type(node.value).__name__ != sig[1] or node.requires_grad != sig[2]
-                or node.leaf != sig[3]):
+        if (type(node.value).__name__ != sig[1] or node.requires_grad != sig[2] or node.leaf != sig[3]
+                or node.specs is not sig[0] and node.specs != sig[0]):
             return False
+        if node.specs is not sig[0]:
+            sigs[k] = (node.specs,) + sig[1:]     # equal specs: from now on an identity check
         p = trace.prev_pos.get(k)
         return p is None or self._prev_node(p) is node
 
