@@ -320,10 +320,6 @@ class Tensor:
     # GT's rule: an in-place update of a leaf that requires grad, outside gt.no_grad(), updates the
     # value and records nothing (as if under no_grad), with a warning once per call site.
     # Underneath it is functional: the tensor is re-pointed at a new node.
-    def _check_inplace(self, op):
-        """True when updating this tensor in place is GT's unrecorded leaf update."""
-        return GRAD_MODE.enabled and self._node.leaf and self._node.requires_grad
-
     def _warn_gt_update(self, op):
         from ._gtwarn import warn_once
         warn_once(f"{op}: in-place update of a leaf tensor that requires grad (shape {self.shape}) outside "
@@ -344,15 +340,10 @@ class Tensor:
         return self
 
     def _assign(self, result, op):
-        gt_update = self._check_inplace(op)
         mine, theirs = self._node.specs[0], result._node.specs[0]
-        if theirs.shape != mine.shape:
-            raise ValueError(f"{op}: result of shape {result.shape} cannot be stored in place into a "
-                             f"tensor of shape {self.shape}")
-        if theirs.dtype != mine.dtype:
-            if dtypes.is_float(result.dtype) and not dtypes.is_float(self.dtype):
-                raise TypeError(f"{op}: result dtype {result.dtype} cannot be stored in place into {self.dtype}")
-            result = result.astype(self.dtype)
+        gt_update = GRAD_MODE.enabled and self._node.leaf and self._node.requires_grad   # GT's leaf update
+        if theirs is not mine:          # a replayed step's update has the very spec of the value it replaces
+            result = self._fit(result, op, mine, theirs)
         was_leaf = self._node.leaf and self._node.requires_grad
         node = result._node
         if was_leaf:
@@ -364,6 +355,17 @@ class Tensor:
         if gt_update:
             self._warn_gt_update(op)
         return self
+
+    def _fit(self, result, op, mine, theirs):
+        """`result` as it can be stored in place into this tensor (its dtype), or the error."""
+        if theirs.shape != mine.shape:
+            raise ValueError(f"{op}: result of shape {result.shape} cannot be stored in place into a "
+                             f"tensor of shape {self.shape}")
+        if theirs.dtype != mine.dtype:
+            if dtypes.is_float(result.dtype) and not dtypes.is_float(self.dtype):
+                raise TypeError(f"{op}: result dtype {result.dtype} cannot be stored in place into {self.dtype}")
+            result = result.astype(self.dtype)
+        return result
 
     def __iadd__(self, other):
         return self._inplace("__iadd__", lambda: self + other)
@@ -378,7 +380,7 @@ class Tensor:
         return self._inplace("__itruediv__", lambda: self / other)
 
     def _filled(self, op, value):
-        if not isinstance(value, (int, float, bool, np.number, np.bool_)):
+        if value.__class__ is not int and not isinstance(value, (float, bool, np.number, np.bool_)):
             raise TypeError(f"{op}: fill value must be a number, got {value!r}")
         spec = self._node.specs[0]
         return apply("fill", shape=spec.shape, value=spec.dtype.type(value).item(), dtype=spec.dtype)
@@ -432,6 +434,10 @@ class Tensor:
     def __ge__(self, o): return apply("ge", self, o)
 
     def __matmul__(self, o):
+        if o.__class__ is Tensor:       # two matrices (or stacks) that fit: nothing to promote or check
+            a, b = self._node.specs[0].shape, o._node.specs[0].shape
+            if len(a) > 1 and len(b) > 1 and a[-1] == b[-2]:
+                return apply("matmul", self, o)
         from .functions import matmul
         return matmul(self, o)
 

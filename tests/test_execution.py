@@ -144,7 +144,12 @@ def _inline_cases():
     cases += [("add", (np.array(1.5), np.array(2.0)), {}), ("sum", (one((2, 3)),), dict(axes=(0, 1), keepdims=False)),
               ("fill", (), dict(shape=(2, 2), value=0.0, dtype=np.dtype("float32"))),
               ("fill", (), dict(shape=(2,), value=-0.0, dtype=np.dtype("float64"))),
-              ("matmul", (one((2, 3, 4)), one((4, 5))), {}), ("matmul", (one((4, 40, 3)), one((3, 2))), {})]
+              ("matmul", (one((2, 3, 4)), one((4, 5))), {}), ("matmul", (one((4, 40, 3)), one((3, 2))), {}),
+              ("fill", (), dict(shape=(2, 3), value=1.5, dtype=np.dtype("float32"))),
+              ("fill", (), dict(shape=(), value=-2, dtype=np.dtype("int64"))),
+              ("expand", (one((2, 1, 8)).astype(np.float32),), dict(shape=(2, 3, 8))),
+              ("expand", (np.array(-1.5),), dict(shape=(4,))),
+              ("relu", (np.array(-0.5),), {}), ("cast", (np.array(2.7),), dict(dtype=np.dtype("float32")))]
     return cases
 
 
@@ -192,3 +197,22 @@ def test_generated_plan_step_matches_the_interpreted_one():
     for later in got[1:]:
         for a, b in zip(got[0], later):
             np.testing.assert_array_equal(a, b)
+
+
+def test_a_step_repeating_an_earlier_one_is_computed_once():
+    """A CPU plan computes a repeated step (same op, attributes and inputs) once and shares its
+    value; both results stay right, interpreted and as generated code."""
+    from gtnumba.sched.plan import build_plan, describe, pending_order
+    xv = np.random.default_rng(5).standard_normal((3, 4)).astype(np.float32)
+    for _ in range(3):
+        x = gt.tensor(xv)
+        m = x.sum(-1, keepdims=True)
+        a, b = x - m, x - m
+        c = a * 2.0 + b
+        key, _ = describe(pending_order([a._node, b._node, c._node]))
+        kernels = [st.kernel.__name__ for st in build_plan(key, "cpu").steps]
+        want = xv - xv.sum(-1, keepdims=True)
+        np.testing.assert_array_equal(a.numpy(), want)
+        np.testing.assert_array_equal(b.numpy(), want)
+        np.testing.assert_array_equal(c.numpy(), want * 2 + want)
+    assert kernels.count("subtract") == 1 and kernels.count("alias") == 1, kernels

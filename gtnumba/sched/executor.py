@@ -18,6 +18,7 @@ configurations, capture a CUDA graph, keep per-plan state on the plan.  Returnin
 generated code.  `run_plan` only passes `out=` to kernels that declare `writes_out` (through their
 `into`), and only recycles NumPy arrays.
 """
+import math
 from sys import getrefcount
 
 import numpy as np
@@ -78,6 +79,7 @@ def _compile(plan):
     """The plan's steps as one generated function: s is the slot list, K the kernels, A their
     keyword attributes, mem the memory plan (for the steps that write into planned buffers)."""
     lines, names = ["def run(s, K, A, mem):"], {}
+    drops = not _all_small(plan)
     for i, st in enumerate(plan.steps):
         expr = _inline(plan, st, names) if st.outs is None else None
         if expr is not None:
@@ -87,7 +89,7 @@ def _compile(plan):
             lines.append(f" s[{st.out}] = K[{i}]({args})")
         else:
             lines.append(f" mem.step({i})")
-        lines.extend(f" s[{x}] = None" for x in st.drops)
+        lines.extend(f" s[{x}] = None" for x in st.drops if drops)
         if st.recycles or st.leaf_frees:
             lines.append(f" mem.free({i})")
     lines.append(" return None")
@@ -96,6 +98,18 @@ def _compile(plan):
     namespace = dict(names)
     exec(compile("\n".join(lines), "<gtnumba plan>", "exec"), namespace)
     return namespace["run"]
+
+
+# A plan whose values all fit in this many elements keeps them to its end: dropping each one as
+# it dies (a line per value) costs more than the memory is worth (the tiny GT-style step: ~200 lines).
+_KEEP_ALL_MAX = 1 << 16
+
+
+def _all_small(plan):
+    """No step writes into planned buffers, and all the slots' values together are small."""
+    if plan.specs is None or any(st.outs is not None or st.recycles or st.leaf_frees for st in plan.steps):
+        return False
+    return sum(math.prod(sp.shape) for specs in plan.specs for sp in specs) <= _KEEP_ALL_MAX
 
 
 def _inline(plan, step, names):

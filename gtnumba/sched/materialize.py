@@ -110,13 +110,17 @@ def _execute(order, key, leaves, variant):
         STATS["plan_seconds"] += t1 - t0
         STATS["run_seconds"] += time.perf_counter() - t1
         first = plan.n_leaves
+        if variant is not None:
+            # a replayed step (order is its _Order): the nodes not kept die with the segment (leaving
+            # PENDING then); one pass over the kept ones, by trace position
+            nodes, pos, discard = order.nodes, order.pos, PENDING.discard
+            for slot, value in values.items():
+                node = nodes[pos[slot - first]]
+                node.set_value(value)
+                discard(node)
+            return True
         for slot, value in values.items():
             order[slot - first].set_value(value)
-        if variant is not None:
-            # a replayed step: the nodes not kept die with the segment (leaving PENDING then)
-            for slot in values:
-                PENDING.discard(order[slot - first])
-            return True
     for node in order:
         if node is not None:
             PENDING.discard(node)

@@ -109,6 +109,8 @@ def describe(order):
 def build_plan(key, backend):
     leaf_part, node_part = key[0], key[1:]
     n_leaves = len(leaf_part)
+    if backend == "cpu":
+        node_part = _share_repeats(node_part, n_leaves)
     last_use = {}
     for i, (_, _, ins, _, _) in enumerate(node_part):
         for s in ins:
@@ -133,6 +135,23 @@ def build_plan(key, backend):
     donates = any(st.leaf_frees or any(s < n_leaves for r in st.reuse for s in r) for st in steps)
     return Plan(n_leaves, n_leaves + len(node_part), steps, tuple(sorted(kept)), backend=backend, specs=specs,
                 donates=donates)
+
+
+def _share_repeats(node_part, n_leaves):
+    """A step that repeats an earlier one (same op, attributes and inputs, one output) becomes an
+    alias of it, and later steps read the first (the tiny GT-style step computes x - mean twice and
+    its backward reshapes one input three times).  Values are never written in place unless no one
+    else holds them (executor: _owned), so sharing one is safe."""
+    seen, same, out = {}, {}, []
+    for i, (op, attrs, ins, specs, kept) in enumerate(node_part):
+        ins = tuple(same.get(s, s) for s in ins)
+        first = seen.setdefault((op, attrs, ins, specs), n_leaves + i) if ins and len(specs) == 1 else None
+        if first is not None and first != n_leaves + i:
+            same[n_leaves + i] = first
+            out.append(("alias", (), (first,), specs, kept))
+        else:
+            out.append((op, attrs, ins, specs, kept))
+    return tuple(out)
 
 
 def _plan_memory(steps, key, last_use, kept):

@@ -203,8 +203,15 @@ class Recorder:
         return tuple(out)
 
     def _new_ext_ok(self, node, k, trace):
-        if k >= len(trace.ext_sigs) or node.value is None or ext_sig(node) != trace.ext_sigs[k]:
+        sigs = trace.ext_sigs
+        if k >= len(sigs) or node.value is None:
             return False
+        sig = sigs[k]     # ext_sig(node) == sig, without making the tuple
+        if (type(node.value).__name__ != sig[1] or node.requires_grad != sig[2] or node.leaf != sig[3]
+                or node.specs is not sig[0] and node.specs != sig[0]):
+            return False
+        if node.specs is not sig[0]:
+            sigs[k] = (node.specs,) + sig[1:]     # equal specs: from now on an identity check
         p = trace.prev_pos.get(k)
         return p is None or self._prev_node(p) is node
 
@@ -293,15 +300,23 @@ class Recorder:
         tensor, ref = TENSOR[0], self.ref
         get = ref.get
         nodes = tuple([x._node if x.__class__ is tensor else scalar_node(x, inputs) for x in inputs])
+        fresh = None
         for n, r in zip(nodes, refs):
             if get(id(n)) != r:
+                # the usual new input: the next external the trace names (a parameter, the data)
+                k = len(self.exts) + (0 if fresh is None else len(fresh))
+                if r == -k - 1 and n is not None and get(id(n)) is None and (fresh is None or n not in fresh) \
+                        and self._new_ext_ok(n, k, trace):
+                    fresh = [n] if fresh is None else fresh + [n]
+                    continue
                 if None in nodes:
                     return None
                 fresh = self._match_inputs(nodes, refs)
                 if fresh is None:
                     return None
-                self._commit(fresh)
                 break
+        if fresh is not None:
+            self._commit(fresh)
         node = Node(op, ev[1], nodes, ev[3], ev[4])
         nodes = self.nodes
         ref[id(node)] = len(nodes)
@@ -458,11 +473,12 @@ class Recorder:
         self.virtual.append((p0, region))
         for leaf_ref, pos in region.sgs:
             leaf = nodes[leaf_ref] if leaf_ref >= 0 else exts[-leaf_ref - 1]
-            leaf.owner().grad = wrap(self._grad_node(region, p0, pos))
+            # the .grad setter's checks hold by construction (the trace's gradient has the leaf's spec)
+            leaf.owner()._grad_value = wrap(self._grad_node(region, p0, pos))
         for held, pos in region.ngs:
             TENSOR[0]._NONLEAF_GRADS[nodes[held]] = wrap(self._grad_node(region, p0, pos))
         STATS["replayed_nodes"] += len(region.sgs)
-        self.n_virtual += sum(1 for n in nodes[p0:] if n is None)
+        self.n_virtual += nodes[p0:].count(None)
         for p in region.released:
             nodes[p].released = True
         for p in region.released_prev:
