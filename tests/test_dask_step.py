@@ -11,6 +11,7 @@ import pytest
 from distributed import Event, LocalCluster
 
 import gtnumba as gt
+import small_mlp
 from gtnumba import nn
 from gtnumba.sched.distribute import step_bytes_per_worker
 from gtnumba.sched.mesh import current_mesh, set_mesh
@@ -40,20 +41,7 @@ def _in_process(fn, *args):
         set_mesh(mesh)
 
 
-def _model():
-    gt.manual_seed(0)
-    return nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3))
-
-
-def _step(model, opt, rng, batch=5):
-    """One training step, not read: its loss (a pipelined step runs on while nothing reads it)."""
-    x = gt.tensor(rng.standard_normal((batch, 6)), dtype=gt.float32)
-    y = gt.tensor(rng.integers(0, 3, batch))
-    loss = nn.cross_entropy(model(x), y)
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-    return loss
+_model, _step = small_mlp.model, small_mlp.step
 
 
 def _steps(model, opt, rng, steps, batch):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import gtnumba as gt
+import small_mlp
 from gtnumba.layout import Partial, Replicate, Shard
 from gtnumba.ops import OPS
 from gtnumba.sched.mesh import Flat, Mesh, set_mesh
@@ -139,21 +140,11 @@ def test_batch_is_sharded_and_the_update_is_sliced(mesh):
 
 
 def _optimizer_run(workers, mesh, make_opt, batch, steps=4):
-    from gtnumba import nn
     mesh(workers)
-    gt.manual_seed(0)
-    model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3))
+    model = small_mlp.model()
     opt = make_opt(model.parameters())
     rng = np.random.default_rng(2)
-    losses = []
-    for _ in range(steps):
-        x = gt.tensor(rng.standard_normal((batch, 6)), dtype=gt.float32)
-        y = gt.tensor(rng.integers(0, 3, batch))
-        loss = nn.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = [small_mlp.step(model, opt, rng, batch).item() for _ in range(steps)]
     state = {k: np.asarray(v) for k, v in model.state_dict().items()}
     buffers = [np.asarray(t.numpy()) for st in opt.state.values() for t in st.values() if hasattr(t, "numpy")]
     return losses, state, buffers

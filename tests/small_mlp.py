@@ -1,0 +1,20 @@
+"""The small MLP and training step several test files train, in-process and on meshes."""
+import gtnumba as gt
+from gtnumba import nn
+
+
+def model():
+    gt.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3))
+
+
+def step(net, opt, rng, batch=5):
+    """One training step on a fresh batch, not read: its loss (a pipelined step runs on while
+    nothing reads it)."""
+    x = gt.tensor(rng.standard_normal((batch, 6)), dtype=gt.float32)
+    y = gt.tensor(rng.integers(0, 3, batch))
+    loss = nn.cross_entropy(net(x), y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return loss
