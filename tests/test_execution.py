@@ -7,6 +7,7 @@ import numpy as np
 import gtnumba as gt
 from gtnumba import sched
 from gtnumba.graph import PENDING
+from conftest import needs_cuda
 
 
 def _step(w, x, lr=0.1):
@@ -109,14 +110,11 @@ def _ops_of(node):
     return ops
 
 
+@needs_cuda
 def test_repeated_counter_step_on_cuda_reads_each_input_once():
     """`t = t + 1` on the CUDA backend: at its first step the counter and the constant 1 are the
     same cached device scalar, so a step bound then would read its first input twice from then on
     (2, 4, 8, ...).  It counts 2, 3, 4, ... like the CPU."""
-    from numba import cuda
-    if not cuda.is_available():
-        import pytest
-        pytest.skip("needs Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1) or a GPU")
     from gtnumba.kernels import backend
     saved = backend._current
     gt.set_device("cuda")

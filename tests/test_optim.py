@@ -9,6 +9,7 @@ import gtnumba as gt
 from gtnumba import nn, optim
 from gtnumba.optim import lr_scheduler
 from gtnumba.sched import STATS
+from conftest import needs_cuda
 
 F64 = gt.float64
 STEPS = 6
@@ -321,13 +322,11 @@ class _AttnNet(nn.Module):
         return self.head((x + self.attn(self.ln(x))).mean(axis=1))
 
 
+@needs_cuda
 def test_adam_step_count_stays_on_the_device_and_a_step_copies_only_data_and_loss():
     """Simulated CUDA: a steady-state step of an nn model + AdamW that reads only its loss copies
     the loss back (1 device->host) and sends only its new data (x, labels: 2 host->device); Adam's
     step count is incremented on the device.  The run matches the CPU backend's losses."""
-    from numba import cuda
-    if not cuda.is_available():
-        pytest.skip("needs Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1) or a GPU")
     from gtnumba.kernels import backend
     from gtnumba.kernels.cuda import memory
     rng = np.random.default_rng(3)
