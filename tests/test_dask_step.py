@@ -139,13 +139,7 @@ def test_loss_is_read_while_the_update_still_runs(cluster):
     try:
         model = _model()
         opt = make(model.parameters())
-        rng = np.random.default_rng(2)
-        x = gt.tensor(rng.standard_normal((5, 6)), dtype=gt.float32)
-        y = gt.tensor(rng.integers(0, 3, 5))
-        loss = nn.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        loss = _step(model, opt, np.random.default_rng(2))
         assert loss.item() == pytest.approx(want[0][0], rel=1e-5)     # the update is still held
         weight = model[0].weight._node.value
         assert all(p.future.status == "pending" for p in weight.parts)
