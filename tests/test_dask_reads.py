@@ -6,6 +6,7 @@ import numpy as np
 import gtnumba as gt
 from gtnumba import nn
 from gtnumba.sched.mesh import current_mesh
+from gtnumba.sched.dask_runner import RIDE_STEPS
 
 
 def _loop(steps=6):
@@ -24,9 +25,10 @@ def _loop(steps=6):
         loss.backward()
         opt.step()
         mesh = current_mesh()
-        before = mesh.runner.stats["reads"] if mesh is not None else 0
+        before = dict(mesh.runner.stats) if mesh is not None else {}
         out.append((loss.item(), correct.item(), logits.numpy()))
-        reads.append(mesh.runner.stats["reads"] - before if mesh is not None else 0)
+        reads.append({k: mesh.runner.stats[k] - before[k] for k in ("reads", "read_rpcs", "riders")}
+                     if mesh is not None else {})
     return out, reads
 
 
@@ -42,5 +44,39 @@ def test_small_values_ride_along_with_the_first_read():
         np.testing.assert_allclose(l1, l2, rtol=1e-5)
         assert c1 == c2
         np.testing.assert_allclose(g1, g2, rtol=1e-5, atol=1e-6)
-    steady = reads[2:]
+    steady = [r["reads"] for r in reads[2:]]
     assert max(steady) <= 2 and sum(steady) < 2 * len(steady), reads     # was 3 per step
+    # only the kinds of values read before ride along (never the small new parameters and Adam
+    # state the step also keeps: 12 of them here), from the workers they were read from: at most
+    # 3 kinds x 2 workers x the 2 recent steps (a value not computed yet is asked again)
+    assert all(r["riders"] <= 3 * 2 * RIDE_STEPS for r in reads[2:]), reads
+    assert all(r["read_rpcs"] <= 2 * r["reads"] for r in reads), reads
+
+
+def test_a_big_batch_goes_straight_to_the_workers():
+    """A batch of 64 KB or more travels from the client to its workers' stores, not inside the
+    step's tasks (through the scheduler): the same training, with its bytes counted there."""
+    def run():
+        gt.manual_seed(0)
+        model = nn.Linear(256, 8)
+        opt = gt.optim.SGD(model.parameters(), lr=0.1)
+        rng = np.random.default_rng(0)
+        losses = []
+        for _ in range(3):
+            x = gt.tensor(rng.standard_normal((128, 256)).astype(np.float32))
+            loss = (model(x) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        return losses, model.weight.numpy()
+    want = run()
+    gt.init(workers=2, dashboard=":0")
+    try:
+        got = run()
+        stats = current_mesh().runner.stats
+    finally:
+        gt.shutdown()
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-7)
+    assert stats["direct_bytes"] >= 3 * 128 * 256 * 4

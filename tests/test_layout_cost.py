@@ -200,3 +200,50 @@ def test_gt_example_with_sliced_updates_and_chosen_layouts_equals_one_process(wo
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
     for a, b in zip(params, ref_params):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def _classify(model, x, y):
+    """A classifier's training step; gives the structure key the planner saw and its layouts."""
+    cost._CHOICES.clear()
+    opt = gt.optim.SGD(list(model.parameters()), lr=0.1)
+    logits = model(x).reshape(-1, model.out_features)
+    loss = nn.cross_entropy(logits, y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    loss.item()
+    if not cost._CHOICES:                          # in-process: nothing to lay out
+        return None, None
+    (cache_key, (layouts, _)), = cost._CHOICES.items()
+    return cache_key[1], layouts
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_labels_go_whole_to_every_worker_where_that_saves_collectives(workers, mesh):
+    """Behind the sharded embedding every worker computes the whole (small) rest of the step, so
+    split labels would be gathered: whole labels take those collectives out, and train alike."""
+    emb, x = _embedding()
+    y = np.random.default_rng(1).integers(0, 128, 16)
+    mesh(0)
+    _classify(emb, x, gt.tensor(y))
+    want = emb.weight.numpy()
+    mesh(workers)
+    emb, x = _embedding()
+    key, chosen = _classify(emb, x, gt.tensor(y))
+    yi = _leaf(key, (16,))
+    assert chosen[yi] == REPLICATE
+    split = _with(chosen, yi, Shard(0, even_sizes(16, workers)))
+    count = lambda layouts: sum(hasattr(s, "kind") for s in build_dist_plan(key, tuple(layouts), workers).steps)
+    assert count(chosen) < count(split)
+    np.testing.assert_allclose(emb.weight.numpy(), want, rtol=1e-5, atol=1e-7)
+
+
+def test_labels_stay_split_under_data_parallel(mesh):
+    """A data-parallel step splits its labels with the batch: whole labels would save nothing."""
+    mesh(2)
+    gt.manual_seed(0)
+    lin = nn.Linear(128, 64)
+    x = gt.from_numpy(np.random.default_rng(1).standard_normal((512, 128)).astype(np.float32))
+    y = gt.tensor(np.random.default_rng(2).integers(0, 64, 512))
+    key, chosen = _classify(lin, x, y)
+    assert chosen[_leaf(key, (512,))] == Shard(0, (256, 256))

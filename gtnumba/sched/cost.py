@@ -13,8 +13,9 @@ few rounds until no choice changes.  The choice is made once per step structure 
 import math
 import os
 
-from ..layout import REPLICATE, Shard, collective_bytes, even_sizes
-from .distribute import Collective, build_dist_plan
+from ..layout import REPLICATE, Shard, collective_bytes, even_sizes, local_shape
+from .distribute import Collective, LocalStep, build_dist_plan
+from .mesh import Flat
 
 # Leaves smaller than this keep the default layout: they cannot save more than twice their size per
 # step, and every option costs a plan build.
@@ -53,10 +54,11 @@ def options(spec, workers, data):
     return shards if data else [REPLICATE] + shards
 
 
-def choose(key, layouts, free, workers):
-    """`layouts` with the leaves in `free` ({slot: is_data}) laid out by cost.  Returns the layouts
-    and, per free parameter, the bytes per step of each of its options (as last priced)."""
-    fixed = tuple(None if i in free else l for i, l in enumerate(layouts))
+def choose(key, layouts, free, workers, small=()):
+    """`layouts` with the leaves in `free` ({slot: is_data}) laid out by cost, and the small data
+    leaves `small` whole where that saves collectives.  Returns the layouts and, per free
+    parameter, the bytes per step of each of its options (as last priced)."""
+    fixed = tuple(None if i in free or i in small else l for i, l in enumerate(layouts))
     # a replayed step hands in the very same key object: found without hashing the whole key
     recent = _RECENT.get(id(key))
     if recent is not None and recent[0] is key and recent[1] == workers and recent[2] == fixed:
@@ -65,7 +67,8 @@ def choose(key, layouts, free, workers):
     if cache_key not in _CHOICES:
         if len(_CHOICES) >= _CHOICES_LIMIT:
             _CHOICES.pop(next(iter(_CHOICES)))
-        _CHOICES[cache_key] = _search(key, tuple(layouts), free, workers)
+        laid, priced = _search(key, tuple(layouts), free, workers)
+        _CHOICES[cache_key] = _whole_small_data(key, laid, small, workers), priced
         if os.environ.get("GT_VERBOSE") == "1" and not all(free.values()):     # parameters laid out
             report(key, layouts, free, workers, *_CHOICES[cache_key])
     if len(_RECENT) >= _CHOICES_LIMIT:
@@ -122,6 +125,39 @@ def _best_data(key, layouts, data, workers):
             if price < current and (n == 0 or not _gathers(plan, j)):
                 layouts, current = trial, price
     return layouts, current
+
+
+def _whole_small_data(key, layouts, small, workers):
+    """Small batches (labels, masks) whole on every worker where that takes collectives out of
+    the step and adds no bytes and no work: each collective is a round trip among the workers (a
+    gather of 4 labels costs as much time as megabytes), and an op that wants them split slices
+    them locally.  Work is priced too: a whole batch may make every worker compute the whole step."""
+    plan = _plan_or_none(key, layouts, workers) if small else None
+    for j in small:
+        trial = _with(layouts, j, REPLICATE)
+        alt = _plan_or_none(key, trial, workers)
+        if plan is None or alt is None:
+            continue
+        slack = math.prod(key[0][j][0][0].shape)         # the local slices of the leaf itself
+        if (_collectives(alt) < _collectives(plan) and plan_bytes(key, alt) <= plan_bytes(key, plan)
+                and work(alt) <= work(plan) + slack):
+            layouts, plan = trial, alt
+    return layouts
+
+
+def _collectives(plan):
+    return sum(isinstance(s, Collective) for s in plan.steps)
+
+
+def work(plan):
+    """Elements the busiest worker computes in the plan's local steps (what replication multiplies)."""
+    def elements(spec, layout, w):
+        if isinstance(spec, tuple):
+            lays = layout if isinstance(layout, tuple) else (layout,) * len(spec)
+            return sum(elements(s, l, w) for s, l in zip(spec, lays))
+        return layout.sizes[w] if isinstance(layout, Flat) else math.prod(local_shape(spec.shape, layout, w))
+    steps = [s for s in plan.steps if isinstance(s, LocalStep)]
+    return max(sum(elements(plan.specs[s.out], plan.layouts[s.out], w) for s in steps) for w in range(plan.workers))
 
 
 def _plan_or_none(key, layouts, workers):

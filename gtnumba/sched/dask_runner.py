@@ -16,13 +16,14 @@ import uuid
 import weakref
 
 import dask
+import numpy as np
 # private Dask APIs (a graph submitted under our own token, task specs): setup.cfg pins the series
 from dask._expr import LLGExpr
 from dask._task_spec import Task, TaskRef
 
 from ..kernels import backend
 from .distribute import Collective
-from .dask_worker import StorePlugin, counters, drop_store, run_levels, store_get, unpack
+from .dask_worker import SENT, StorePlugin, counters, drop_store, pack, run_levels, store_get, unpack
 from .cost import nbytes, slot_specs
 from .mesh import Flat, WorkerLost
 
@@ -35,6 +36,9 @@ FUSED = os.environ.get("GT_DASK_TASK_PER_LEVEL") != "1"
 _QUIET = {"distributed.admin.large-graph-warning-threshold": "4GiB"}
 # kept values up to this size, of the last RIDE_STEPS steps, come along with any read of their worker
 SMALL_READ, RIDE_STEPS = 4096, 2
+# host data from this size on goes from the client straight to its worker's store, not inside the
+# task: the scheduler would unpickle it from the graph and pickle it again to the worker
+DIRECT_BYTES = 64 << 10
 
 
 class Part:
@@ -120,11 +124,13 @@ class DaskRunner:
         self._sent = set()                            # (plan uid, worker) holding that plan
         self._shipped = set()                         # (rows source uid, worker) holding that source
         self._small = []                              # per recent step: its small kept values' parts
+        self._read = set()                            # (kept slot, worker) the client has read
         self._frees = [[] for _ in self.addresses]
         self._keyrefs = {}
         self.log = []                                 # (futures, replay) of steps not known finished
         self.on_lost = None                           # recovery, installed by the mesh step
-        self.stats = {"steps": 0, "tasks": 0, "reads": 0, "submit_seconds": 0.0, "wait_seconds": 0.0}
+        self.stats = {"steps": 0, "tasks": 0, "reads": 0, "read_rpcs": 0, "riders": 0, "direct_bytes": 0,
+                      "submit_seconds": 0.0, "wait_seconds": 0.0}
         self._where = _Where(self.addresses)
         self._plugin = False      # registered at the first step: gt.init may run inside `import gtnumba`,
         #                           and pickling the plugin there would wait for that import
@@ -169,10 +175,11 @@ class DaskRunner:
             if out[i] is None:
                 by_worker.setdefault(p.worker, []).append(i)
         self.stats["reads"] += bool(by_worker)
-        if by_worker:       # the other workers' small values come in the same round trip
-            by_worker.update({w: [] for w in range(self.workers) if w not in by_worker})
+        for w, idx in by_worker.items():
+            self._read.update((parts[i].slot, w) for i in idx)
         riders = {w: self._riders(w, [parts[i] for i in idx]) for w, idx in by_worker.items()}
-        by_worker = {w: idx for w, idx in by_worker.items() if idx or riders[w]}
+        self.stats["read_rpcs"] += len(by_worker)
+        self.stats["riders"] += sum(map(len, riders.values()))
         try:
             replies = self.client.sync(self._pull, parts, by_worker, riders)
         except Exception:
@@ -190,11 +197,13 @@ class DaskRunner:
         return out
 
     def _riders(self, w, asked):
-        """Worker w's small kept values of recent steps not read yet: they come with this read if
-        they are computed by then (the loop reading the loss reads its accuracy next: one RPC)."""
+        """Worker w's small kept values of recent steps, of the kinds read from w before (by
+        kept slot: the loop reading the loss reads its accuracy and logits next), not read yet:
+        they come with this read if they are computed by then.  Small new parameters are never
+        read, so they do not ride."""
         asked = {id(p) for p in asked}
         return [parts[w] for step in self._small for parts in step
-                if parts[w].host is None and id(parts[w]) not in asked]
+                if (parts[w].slot, w) in self._read and parts[w].host is None and id(parts[w]) not in asked]
 
     async def _pull(self, parts, by_worker, riders):
         """The pulls, unless a task making one of the parts fails first (a step the scheduler could
@@ -297,6 +306,25 @@ class DaskRunner:
         self.stats["submit_seconds"] += time.perf_counter() - t0
         return kept
 
+    def _send_direct(self, w, inline, leafkeys):
+        """Worker w's big new host arrays go to its store in one message, sent now and not waited
+        for; the task finds SENT in their place and waits for them there."""
+        direct = [slot for slot, v in inline.items() if isinstance(v, np.ndarray) and v.nbytes >= DIRECT_BYTES]
+        if not direct:
+            return
+        keys, data = [leafkeys[slot] for slot in direct], pack([inline[slot] for slot in direct])
+        for slot in direct:
+            inline[slot] = SENT
+        self.stats["direct_bytes"] += data["buf"].data.nbytes
+        self.client.loop.add_callback(self._put, self.addresses[w], keys, data)
+
+    async def _put(self, address, keys, data):
+        try:
+            await self.client.rpc(address).gtnumba_put(rid=self.rid, keys=keys, data=data)
+        except Exception:
+            # the worker is gone: its task fails or never runs, and the next read finds it dead
+            pass
+
     def _log(self, futures, replay):
         while self.log and all(f.status in ("finished", "error") for f in self.log[0][0]):
             self.log.pop(0)
@@ -307,6 +335,7 @@ class DaskRunner:
         for w in range(self.workers):
             inline = {slot: parts[w].pending for slot, parts in enumerate(leaf_parts)
                       if parts[w].pending is not None}
+            self._send_direct(w, inline, leafkeys)
             frees, self._frees[w] = self._frees[w], []
             prev = self._last[w]
             if getattr(prev, "status", None) == "error":

@@ -137,7 +137,7 @@ def pack(arrays):
     meta = [(a.dtype.str, a.shape) for a in arrays]
     # (np.ascontiguousarray would make a 0-d array 1-d: its shape is taken before)
     bytes_ = [np.ascontiguousarray(a).reshape(-1).view(np.uint8) for a in arrays]
-    buf = np.concatenate(bytes_) if arrays else np.empty(0, np.uint8)
+    buf = bytes_[0] if len(bytes_) == 1 else np.concatenate(bytes_) if arrays else np.empty(0, np.uint8)
     return {"meta": meta, "buf": to_serialize(buf)}
 
 
@@ -171,6 +171,15 @@ async def _pull(rid, items, ready=()):
     reply = pack(out + [backend.to_host(st.values[key]) for key, h in zip(ready, have) if h])
     reply["have"] = have
     return reply
+
+
+async def _put(rid, keys, data):
+    """Handler: new host data of a step, sent by the client straight to this worker (a batch
+    inside the task would be pickled into the graph and pass through the scheduler)."""
+    st = store(rid)
+    for key, value in zip(keys, unpack(data)):
+        st.put(key, backend.to_backend(value))
+    return {"ok": True}
 
 
 async def _put_backup(rid, owner, keys, data):
@@ -207,6 +216,7 @@ class StorePlugin(WorkerPlugin):
         self.worker = worker
         worker.handlers["gtnumba_pull"] = _pull
         worker.handlers["gtnumba_put_backup"] = _put_backup
+        worker.handlers["gtnumba_put"] = _put
         keep_freed_memory()
 
     def transition(self, key, start, finish, **kwargs):
@@ -359,6 +369,32 @@ def _describe_failure(step, env, w, exc):
     return f"{step.op} on worker {w} (local input shapes {shapes}): {exc}"
 
 
+class Sent:
+    """Stands in a task for a leaf part that the client sends to the store itself (gtnumba_put)."""
+
+    def __reduce__(self):
+        return (_sent, ())
+
+
+def _sent():
+    return SENT
+
+
+SENT = Sent()
+
+
+def _await_sent(worker, keys, st):
+    """The step's directly sent leaf parts are in the store (the put may arrive after the task)."""
+    missing = [k for k in keys if k not in st.values]
+    if not missing:
+        return
+
+    async def arrive():
+        for k in missing:
+            await st.wait_for(k)
+    _waiting_for_peers(worker, arrive, st)
+
+
 def _arrived(value, st):
     """A leaf part that came with the task: an array, or rows this worker reads itself (a failed
     read fails the step, like a failed kernel)."""
@@ -410,7 +446,9 @@ def run_level(rid, uid, plan, level, w, token, peers, leafkeys, inline, frees, *
     L = program[level]
     if level == 0:
         for slot, value in inline.items():
-            st.put(leafkeys[slot], _arrived(value, st))
+            if value is not SENT:
+                st.put(leafkeys[slot], _arrived(value, st))
+        _await_sent(worker, [leafkeys[slot] for slot, value in inline.items() if value is SENT], st)
         st.steps[token] = leafkeys
     leafkeys = st.steps[token]
     st.counters["tasks"] += 1

@@ -10,9 +10,10 @@ def leaf_layouts(key, leaves, workers):
     that are not on the mesh yet and that nobody placed get the layout moving the fewest bytes."""
     layouts = tuple(leaf_layout(n, workers) for n in leaves)
     free = {i: _is_data(n) for i, n in enumerate(leaves) if _choosable(n, workers)}
-    if not free:
+    small = tuple(i for i, n in enumerate(leaves) if i not in free and _small_data(n, workers))
+    if not free and not small:
         return layouts
-    return cost.choose(key, layouts, free, workers)[0]
+    return cost.choose(key, layouts, free, workers, small)[0]
 
 
 def leaf_layout(node, workers):
@@ -31,6 +32,12 @@ def leaf_layout(node, workers):
 
 def _is_data(node):
     return node.role == "data" and not node.requires_grad
+
+
+def _small_data(node, workers):
+    """A small data batch nobody placed (labels): it may go whole to every worker (cost.choose)."""
+    return (workers > 1 and _is_data(node) and not isinstance(node.value, DistValue) and node.placement is None
+            and len(node.shape) >= 1)
 
 
 def _choosable(node, workers):
