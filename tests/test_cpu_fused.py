@@ -342,3 +342,19 @@ def test_optimizer_rejects_cross_aliasing():
     cf.adam_update(p, g, m, v, p[:], m, v, 1e-3)        # a view of p is fine
     with pytest.raises(ValueError, match="step"):
         cf.adam_update(p, g, m, v, p, m, v, 1e-3, step=0)
+
+
+def test_sgd_without_momentum_passes_its_buffer_through_unwritten():
+    """The optimizer hands the gradient in as the (unused) buffer: it comes back as it is, the
+    same array, never written (a Dask worker's update of a 128 x 20000 slice then moves 10 MB less)."""
+    from gtnumba.kernels import cpu
+    rng = np.random.default_rng(0)
+    p, g = rng.standard_normal(100_000).astype(np.float32), rng.standard_normal(100_000).astype(np.float32)
+    g0 = g.copy()
+    new_p, new_buf = cpu.sgd_update(p, g, g, np.array(0.1), 0.0, 0.0, 0.01, False, True)
+    assert new_buf is g
+    np.testing.assert_array_equal(g, g0)
+    np.testing.assert_allclose(new_p, p - 0.1 * (g0 + 0.01 * p), rtol=1e-6, atol=1e-7)
+    out_buf = np.full_like(p, 7.0)                  # a planned buffer of its own is written as before
+    cpu.sgd_update(p, g, g, np.array(0.1), 0.0, 0.0, 0.0, False, True, out=(np.empty_like(p), out_buf))
+    np.testing.assert_array_equal(out_buf, g0)

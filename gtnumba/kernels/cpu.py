@@ -446,8 +446,10 @@ def layer_norm_backward(x, w, mean, rstd, g):
 # ---- optimizer updates (fused: one pass over each parameter) -----------------------------
 @_writes_out("any", inplace=(0, 2))
 def sgd_update(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first_step, out=None):
-    # the fused kernel allows out_p is p and out_buf is buf: each element reads only its own
-    out_p, out_buf = (np.empty_like(p), np.empty_like(p)) if out is None else out
+    # the fused kernel allows out_p is p and out_buf is buf: each element reads only its own.  Without
+    # momentum the buffer comes back as it went in: unplanned, it is not copied (the optimizer drops it)
+    out_p, out_buf = (np.empty_like(p), buf if momentum == 0 and buf.dtype == p.dtype else np.empty_like(p)) \
+        if out is None else out
     cpu_fused.sgd_update(np.ascontiguousarray(p).reshape(-1), np.ascontiguousarray(g).reshape(-1),
                          np.ascontiguousarray(buf).reshape(-1), out_p.reshape(-1), out_buf.reshape(-1),
                          float(lr), momentum, dampening, weight_decay, nesterov, first_step)

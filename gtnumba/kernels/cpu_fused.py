@@ -235,17 +235,19 @@ def _adam_elem(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step_size, rsqrt
 # Each driver computes all outputs of element i from the inputs of element i before
 # storing them, so out_p / out_m ... may be p / m ... themselves.
 @_jit
-def _sgd_serial(p, g, buf, out_p, out_buf, hp):
+def _sgd_serial(p, g, buf, out_p, out_buf, hp, store_buf):
     for i in range(p.shape[0]):
-        out_p[i], out_buf[i] = _sgd_elem(np.float64(p[i]), np.float64(g[i]),
-                                         np.float64(buf[i]), *hp)
+        out_p[i], b = _sgd_elem(np.float64(p[i]), np.float64(g[i]), np.float64(buf[i]), *hp)
+        if store_buf:
+            out_buf[i] = b
 
 
 @_pjit
-def _sgd_parallel(p, g, buf, out_p, out_buf, hp):
+def _sgd_parallel(p, g, buf, out_p, out_buf, hp, store_buf):
     for i in prange(p.shape[0]):
-        out_p[i], out_buf[i] = _sgd_elem(np.float64(p[i]), np.float64(g[i]),
-                                         np.float64(buf[i]), *hp)
+        out_p[i], b = _sgd_elem(np.float64(p[i]), np.float64(g[i]), np.float64(buf[i]), *hp)
+        if store_buf:
+            out_buf[i] = b
 
 
 @_jit
@@ -391,11 +393,13 @@ def sgd_update(p, g, buf, out_p, out_buf, lr, momentum=0.0, dampening=0.0,
     p = _flat(p)
     ins = (p, _like(buf, p, p.shape, "buf"), _like(g, p, p.shape, "g"))
     outs = (_out(out_p, p, "out_p"), _out(out_buf, p, "out_buf"))
-    _check_aliasing(outs, ins)
+    # without momentum the buffer passes through unchanged: given as its own output, it is not written
+    store_buf = not (float(momentum) == 0.0 and outs[1].ctypes.data == ins[1].ctypes.data)
+    _check_aliasing(outs if store_buf else outs[:1], ins)
     hp = (float(lr), float(momentum), float(dampening), float(weight_decay),
           bool(nesterov), bool(first_step))
     kernel = _sgd_parallel if p.size >= _PARALLEL_MIN_SIZE else _sgd_serial
-    kernel(p, ins[2], ins[1], outs[0], outs[1], hp)
+    kernel(p, ins[2], ins[1], outs[0], outs[1], hp, store_buf)
     return out_p, out_buf
 
 
