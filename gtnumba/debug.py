@@ -64,7 +64,7 @@ def _device():
 
 def _process_stats(tasks):
     import psutil
-    from .sched.spmd import KERNELS_RUN
+    from .sched.block import KERNELS_RUN
     return {"tasks": tasks, "kernels": KERNELS_RUN[0], "operations": {"total": KERNELS_RUN[0]},
             "memory": {"rss": psutil.Process().memory_info().rss}, "device": _device()}
 

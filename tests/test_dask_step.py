@@ -113,6 +113,50 @@ def test_bytes_per_worker_within_a_ring_all_reduce(cluster):
         assert (after[address]["tasks"] - before[address]["tasks"]) / steps == 2
 
 
+def _new_buffers():
+    from gtnumba.sched.executor import NEW_BUFFERS
+    return dict(NEW_BUFFERS)
+
+
+def _forget_largest_buffer():
+    from gtnumba.sched.executor import NEW_BUFFERS
+    NEW_BUFFERS["largest"] = 0
+
+
+def test_workers_run_their_levels_as_planned_code_that_reuses_its_buffers(cluster):
+    """Each level runs on its worker through the in-process executor: from the second step its
+    plan is generated code, and a steady-state step takes its parameter-sized buffers from a pool
+    (the parameters the client freed come back as the next update's outputs)."""
+    from gtnumba.sched import dask_worker as dw
+    rng = np.random.default_rng(4)
+    w = gt.tensor(rng.standard_normal((512, 64)) / 20, dtype=gt.float32, requires_grad=True)
+    opt = gt.optim.SGD([w], lr=0.1, momentum=0.9)
+
+    def step():
+        x = gt.tensor(rng.standard_normal((64, 512)), dtype=gt.float32)
+        loss = ((x @ w).tanh() ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss.item()
+    for _ in range(8):                             # pipelined steps: a few buffers are in flight
+        step()
+    w.numpy()                                      # the update has run
+    cluster.run(_forget_largest_buffer)
+    for _ in range(4):
+        step()
+    w.numpy()
+    slice_bytes = 512 * 64 * 4 // 2                # each worker's part of the weight (or of its slices)
+    largest = {a: c["largest"] for a, c in cluster.run(_new_buffers).items()}
+    assert all(n < slice_bytes for n in largest.values()), largest
+
+    def compiled():
+        return [L.block.plan.compiled is not None for st in dw._STORES.values()
+                for _, program in st.programs.values() for L in program if L.block is not None]
+    made = cluster.run(compiled)
+    assert all(made.values()) and all(any(v) for v in made.values()), made
+
+
 def _hold_updates(event_name):
     """On a worker: level-1 tasks (reduce-and-update) wait for a Dask Event first."""
     from gtnumba.sched import dask_worker as dw

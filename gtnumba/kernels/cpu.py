@@ -447,9 +447,11 @@ def layer_norm_backward(x, w, mean, rstd, g):
 @_writes_out("any", inplace=(0, 2))
 def sgd_update(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first_step, out=None):
     # the fused kernel allows out_p is p and out_buf is buf: each element reads only its own.  Without
-    # momentum the buffer comes back as it went in: unplanned, it is not copied (the optimizer drops it)
-    out_p, out_buf = (np.empty_like(p), buf if momentum == 0 and buf.dtype == p.dtype else np.empty_like(p)) \
-        if out is None else out
+    # momentum the buffer comes back as it went in unless a buffer is given for it: it is not copied
+    out_p, out_buf = (None, None) if out is None else out
+    out_p = np.empty_like(p) if out_p is None else out_p
+    if out_buf is None:
+        out_buf = buf if momentum == 0 and buf.dtype == p.dtype else np.empty_like(p)
     cpu_fused.sgd_update(np.ascontiguousarray(p).reshape(-1), np.ascontiguousarray(g).reshape(-1),
                          np.ascontiguousarray(buf).reshape(-1), out_p.reshape(-1), out_buf.reshape(-1),
                          float(lr), momentum, dampening, weight_decay, nesterov, first_step)
@@ -458,7 +460,7 @@ def sgd_update(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first
 
 @_writes_out("any", inplace=(0, 2, 3))
 def adam_update(p, g, m, v, lr, step, beta1, beta2, eps, weight_decay, decoupled, out=None):
-    out_p, out_m, out_v = (np.empty_like(p), np.empty_like(p), np.empty_like(p)) if out is None else out
+    out_p, out_m, out_v = (np.empty_like(p) if o is None else o for o in (out or (None,) * 3))
     flat = [np.ascontiguousarray(a).reshape(-1) for a in (p, g, m, v)]
     cpu_fused.adam_update(*flat, out_p.reshape(-1), out_m.reshape(-1), out_v.reshape(-1),
                           float(lr), beta1, beta2, eps, weight_decay, int(step), decoupled)

@@ -25,7 +25,9 @@ from distributed.utils import sync
 from ..kernels import backend
 from .distribute import Collective
 from .mesh import Flat
-from .spmd import concat, flat, reduce_sum, run_local_step
+from .block import run_steps
+from .executor import spare
+from .spmd import concat, flat, reduce_sum
 
 PULL_TIMEOUT = 120.0
 SECEDE_AFTER = 0.02              # seconds a task waits for its peers' pieces before it secedes
@@ -58,13 +60,17 @@ class Store:
         if left is not None:
             if left <= 1:
                 self.refs.pop(key)
-                self.values.pop(key, None)
+                value = self.values.pop(key, None)
+                if value is not None:
+                    spare(value)
             else:
                 self.refs[key] = left - 1
 
     def free(self, keys):
         for key in keys:
-            self.values.pop(key, None)
+            value = self.values.pop(key, None)
+            if value is not None:
+                spare(value)
             self.backups.pop(key, None)
             self.freed[key] = None
         while len(self.freed) > FREED_MEMORY:
@@ -254,7 +260,7 @@ def counters(rid):
 
 # ---- the program of one worker: what each level reads, pulls, computes, keeps and drops ----
 class Level:
-    __slots__ = ("collectives", "steps", "reads", "puts", "keeps", "drops", "backups")
+    __slots__ = ("collectives", "steps", "reads", "puts", "keeps", "drops", "backups", "block")
 
 
 def compile_program(plan):
@@ -282,6 +288,7 @@ def _level(plan, lv, uses, published):
     L.keeps = [s for s in sorted(here) if s in keep]
     L.backups = [s for s in L.keeps if isinstance(plan.layouts[s], Flat)]
     L.drops = [i for i in L.reads if i >= plan.n_leaves and i not in keep]
+    L.block = None                                # the level's steps on this worker (block.run_steps)
     return L
 
 
@@ -458,11 +465,8 @@ def run_level(rid, uid, plan, level, w, token, peers, leafkeys, inline, frees, *
     t1 = time.perf_counter()
     for i in L.reads:
         env[i] = st.get(_key(token, i, leafkeys))
-    for step in L.steps:
-        try:
-            run_local_step(step, env, w)
-        except Exception as exc:
-            raise type(exc)(_describe_failure(step, env, w, exc)) from exc
+    run_steps(L, plan, L.steps, [slot for slot, _ in L.puts], w, env,
+              lambda step, exc: type(exc)(_describe_failure(step, env, w, exc)))
     for slot, refs in L.puts:
         st.put(f"{token}:{slot}", env[slot], refs)
     for i in L.drops:

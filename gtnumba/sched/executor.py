@@ -157,6 +157,9 @@ class _Memory:
         slots, n_leaves, adopted = self.slots, self.plan.n_leaves, self.adopted
         bufs, used = [], []
         for spec, reusable in zip(step.outs, step.reuse):
+            if spec is None:               # an output nobody reads: the kernel makes it if it must
+                bufs.append(None)
+                continue
             buf = None
             for s in reusable:
                 if s < n_leaves:
@@ -169,7 +172,7 @@ class _Memory:
                     break
             if buf is None:
                 free = self.pool.get(spec) or SPARE.get(spec)
-                buf = free.pop() if free else np.empty(spec[0], spec[1])
+                buf = free.pop() if free else _new_buffer(spec)
             bufs.append(buf)
         return (tuple(bufs) if step.multi else bufs[0]), used
 
@@ -180,6 +183,19 @@ class _Memory:
             free = self.pool.setdefault((v.shape, v.dtype), [])
             if len(free) < _POOL_DEPTH:
                 free.append(v)
+
+
+def _new_buffer(spec):
+    buf = np.empty(spec[0], spec[1])
+    NEW_BUFFERS["count"] += 1
+    NEW_BUFFERS["bytes"] += buf.nbytes
+    NEW_BUFFERS["largest"] = max(NEW_BUFFERS["largest"], buf.nbytes)
+    return buf
+
+
+# planned buffers no pool could give: a steady state makes no parameter-sized one (on a worker, a
+# partial sum its peers pull is handed to the comm and not pooled again)
+NEW_BUFFERS = {"count": 0, "bytes": 0, "largest": 0}
 
 
 def _owned(v, refs):
@@ -202,6 +218,15 @@ def give_back(tensor_holder, attr):
     value = node.value
     del t, node                                     # the tensor and its node die here
     if _owned(value, 3):
+        free = SPARE.setdefault((value.shape, value.dtype), [])
+        if len(free) < _SPARE_DEPTH:
+            free.append(value)
+
+
+def spare(value):
+    """Keep a dead value's array for a later plan's buffer (a worker's store drops the parameters
+    the last step replaced): only when its one holder is the caller's reference."""
+    if _owned(value, 4):             # the caller's, `value`, _owned's argument and getrefcount's
         free = SPARE.setdefault((value.shape, value.dtype), [])
         if len(free) < _SPARE_DEPTH:
             free.append(value)

@@ -106,7 +106,9 @@ def describe(order):
     return tuple(key), leaves
 
 
-def build_plan(key, backend):
+def build_plan(key, backend, local_kernels=None):
+    """The plan of structure `key`; `local_kernels` ({op: kernel}) runs steps that are not ops of
+    the table (a mesh plan's data movement inside a worker)."""
     leaf_part, node_part = key[0], key[1:]
     n_leaves = len(leaf_part)
     if backend == "cpu":
@@ -118,11 +120,11 @@ def build_plan(key, backend):
     kept = {n_leaves + i for i, entry in enumerate(node_part) if entry[4]}
     steps = []
     for i, (op, attrs, ins, _, _) in enumerate(node_part):
-        row = OPS[op]
-        kernel = row.kernels.get(backend)
+        local = local_kernels.get(op) if local_kernels else None
+        kernel = local or OPS[op].kernels.get(backend)
         if kernel is None:
             raise RuntimeError(f"{op}: this op has no kernel for the {backend!r} backend "
-                               f"(available: {sorted(row.kernels)}); use gt.set_device('cpu')")
+                               f"(available: {sorted(OPS[op].kernels)}); use gt.set_device('cpu')")
         frees = tuple(sorted({s for s in ins if last_use[s] == i and s >= n_leaves and s not in kept}))
         steps.append(Step(kernel, ins, n_leaves + i, dict(attrs), frees))
     # values never used by a later step and not kept (dead code) are dropped right away
@@ -165,6 +167,11 @@ def _plan_memory(steps, key, last_use, kept):
 
     def big(s):
         return sum(math.prod(sp.shape) for sp in specs[s]) >= PLANNED_MIN_SIZE
+    # the outputs of multi-output steps that something reads (a select whose value is used or kept)
+    selected = set()
+    for i, entry in enumerate(key[1:]):
+        if entry[0] == "select" and (n_leaves + i in last_use or n_leaves + i in kept):
+            selected.add((entry[2][0], dict(entry[1])["index"]))
     for i, st in enumerate(steps):
         st.leaf_frees = tuple(s for s in sorted(set(st.ins)) if s < n_leaves and last_use[s] == i
                               and i >= first_safe and big(s))
@@ -189,7 +196,10 @@ def _plan_memory(steps, key, last_use, kept):
             return (last_use.get(s) == i and s not in kept and st.ins.count(s) == 1
                     and (specs[s][0].shape, specs[s][0].dtype) == spec and (s >= n_leaves or i >= first_safe))
         if st.multi:
-            st.reuse = tuple((st.ins[pos],) if dies_here(pos, o) else () for pos, o in zip(inplace, outs))
+            # an output nobody reads gets no buffer: the kernel may skip it (SGD's unused momentum buffer)
+            st.outs = tuple(o if (st.out, k) in selected else None for k, o in enumerate(outs))
+            st.reuse = tuple((st.ins[pos],) if o is not None and dies_here(pos, o) else ()
+                             for pos, o in zip(inplace, st.outs))
         elif inplace == "any":
             st.reuse = (tuple(st.ins[p] for p in range(len(st.ins)) if dies_here(p, outs[0])),)
         else:

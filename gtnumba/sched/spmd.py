@@ -6,26 +6,8 @@ the reference the Dask runner is tested against, and lets the tests check shardi
 """
 from ..kernels import backend
 from ..ops.registry import OPS
+from .block import run_steps
 from .distribute import Collective
-
-
-def schedule(plan):
-    """Steps in execution order: for each level its collectives, then its local steps."""
-    order = []
-    for level in range(plan.n_levels):
-        order += plan.collectives(level)
-        order += plan.blocks(level)
-    return order
-
-
-def last_uses(steps, keep):
-    last = {}
-    for i, step in enumerate(steps):
-        for s in (step.src,) if isinstance(step, Collective) else step.ins:
-            last[s] = i
-    for s in keep:
-        last[s] = len(steps)
-    return last
 
 
 def reduce_sum(values):
@@ -59,23 +41,6 @@ def collective_parts(plan, step, values):
     return [value] * len(values)
 
 
-def _chunk(x, start, stop):
-    return flat(x)[start:stop]
-
-
-# steps the planner adds that are data movement inside a worker, not ops of the table
-_LOCAL_OPS = {"_chunk": _chunk}
-
-
-KERNELS_RUN = [0]      # kernels this process ran for mesh steps (gt.debug.get_worker_stats)
-
-
-def run_local_step(step, env, worker):
-    KERNELS_RUN[0] += 1
-    kernel = _LOCAL_OPS.get(step.op) or OPS[step.op].kernels[backend.current()]
-    env[step.out] = kernel(*[env[s] for s in step.ins], **step.attrs[worker])
-
-
 class InProcessRunner:
     name = "in-process"
 
@@ -92,21 +57,57 @@ class InProcessRunner:
         return list(parts)
 
     def run(self, plan, leaf_parts, replay=None):
-        steps = schedule(plan)
-        last = last_uses(steps, plan.keep)
         env = [{slot: parts[w] for slot, parts in enumerate(leaf_parts)} for w in range(self.workers)]
-        for i, step in enumerate(steps):
-            if isinstance(step, Collective):
-                parts = collective_parts(plan, step, [e[step.src] for e in env])
-                for e, part in zip(env, parts):
-                    e[step.out] = part
-                used = (step.src,)
-            else:
-                for w in range(self.workers):
-                    run_local_step(step, env[w], w)
-                used = step.ins
-            for s in used:
-                if last.get(s) == i:
-                    for e in env:
-                        e.pop(s, None)
+        for level in levels(plan):
+            for c in level.collectives:
+                for e, part in zip(env, collective_parts(plan, c, [e[c.src] for e in env])):
+                    e[c.out] = part
+            for w, e in enumerate(env):
+                run_steps(level.holders[w], plan, level.steps, level.outputs, w, e, _described(w, e))
+                for s in level.dead:
+                    e.pop(s, None)
         return {slot: [e[slot] for e in env] for slot in plan.keep}
+
+
+def _described(w, env):
+    def describe(step, exc):
+        shapes = [tuple(getattr(env.get(i), "shape", ())) for i in step.ins]
+        return type(exc)(f"{step.op} on worker {w} (local input shapes {shapes}): {exc}")
+    return describe
+
+
+class _Holder:
+    __slots__ = ("block",)
+
+    def __init__(self):
+        self.block = None
+
+
+class _Level:
+    """One level of a DistPlan as the in-process runner runs it (made once per plan)."""
+    __slots__ = ("collectives", "steps", "outputs", "dead", "holders")
+
+
+def levels(plan):
+    made = getattr(plan, "spmd_levels", None)
+    if made is None:
+        made = plan.spmd_levels = [_level(plan, lv) for lv in range(plan.n_levels)]
+    return made
+
+
+def _level(plan, lv):
+    """Its collectives, its local steps, the values later levels or the caller need from them, and
+    the values no later level reads (dropped after it)."""
+    L = _Level()
+    L.collectives, L.steps = plan.collectives(lv), plan.blocks(lv)
+    last, later = {}, set(plan.keep)
+    for s in plan.steps:
+        reads = (s.src,) if isinstance(s, Collective) else s.ins
+        for i in reads:
+            last[i] = max(last.get(i, 0), s.level)
+            if s.level > lv or isinstance(s, Collective):
+                later.add(i)
+    L.outputs = tuple(sorted({st.out for st in L.steps} & later))
+    L.dead = tuple(s for s, at in last.items() if at == lv and s not in plan.keep)
+    L.holders = [_Holder() for _ in range(plan.workers)]
+    return L

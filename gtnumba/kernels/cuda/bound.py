@@ -181,8 +181,9 @@ class BoundStep:
                 rec.alloc(t)
         for launch in self.launches:
             launch(ins, tmps)
-        outs = tuple(_resolve(r, ins, tmps) for r in self.outputs)
-        return outs if self.tuple_out else outs[0]
+        if self.tuple_out:
+            return tuple([_resolve(r, ins, tmps) for r in self.outputs])
+        return _resolve(self.outputs[0], ins, tmps)
 
 
 def bind(rec, result, packed=None):

@@ -81,8 +81,8 @@ def _template(shape, dtype, mem):
 
 def _array(template, mem):
     arr = object.__new__(type(template))
-    arr.__dict__.update(template.__dict__)
-    arr.gpu_data = mem
+    arr.__dict__ = fields = template.__dict__.copy()      # (half the cost of update() on an empty dict)
+    fields["gpu_data"] = mem
     return arr
 
 
@@ -118,7 +118,10 @@ def _pointer_class():
             release = self._release
             if release is not None:
                 self._release = None
-                release()
+                if type(release) is tuple:            # (pool, size, raw) of the caching allocator
+                    release[0].release(release[1], release[2])
+                else:
+                    release()
     _POINTER.append(PooledPointer)
     return PooledPointer
 
@@ -192,7 +195,7 @@ class _CachingAllocator:
         if raw is None:
             raw = self._raw(size)
         mem = _pointer_class()(self.context or self._context(), raw.device_pointer_value, nbytes, None,
-                               _Release(self, size, raw))
+                               (self, size, raw))
         return _array((t or _template(shape, dtype, mem))[2], mem)
 
     def release(self, size, raw):
@@ -213,17 +216,6 @@ class _CachingAllocator:
             self._context().deallocations.clear()     # Numba frees lazily: free now
         except Exception:  # pragma: no cover - nothing pending
             pass
-
-
-class _Release:
-    """Finalizer of a pooled block: puts the raw block back on its free list."""
-    __slots__ = ("pool", "size", "raw")
-
-    def __init__(self, pool, size, raw):
-        self.pool, self.size, self.raw = pool, size, raw
-
-    def __call__(self):
-        self.pool.release(self.size, self.raw)
 
 
 _allocator = []

@@ -207,12 +207,16 @@ def stream():
 # A recorder (gtnumba.kernels.cuda.bound) sees every allocation, launch and host call of one plan
 # step the first time it runs, to replay them later without the host code around them.  One per
 # thread: a thread recording a step never sees another thread's launches.
-_RECORDING = threading.local()
+class _Recording(threading.local):
+    active = None          # a class default: a thread that never recorded finds it without an AttributeError
+
+
+_RECORDING = _Recording()
 
 
 def recorder():
     """This thread's active recorder, or None."""
-    return getattr(_RECORDING, "active", None)
+    return _RECORDING.active
 
 
 @contextlib.contextmanager
