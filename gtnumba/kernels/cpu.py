@@ -20,7 +20,6 @@ import numba
 import numpy as np
 
 from . import cpu_fused
-from .cpu_threads import run_split, ufunc_into
 
 
 def _arr(x):
@@ -80,8 +79,6 @@ def binary(ufunc):
         return _arr(ufunc(a, b))
 
     def into(a, b, out=None):
-        if out is not None and ufunc_into(ufunc, (a, b), out):
-            return out
         return _arr(ufunc(a, b, out=out))
     kernel.__name__ = ufunc.__name__
     kernel.ufunc = ufunc      # what a compiled plan may call directly (the result is an array unless 0-d)
@@ -99,8 +96,6 @@ def unary(ufunc):
         return _arr(ufunc(x))
 
     def into(x, out=None):
-        if out is not None and ufunc_into(ufunc, (x,), out):
-            return out
         return _arr(ufunc(x, out=out))
     kernel.__name__ = ufunc.__name__
     kernel.ufunc = ufunc
@@ -202,8 +197,7 @@ def _fill_inline(args, attrs, in_specs, out_specs):
 def fill(shape, value, dtype, out=None):
     if out is None:
         return np.full(shape, value, dtype)
-    if not run_split(lambda lo, hi: out[lo:hi].fill(value), out):
-        out.fill(value)
+    out.fill(value)
     return out
 
 
