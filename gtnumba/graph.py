@@ -106,6 +106,13 @@ class _Pending:
 
 _ref = weakref.ref
 PENDING = _Pending()
+
+
+def lazy(node):
+    """A constant fill stays pending until something reads it (materialize computes it only then):
+    a gradient zeroed by zero_() is then replaced by the next backward's gradient instead of being
+    filled now and added to then, two passes over every parameter-sized gradient a step."""
+    return node.op == "fill"
 _PENDING_REFS = PENDING._refs
 
 # Past this many pending nodes the API materializes on its own, so a loop that never reads a

@@ -147,7 +147,9 @@ def test_backward_of_a_recognized_step_runs_no_gradient_rule():
     x, y = _gt_data(1)
     for _ in range(4):
         _gt_sgd_step(P, x, y)
-    zeroed = {k: t.grad.numpy() for k, t in P.items()}
+    # the gradients were zeroed by zero_() (not read: a read would compute the lazy zeros, and a
+    # step meeting computed gradients is another step, recorded once)
+    zeroed = {k: np.zeros(t.shape, t.numpy().dtype) for k, t in P.items()}
     loss = gt_forward(P, x, y)
     rules, recorded = replay.STATS["grad_rules"], replay.STATS["recorded_nodes"]
     built = replay.STATS["replayed_nodes"]
@@ -413,3 +415,28 @@ def test_second_backward_through_a_replayed_read_first_step_raises():
     loss.backward()
     with pytest.raises(RuntimeError, match="backward through a graph a second time"):
         loss.backward()
+
+
+def test_a_zeroed_gradient_stays_lazy_and_the_next_backward_replaces_it():
+    """zero_() after the update is not computed by the step (nothing reads it): the next backward
+    replaces the pending zeros by its gradient instead of adding to them, training exactly as
+    computing zeros and adding to them would; a read still gives zeros."""
+    P = _gt_params()
+    x, y = _gt_data(1)
+    got = [_gt_sgd_step(P, x, y) for _ in range(4)]
+    assert all(t.grad._node.op == "fill" and t.grad._node.value is None for t in P.values())
+    Q = _gt_params()
+    want = []
+    for _ in range(4):
+        loss = gt_forward(Q, x, y)
+        loss.backward()
+        with gt.no_grad():
+            for t in Q.values():
+                t -= 0.05 * t.grad
+                t.grad.zero_()
+                t.grad.numpy()                     # computed zeros: the next backward adds to them
+        want.append(loss.item())
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    for k in P:
+        np.testing.assert_allclose(P[k].numpy(), Q[k].numpy(), rtol=1e-12, atol=1e-15, err_msg=k)
+        assert not P[k].grad.numpy().any()

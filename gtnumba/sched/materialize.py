@@ -6,7 +6,7 @@ described here, and its trace is kept for the next step.
 """
 import time
 
-from ..graph import PENDING
+from ..graph import PENDING, lazy
 from ..kernels import backend
 from .executor import run_plan
 from .mesh import DistValue, current_mesh
@@ -34,7 +34,7 @@ def materialize(extra=()):
         except Exception:
             REPLAY_STATS["replay_failed"] += 1   # computed again below, root by root where it fails
     REC.realize()     # the normal path walks the graph: virtual gradient nodes become real
-    roots = [n for n in list(PENDING) if n.value is None and n.n_tensors > 0 and n.error is None]
+    roots = [n for n in list(PENDING) if n.value is None and n.n_tensors > 0 and n.error is None and not lazy(n)]
     roots += [n for n in extra if n.value is None and n.error is None]
     if not roots:
         if hit is not None:

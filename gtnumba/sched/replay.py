@@ -29,7 +29,7 @@ predecessor trace fixes what sits at each position, so a matched position is a m
 import os
 from sys import getrefcount
 
-from ..graph import GRAD_MODE, PENDING, Node
+from ..graph import GRAD_MODE, PENDING, Node, lazy
 
 STATS = {"replayed": 0, "diverged": 0, "recorded_nodes": 0, "replayed_nodes": 0, "grad_rules": 0,
          "replay_failed": 0}
@@ -204,8 +204,10 @@ class Recorder:
 
     def _new_ext_ok(self, node, k, trace):
         sigs = trace.ext_sigs
-        if k >= len(sigs) or node.value is None:
+        if k >= len(sigs):
             return False
+        # (a pending external, such as a lazy zero fill, matches only a trace that saw it pending:
+        # a step that computes one in its plan is never kept as a variant)
         sig = sigs[k]     # ext_sig(node) == sig, without making the tuple
         if (type(node.value).__name__ != sig[1] or node.requires_grad != sig[2] or node.leaf != sig[3]
                 or node.specs is not sig[0] and node.specs != sig[0]):
@@ -611,7 +613,7 @@ class Recorder:
         compute it too)?  Pending nodes nothing holds (the inputs of a failed read, not yet
         garbage-collected) do not count."""
         mine = {id(n) for n in self.nodes}
-        return any(n.value is None and n.n_tensors > 0 and n.error is None and id(n) not in mine
+        return any(n.value is None and n.n_tensors > 0 and n.error is None and id(n) not in mine and not lazy(n)
                    for n in list(PENDING))
 
     def finish(self, sig, order, leaves, key):
