@@ -214,3 +214,44 @@ def test_a_step_repeating_an_earlier_one_is_computed_once():
         np.testing.assert_array_equal(b.numpy(), want)
         np.testing.assert_array_equal(c.numpy(), want * 2 + want)
     assert kernels.count("subtract") == 1 and kernels.count("alias") == 1, kernels
+
+
+def test_a_scaled_update_runs_as_one_pass_with_the_bits_of_two():
+    """`p - c * g` and `p + c * g` (either order) on planned-size arrays become one fused step in a
+    CPU plan, with NumPy's bits (c * g rounded, then the sum); a product something else reads
+    stays a step of its own."""
+    from gtnumba.sched.plan import build_plan, describe, pending_order
+    rng = np.random.default_rng(7)
+    pv, gv = (rng.standard_normal((64, 48)).astype(np.float32) for _ in range(2))
+    c = [np.float32(v) for v in (0.37, -1.3, 2.1, 0.7)]
+    for _ in range(3):                                  # interpreted, then generated code
+        p, g = gt.tensor(pv), gt.tensor(gv)
+        s = [gt.tensor(np.array(v)) for v in c]
+        minus, plus, swapped = p - s[0] * g, p + g * s[1], s[2] * g + p
+        prod = g * s[3]
+        shared = p - prod
+        held = prod * 1.0
+        key, _ = describe(pending_order([n._node for n in (minus, plus, swapped, shared, held)]))
+        names = [st.kernel.__name__ for st in build_plan(key, "cpu").steps]
+        np.testing.assert_array_equal(minus.numpy(), pv - c[0] * gv)
+        np.testing.assert_array_equal(plus.numpy(), pv + gv * c[1])
+        np.testing.assert_array_equal(swapped.numpy(), c[2] * gv + pv)
+        np.testing.assert_array_equal(shared.numpy(), pv - gv * c[3])
+        np.testing.assert_array_equal(held.numpy(), gv * c[3])
+    assert names.count("scaled_add") == 3 and names.count("subtract") == 1, names
+
+
+def test_the_gt_update_overwrites_the_parameter_in_one_pass():
+    """The GT-style `w -= lr * w.grad` of a steady-state step: fused, in place, trains as eager."""
+    rng = np.random.default_rng(8)
+    wv, xv = rng.standard_normal((256, 32)).astype(np.float32), rng.standard_normal((4, 256)).astype(np.float32)
+    w, want = gt.tensor(wv, requires_grad=True), wv.copy()
+    for _ in range(4):
+        loss = (gt.tensor(xv) @ w).sum()
+        loss.backward()
+        with gt.no_grad():
+            w -= 0.1 * w.grad
+            w.grad.zero_()
+        loss.item()
+        want = want - np.float32(0.1) * (xv.T @ np.ones((4, 32), np.float32))
+    np.testing.assert_allclose(w.numpy(), want, rtol=1e-6, atol=1e-6)

@@ -437,6 +437,20 @@ def layer_norm_backward(x, w, mean, rstd, g):
     return gx.reshape(x.shape), gw, gb
 
 
+# ---- a plan's fused update step (sched/plan.py: `p - lr * g` as one pass) --------------------
+@_writes_out("same", "any")
+def scaled_add(a, g, c, sign, out=None):
+    """a + sign * (c * g): what a plan runs for the `p -= lr * p.grad` pair of steps (the same
+    bits as the pair: NumPy rounds c * g, then the sum, in the arrays' dtype)."""
+    if out is None:
+        out = np.empty_like(a)
+    if a.flags.c_contiguous and g.flags.c_contiguous and out.flags.c_contiguous:
+        cpu_fused.scaled_add(a.reshape(-1), g.reshape(-1), c[()], sign, out.reshape(-1))
+        return out
+    prod = np.multiply(c, g)
+    return _arr(np.add(a, prod, out=out) if sign > 0 else np.subtract(a, prod, out=out))
+
+
 # ---- optimizer updates (fused: one pass over each parameter) -----------------------------
 @_writes_out("any", inplace=(0, 2))
 def sgd_update(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first_step, out=None):

@@ -30,7 +30,7 @@ __all__ = [
     "log_softmax_rows", "log_softmax_rows_backward",
     "cross_entropy_rows", "cross_entropy_rows_backward",
     "layernorm_rows", "layernorm_rows_backward",
-    "sgd_update", "adam_update",
+    "sgd_update", "adam_update", "scaled_add",
 ]
 
 # Row kernels are serial: on the 2-core reference machine parallel=True made them
@@ -424,3 +424,28 @@ def adam_update(p, g, m, v, out_p, out_m, out_v, lr, beta1=0.9, beta2=0.999,
     kernel = _adam_parallel if p.size >= _PARALLEL_MIN_SIZE else _adam_serial
     kernel(p, ins[3], ins[1], ins[2], outs[0], outs[1], outs[2], hp)
     return out_p, out_m, out_v
+
+
+# --------------------------------------------------------------------------- a + sign * c * g
+@_jit
+def _scaled_add(a, g, c, sign, out):
+    # two roundings in the arrays' dtype, as NumPy's a - (c * g) makes them (no fused multiply-add)
+    for i in range(a.shape[0]):
+        out[i] = a[i] + sign * (c * g[i])
+
+
+@_jit
+def _scaled_add_into_a(a, g, c, sign):
+    # (out is a: LLVM's overlap check between two array arguments would pick its scalar loop)
+    for i in range(a.shape[0]):
+        a[i] = a[i] + sign * (c * g[i])
+
+
+def scaled_add(a, g, c, sign, out):
+    """out = a + c * g (sign 1) or a - c * g (sign -1), flat C-contiguous arrays of one float
+    dtype and a scalar c of that dtype, in one pass; out may be a or g."""
+    if out.ctypes.data == a.ctypes.data:
+        _scaled_add_into_a(a, g, c, a.dtype.type(sign))
+    else:
+        _scaled_add(a, g, c, a.dtype.type(sign), out)
+    return out

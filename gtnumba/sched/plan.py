@@ -7,6 +7,7 @@ training step does no planning.
 import math
 from dataclasses import dataclass, field
 
+from ..kernels import cpu
 from ..ops.registry import OPS
 
 
@@ -112,7 +113,8 @@ def build_plan(key, backend, local_kernels=None):
     leaf_part, node_part = key[0], key[1:]
     n_leaves = len(leaf_part)
     if backend == "cpu":
-        node_part = _share_repeats(node_part, n_leaves)
+        node_part = _fuse_scaled_updates(_share_repeats(node_part, n_leaves), leaf_part)
+        local_kernels = {**_CPU_FUSED, **(local_kernels or {})}
     last_use = {}
     for i, (_, _, ins, _, _) in enumerate(node_part):
         for s in ins:
@@ -153,6 +155,46 @@ def _share_repeats(node_part, n_leaves):
             out.append(("alias", (), (first,), specs, kept))
         else:
             out.append((op, attrs, ins, specs, kept))
+    return tuple(out)
+
+
+# (sum op, position of the product in it) -> sign: `p - c * g` and `p + c * g`, either order for +
+_SCALED = {("sub", 1): -1, ("add", 1): 1, ("add", 0): 1}
+_CPU_FUSED = {"_scaled_add": cpu.scaled_add, "_dropped": lambda: None}
+
+
+def _fuse_scaled_updates(node_part, leaf_part):
+    """A sum with a scalar multiple of an array of its own shape and dtype, the product read by
+    nothing else (the GT-style update `p -= lr * p.grad`): one pass instead of two over every
+    parameter, the product never stored.  The product's step becomes a no-op (slots keep their
+    numbers); only arrays big enough to plan are worth it (a kernel call costs more than a ufunc's)."""
+    n_leaves = len(leaf_part)
+
+    def spec(s):
+        specs = leaf_part[s][0] if s < n_leaves else node_part[s - n_leaves][3]
+        return specs[0] if len(specs) == 1 else None
+    uses = {}
+    for entry in node_part:
+        for s in entry[2]:
+            uses[s] = uses.get(s, 0) + 1
+    out = list(node_part)
+    for j, (op, attrs, ins, specs, kept) in enumerate(node_part):
+        for pos in (0, 1):
+            sign = _SCALED.get((op, pos))
+            t = ins[pos] if sign is not None and len(ins) == 2 and not attrs else None
+            if t is None or t < n_leaves or uses.get(t) != 1 or out[t - n_leaves][0] != "mul":
+                continue
+            _, mattrs, mins, mspecs, mkept = out[t - n_leaves]
+            want = specs[0]
+            scalars = [x for x in mins if spec(x) is not None and spec(x).shape == () and spec(x).dtype == want.dtype]
+            rest = [x for x in mins if x not in scalars[:1]]
+            a = ins[1 - pos]
+            if (mattrs or mkept or len(mins) != 2 or not scalars or len(rest) != 1 or spec(a) != want
+                    or spec(rest[0]) != want or want.dtype.kind != "f" or math.prod(want.shape) < PLANNED_MIN_SIZE):
+                continue
+            out[j] = ("_scaled_add", (("sign", sign),), (a, rest[0], scalars[0]), specs, kept)
+            out[t - n_leaves] = ("_dropped", (), (), mspecs, False)
+            break
     return tuple(out)
 
 
