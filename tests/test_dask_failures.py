@@ -92,3 +92,67 @@ def test_a_worker_side_failure_before_the_store_fails_reads_at_once(cluster, wor
     finally:
         cluster.run(_restore, where)
     _trains_like_in_process()
+
+
+def _refuse_batches(dask_worker):
+    """On a worker: the next batch sent to its store is refused (the handler fails)."""
+    worker = dask_worker
+    real = worker.handlers["gtnumba_put"]
+
+    async def refuse(*args, **kwargs):
+        worker.handlers["gtnumba_put"] = real
+        raise RuntimeError("gtnumba-test: no room for this batch")
+    worker.handlers["gtnumba_put"] = refuse
+
+
+def test_a_batch_that_cannot_be_delivered_fails_the_next_read_at_once(cluster):
+    """A batch goes straight to its worker's store; when that fails, the read waiting for the step
+    (which waits for the batch) raises naming the worker and the cause, not after the timeout."""
+    import time
+    gt.manual_seed(0)
+    model = gt.nn.Linear(256, 8)
+    opt = gt.optim.SGD(model.parameters(), lr=0.1)
+    rng = np.random.default_rng(6)
+
+    def step():
+        x = gt.tensor(rng.standard_normal((128, 256)).astype(np.float32))       # 128 KB: sent directly
+        loss = (model(x) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss
+    assert np.isfinite(step().item())
+    runner = current_mesh().runner
+    address = runner.addresses[0]
+    cluster.run(_refuse_batches, workers=[address])
+    loss = step()
+    t0 = time.perf_counter()
+    with pytest.raises(RuntimeError, match=f"sending a batch to worker {address} failed.*no room for this batch"):
+        loss.item()
+    assert time.perf_counter() - t0 < 20
+
+
+def test_a_batch_arriving_after_its_task_started_wakes_it(cluster, monkeypatch):
+    """The task may start before its batch reaches the store (sent on another connection): it waits,
+    and the batch's arrival wakes it (a put from the worker's loop, not from a task's thread)."""
+    import asyncio
+    gt.manual_seed(1)
+    model = gt.nn.Linear(256, 8)
+    opt = gt.optim.SGD(model.parameters(), lr=0.1)
+    rng = np.random.default_rng(7)
+    runner = current_mesh().runner
+    real = type(runner)._put
+
+    async def late(self, *args):
+        await asyncio.sleep(0.5)                      # well after the step's tasks started
+        return await real(self, *args)
+    monkeypatch.setattr(type(runner), "_put", late)
+    losses = []
+    for _ in range(3):
+        x = gt.tensor(rng.standard_normal((128, 256)).astype(np.float32))
+        loss = (model(x) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert np.all(np.isfinite(losses))

@@ -125,6 +125,8 @@ class DaskRunner:
         self._shipped = set()                         # (rows source uid, worker) holding that source
         self._small = []                              # per recent step: its small kept values' parts
         self._read = set()                            # (kept slot, worker) the client has read
+        self._put_failed = []                         # (worker address, error) of batches not delivered
+        self._put_failure = None
         self._frees = [[] for _ in self.addresses]
         self._keyrefs = {}
         self.log = []                                 # (futures, replay) of steps not known finished
@@ -213,11 +215,15 @@ class DaskRunner:
             ready=[p.key for p in riders[w]]) for w, idx in by_worker.items()])
         makers = {id(p.future): p.future for p in parts if p.pending is None and p.future is not None}
         watch = [asyncio.ensure_future(_failure(f)) for f in makers.values() if f.status != "finished"]
+        undelivered = asyncio.ensure_future(self._put_event().wait())
+        watch.append(undelivered)
         try:
             while True:
                 done, _ = await asyncio.wait([calls, *watch], return_when=asyncio.FIRST_COMPLETED)
                 if calls in done:
                     return calls.result()
+                if undelivered in done:      # a step waits for a batch that will never come
+                    raise self._put_error()
                 for t in done:
                     t.result()
                 watch = [t for t in watch if t not in done]
@@ -321,9 +327,19 @@ class DaskRunner:
     async def _put(self, address, keys, data):
         try:
             await self.client.rpc(address).gtnumba_put(rid=self.rid, keys=keys, data=data)
-        except Exception:
-            # the worker is gone: its task fails or never runs, and the next read finds it dead
-            pass
+        except Exception as exc:          # raised by the next read (a dead worker: WorkerLost there)
+            self._put_failed.append((address, exc))
+            self._put_event().set()
+
+    def _put_event(self):
+        """Set when a batch could not be sent (made on the client's loop, where reads wait)."""
+        if self._put_failure is None:
+            self._put_failure = asyncio.Event()
+        return self._put_failure
+
+    def _put_error(self):
+        address, exc = self._put_failed[0]
+        return RuntimeError(f"gtnumba: sending a batch to worker {address} failed: {exc!r}")
 
     def _log(self, futures, replay):
         while self.log and all(f.status in ("finished", "error") for f in self.log[0][0]):

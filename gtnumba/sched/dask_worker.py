@@ -53,7 +53,7 @@ class Store:
             self.refs[key] = refs
         ev = self.events.pop(key, None)
         if ev is not None:
-            get_worker().loop.add_callback(ev.set)
+            _on_loop(ev.set)       # a task's thread, or the loop itself (a batch the client sent)
 
     def release(self, key):
         left = self.refs.get(key)
