@@ -18,3 +18,19 @@ def step(net, opt, rng, batch=5):
     loss.backward()
     opt.step()
     return loss
+
+
+def big_batch_model(seed=0):
+    """A linear model whose batches (128 x 256 float32, 128 KB) go straight to the workers."""
+    gt.manual_seed(seed)
+    net = nn.Linear(256, 8)
+    return net, gt.optim.SGD(net.parameters(), lr=0.1)
+
+
+def big_batch_step(net, opt, rng):
+    x = gt.tensor(rng.standard_normal((128, 256)).astype("float32"))
+    loss = (net(x) ** 2).mean()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return loss

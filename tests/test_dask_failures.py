@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import gtnumba as gt
+import small_mlp
 from gtnumba.sched import dask_runner
 from gtnumba.sched.mesh import current_mesh
 from test_dask_step import _model, _step, _trains_like_in_process
@@ -109,18 +110,11 @@ def test_a_batch_that_cannot_be_delivered_fails_the_next_read_at_once(cluster):
     """A batch goes straight to its worker's store; when that fails, the read waiting for the step
     (which waits for the batch) raises naming the worker and the cause, not after the timeout."""
     import time
-    gt.manual_seed(0)
-    model = gt.nn.Linear(256, 8)
-    opt = gt.optim.SGD(model.parameters(), lr=0.1)
+    model, opt = small_mlp.big_batch_model()
     rng = np.random.default_rng(6)
 
     def step():
-        x = gt.tensor(rng.standard_normal((128, 256)).astype(np.float32))       # 128 KB: sent directly
-        loss = (model(x) ** 2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        return loss
+        return small_mlp.big_batch_step(model, opt, rng)
     assert np.isfinite(step().item())
     runner = current_mesh().runner
     address = runner.addresses[0]
@@ -130,15 +124,18 @@ def test_a_batch_that_cannot_be_delivered_fails_the_next_read_at_once(cluster):
     with pytest.raises(RuntimeError, match=f"sending a batch to worker {address} failed.*no room for this batch"):
         loss.item()
     assert time.perf_counter() - t0 < 20
+    # the step that waited for the batch failed on the worker at once (not at its timeout): so did
+    # its update, and reading the parameters raises that cause
+    with pytest.raises(RuntimeError, match="a batch did not arrive.*no room for this batch"):
+        model.weight.numpy()
+    assert time.perf_counter() - t0 < 20
 
 
 def test_a_batch_arriving_after_its_task_started_wakes_it(cluster, monkeypatch):
     """The task may start before its batch reaches the store (sent on another connection): it waits,
     and the batch's arrival wakes it (a put from the worker's loop, not from a task's thread)."""
     import asyncio
-    gt.manual_seed(1)
-    model = gt.nn.Linear(256, 8)
-    opt = gt.optim.SGD(model.parameters(), lr=0.1)
+    model, opt = small_mlp.big_batch_model(1)
     rng = np.random.default_rng(7)
     runner = current_mesh().runner
     real = type(runner)._put
@@ -147,12 +144,5 @@ def test_a_batch_arriving_after_its_task_started_wakes_it(cluster, monkeypatch):
         await asyncio.sleep(0.5)                      # well after the step's tasks started
         return await real(self, *args)
     monkeypatch.setattr(type(runner), "_put", late)
-    losses = []
-    for _ in range(3):
-        x = gt.tensor(rng.standard_normal((128, 256)).astype(np.float32))
-        loss = (model(x) ** 2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = [small_mlp.big_batch_step(model, opt, rng).item() for _ in range(3)]
     assert np.all(np.isfinite(losses))

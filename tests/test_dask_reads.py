@@ -4,6 +4,7 @@ round trip for them, usually, instead of three; the values are those of the in-p
 import numpy as np
 
 import gtnumba as gt
+import small_mlp
 from gtnumba import nn
 from gtnumba.sched.mesh import current_mesh
 from gtnumba.sched.dask_runner import RIDE_STEPS
@@ -57,18 +58,9 @@ def test_a_big_batch_goes_straight_to_the_workers():
     """A batch of 64 KB or more travels from the client to its workers' stores, not inside the
     step's tasks (through the scheduler): the same training, with its bytes counted there."""
     def run():
-        gt.manual_seed(0)
-        model = nn.Linear(256, 8)
-        opt = gt.optim.SGD(model.parameters(), lr=0.1)
+        model, opt = small_mlp.big_batch_model()
         rng = np.random.default_rng(0)
-        losses = []
-        for _ in range(3):
-            x = gt.tensor(rng.standard_normal((128, 256)).astype(np.float32))
-            loss = (model(x) ** 2).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
+        losses = [small_mlp.big_batch_step(model, opt, rng).item() for _ in range(3)]
         return losses, model.weight.numpy()
     want = run()
     gt.init(workers=2, dashboard=":0")

@@ -330,6 +330,10 @@ class DaskRunner:
         except Exception as exc:          # raised by the next read (a dead worker: WorkerLost there)
             self._put_failed.append((address, exc))
             self._put_event().set()
+            try:                          # the step waiting for the batch fails now, not at its timeout
+                await self.client.rpc(address).gtnumba_fail(rid=self.rid, keys=keys, message=repr(exc))
+            except Exception:
+                pass
 
     def _put_event(self):
         """Set when a batch could not be sent (made on the client's loop, where reads wait)."""
@@ -338,7 +342,10 @@ class DaskRunner:
         return self._put_failure
 
     def _put_error(self):
-        address, exc = self._put_failed[0]
+        """The error of the first batch not delivered (raised once: later steps may work again)."""
+        address, exc = self._put_failed.pop(0)
+        if not self._put_failed:
+            self._put_failure.clear()
         return RuntimeError(f"gtnumba: sending a batch to worker {address} failed: {exc!r}")
 
     def _log(self, futures, replay):

@@ -188,6 +188,12 @@ async def _put(rid, keys, data):
     return {"ok": True}
 
 
+async def _fail(rid, keys, message):
+    """Handler: the client could not send these values (a batch): the step waiting for them fails."""
+    store(rid).fail_step(keys[0], RuntimeError(f"gtnumba: a batch did not arrive: {message}"), keys)
+    return {"ok": True}
+
+
 async def _put_backup(rid, owner, keys, data):
     st = store(rid)
     for key, value in zip(keys, unpack(data)):
@@ -223,6 +229,7 @@ class StorePlugin(WorkerPlugin):
         worker.handlers["gtnumba_pull"] = _pull
         worker.handlers["gtnumba_put_backup"] = _put_backup
         worker.handlers["gtnumba_put"] = _put
+        worker.handlers["gtnumba_fail"] = _fail
         keep_freed_memory()
 
     def transition(self, key, start, finish, **kwargs):
