@@ -92,10 +92,16 @@ def run_local_step(step, env, w):
     env[step.out] = kernel(*[env[s] for s in step.ins], **step.attrs[w])
 
 
-def run_steps(holder, dplan, steps, outputs, w, env, describe):
+def described(step, env, w, exc):
+    """The error of a failed local step, naming the op, the worker and the local input shapes."""
+    shapes = [tuple(getattr(env.get(i), "shape", ())) for i in step.ins]
+    return type(exc)(f"{step.op} on worker {w} (local input shapes {shapes}): {exc}")
+
+
+def run_steps(holder, dplan, steps, outputs, w, env):
     """Run one level's `steps` on worker w as a Block (made once, kept on `holder.block`),
-    adding the values of `outputs` to env.  A failure is run again step by step, and the failing
-    step's error goes through describe(step, exc) -> the exception to raise."""
+    adding the values of `outputs` to env.  A failure is run again step by step, so the error
+    raised names the failing step (`described`)."""
     block = holder.block
     if block is None or block.w != w or block.backend != backend.current():
         made = {st.out for st in steps}
@@ -108,6 +114,6 @@ def run_steps(holder, dplan, steps, outputs, w, env, describe):
             try:
                 run_local_step(step, env, w)
             except Exception as step_exc:
-                raise describe(step, step_exc) from step_exc
+                raise described(step, env, w, step_exc) from step_exc
         raise exc
     KERNELS_RUN[0] += len(steps)

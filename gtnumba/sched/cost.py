@@ -13,9 +13,9 @@ few rounds until no choice changes.  The choice is made once per step structure 
 import math
 import os
 
-from ..layout import REPLICATE, Shard, collective_bytes, even_sizes, local_shape
+from ..layout import REPLICATE, Shard, collective_bytes, even_sizes
+from .block import local_specs
 from .distribute import Collective, LocalStep, build_dist_plan
-from .mesh import Flat
 
 # Leaves smaller than this keep the default layout: they cannot save more than twice their size per
 # step, and every option costs a plan build.
@@ -151,13 +151,9 @@ def _collectives(plan):
 
 def work(plan):
     """Elements the busiest worker computes in the plan's local steps (what replication multiplies)."""
-    def elements(spec, layout, w):
-        if isinstance(spec, tuple):
-            lays = layout if isinstance(layout, tuple) else (layout,) * len(spec)
-            return sum(elements(s, l, w) for s, l in zip(spec, lays))
-        return layout.sizes[w] if isinstance(layout, Flat) else math.prod(local_shape(spec.shape, layout, w))
     steps = [s for s in plan.steps if isinstance(s, LocalStep)]
-    return max(sum(elements(plan.specs[s.out], plan.layouts[s.out], w) for s in steps) for w in range(plan.workers))
+    return max(sum(math.prod(sp.shape) for s in steps for sp in local_specs(plan, s.out, w))
+               for w in range(plan.workers))
 
 
 def _plan_or_none(key, layouts, workers):

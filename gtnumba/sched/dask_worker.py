@@ -378,11 +378,6 @@ def _backup(worker, rid, peers, w, items, st):
     sync(worker.loop, push)
 
 
-def _describe_failure(step, env, w, exc):
-    shapes = [tuple(getattr(env.get(i), "shape", ())) for i in step.ins]
-    return f"{step.op} on worker {w} (local input shapes {shapes}): {exc}"
-
-
 class Sent:
     """Stands in a task for a leaf part that the client sends to the store itself (gtnumba_put)."""
 
@@ -472,8 +467,7 @@ def run_level(rid, uid, plan, level, w, token, peers, leafkeys, inline, frees, *
     t1 = time.perf_counter()
     for i in L.reads:
         env[i] = st.get(_key(token, i, leafkeys))
-    run_steps(L, plan, L.steps, [slot for slot, _ in L.puts], w, env,
-              lambda step, exc: type(exc)(_describe_failure(step, env, w, exc)))
+    run_steps(L, plan, L.steps, [slot for slot, _ in L.puts], w, env)
     for slot, refs in L.puts:
         st.put(f"{token}:{slot}", env[slot], refs)
     for i in L.drops:

@@ -63,17 +63,10 @@ class InProcessRunner:
                 for e, part in zip(env, collective_parts(plan, c, [e[c.src] for e in env])):
                     e[c.out] = part
             for w, e in enumerate(env):
-                run_steps(level.holders[w], plan, level.steps, level.outputs, w, e, _described(w, e))
+                run_steps(level.holders[w], plan, level.steps, level.outputs, w, e)
                 for s in level.dead:
                     e.pop(s, None)
         return {slot: [e[slot] for e in env] for slot in plan.keep}
-
-
-def _described(w, env):
-    def describe(step, exc):
-        shapes = [tuple(getattr(env.get(i), "shape", ())) for i in step.ins]
-        return type(exc)(f"{step.op} on worker {w} (local input shapes {shapes}): {exc}")
-    return describe
 
 
 class _Holder:
