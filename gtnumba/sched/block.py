@@ -35,27 +35,10 @@ def local_specs(plan, slot, w):
     return tuple(Spec(_local_shape(tuple(s.shape), l, w), s.dtype) for s, l in zip(specs, lays))
 
 
-def _hashable(attrs):
-    items = tuple(attrs.items())
-    try:
-        hash(items)
-    except TypeError:          # an attribute the plan cannot key on: kept out of step sharing
-        return _Unshared(items)
-    return items
-
-
-class _Unshared(tuple):
-    """Attributes compared by identity (never equal to another step's)."""
-    __hash__ = object.__hash__
-
-    def __eq__(self, other):
-        return self is other
-
-
 class Block:
     """The executor plan of `steps` (one level's LocalSteps) on worker w, reading the DistPlan
     slots `inputs` and keeping `outputs`."""
-    __slots__ = ("inputs", "outputs", "steps", "plan", "w", "backend")
+    __slots__ = ("inputs", "steps", "plan", "w", "backend")
 
     def __init__(self, dplan, steps, inputs, outputs, w, local_kernels):
         self.inputs, self.steps, self.w = tuple(inputs), steps, w
@@ -63,10 +46,9 @@ class Block:
         key = [tuple((local_specs(dplan, s, w), "ndarray") for s in self.inputs)]
         keep = set(outputs)
         for k, st in enumerate(steps):
-            key.append((st.op, _hashable(st.attrs[w]), tuple(index[i] for i in st.ins),
+            key.append((st.op, tuple(st.attrs[w].items()), tuple(index[i] for i in st.ins),
                         local_specs(dplan, st.out, w), st.out in keep))
             index[st.out] = len(self.inputs) + k
-        self.outputs = tuple(sorted(keep))
         self.backend = backend.current()
         self.plan = build_plan(tuple(key), self.backend, local_kernels)
 
