@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -155,8 +156,10 @@ def test_workers_run_their_levels_as_planned_code_that_reuses_its_buffers(cluste
     assert all(n < slice_bytes for n in largest.values()), largest
 
     def compiled():
-        return [L.block.plan.compiled is not None for st in dw._STORES.values()
-                for _, program in st.programs.values() for L in program if L.block is not None]
+        programs = [p for st in dw._STORES.values() for p in [*(p for _, p in st.programs.values()),
+                                                             *st.variants.values()]]
+        return [seg.block.plan.compiled is not None for program in programs for L in program
+                for seg in L.segments if seg.block is not None]
     made = cluster.run(compiled)
     assert all(made.values()) and all(any(v) for v in made.values()), made
 
@@ -282,3 +285,64 @@ def test_packed_pieces_keep_their_shapes_and_dtypes_over_the_wire():
         np.testing.assert_array_equal(a, b)
         assert a.flags.writeable
     assert unpack(loads(dumps(pack([])))) == []
+
+
+def _hold_after_early_values(event_name):
+    """On a worker: what follows the values the client reads early in a level (the rest of the
+    level: the backward pass, the update) waits for a Dask Event first."""
+    from gtnumba.sched import dask_worker as dw
+    run = dw.run_steps
+
+    def held(holder, *rest):
+        tails = [L.segments[1] for st in dw._STORES.values() for program in st.variants.values()
+                 for L in program if len(L.segments) > 1]
+        if any(holder is seg for seg in tails):
+            dw.HELD_TAILS = getattr(dw, "HELD_TAILS", 0) + 1
+            Event(event_name).wait(60)
+        return run(holder, *rest)
+    held.__wrapped_run__ = run
+    dw.run_steps = held
+
+
+def _release_early_hold():
+    from gtnumba.sched import dask_worker as dw
+    dw.run_steps = getattr(dw.run_steps, "__wrapped_run__", dw.run_steps)
+
+
+def _step_on_worker(token, dask_worker):
+    """Whether this worker holds a task of step `token`, and how many level tails it held."""
+    from gtnumba.sched import dask_worker as dw
+    here = any(isinstance(k, tuple) and k[1] == token for k in dask_worker.state.tasks)
+    return here, getattr(dw, "HELD_TAILS", 0)
+
+
+def test_a_read_value_is_stored_before_the_rest_of_its_level_and_the_next_step_queues(cluster):
+    """The loss the client reads is stored as soon as it is made, not after the update that
+    follows it in the same level; the next step's tasks reach the workers while this step
+    still runs (no Dask dependency between steps, no scheduler hop) and run after it."""
+    make = OPTIMIZERS["adam"]
+    want = _in_process(_train, make, 6)
+    event = Event("gtnumba-test-early")
+    model = _model()
+    opt = make(model.parameters())
+    rng = np.random.default_rng(2)
+    for i in range(4):        # steady state, and the client has read the loss of its plan
+        assert _step(model, opt, rng).item() == pytest.approx(want[0][i], rel=1e-5)
+    cluster.run(_hold_after_early_values, "gtnumba-test-early")
+    try:
+        assert _step(model, opt, rng).item() == pytest.approx(want[0][4], rel=1e-5)   # its update waits
+        last = _step(model, opt, rng)
+        token = last._node.value.parts[0].key.split(":")[0]
+        for _ in range(100):                          # the next step reaches the workers
+            seen = cluster.run(_step_on_worker, token)
+            if all(here for here, _ in seen.values()):
+                break
+            time.sleep(0.05)
+        assert all(here and held >= 1 for here, held in seen.values()), seen
+        event.set()
+        assert last.item() == pytest.approx(want[0][5], rel=1e-5)
+        for got, ref in zip([p.numpy() for p in model.parameters()], want[1]):
+            np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+    finally:
+        event.set()
+        cluster.run(_release_early_hold)

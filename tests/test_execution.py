@@ -255,3 +255,26 @@ def test_the_gt_update_overwrites_the_parameter_in_one_pass():
         loss.item()
         want = want - np.float32(0.1) * (xv.T @ np.ones((4, 32), np.float32))
     np.testing.assert_allclose(w.numpy(), want, rtol=1e-6, atol=1e-6)
+
+
+def test_few_rows_times_a_transposed_weight_is_computed_flipped_with_the_same_result():
+    """nn.Linear's x @ W.T with few rows runs as (W @ x.T).T (faster in OpenBLAS); through the
+    kernel, into a planned buffer, with batched rows and through a generated plan, it gives
+    x @ W.T, C-ordered."""
+    from gtnumba.kernels import cpu
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((128, 300)).astype(np.float32)            # (out, in): used as weight.T
+    for rows in [(16, 300), (2, 4, 300)]:
+        x = rng.standard_normal(rows).astype(np.float32)
+        want = x.astype(np.float64) @ weight.T.astype(np.float64)
+        assert cpu._flips(x.shape, weight.T.shape)
+        got = cpu.matmul(x, weight.T)
+        out = cpu.matmul(x, weight.T, out=np.empty(want.shape, np.float32))
+        for a in (got, out):
+            assert a.flags.c_contiguous and a.shape == want.shape
+            np.testing.assert_allclose(a, want, rtol=1e-4, atol=1e-4)
+    layer = gt.nn.Linear(300, 128)
+    x = rng.standard_normal((16, 300)).astype(np.float32)
+    want = x @ layer.weight.numpy().T + layer.bias.numpy()
+    for _ in range(3):                                  # the third run is generated code
+        np.testing.assert_allclose(layer(gt.tensor(x)).numpy(), want, rtol=1e-4, atol=1e-4)

@@ -45,8 +45,9 @@ __all__ = [
 _PARALLEL_MIN_SIZE = 1 << 16
 # error_model="numpy": float division by zero (e.g. a 0-column row) gives inf/nan
 # like NumPy instead of raising ZeroDivisionError, and drops the per-division checks.
-_jit = numba.njit(cache=True, fastmath=False, error_model="numpy")
-_pjit = numba.njit(cache=True, fastmath=False, error_model="numpy", parallel=True)
+# nogil: a Dask worker's event loop answers peers and reads while its task runs a kernel
+_jit = numba.njit(cache=True, fastmath=False, error_model="numpy", nogil=True)
+_pjit = numba.njit(cache=True, fastmath=False, error_model="numpy", parallel=True, nogil=True)
 
 
 # --------------------------------------------------------------------------- kernels

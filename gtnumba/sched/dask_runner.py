@@ -2,11 +2,17 @@
 
 A step is submitted as one graph (`client.get(..., sync=False)`) and not waited for: values are
 `Part`s (a store key on each worker and the future of the task that makes it), and only a read
-waits, for the tasks it reads.  A worker's tasks form a chain through Dask dependencies whose
-results are tiny, so Dask moves no data between workers; collectives pull exactly the slices they
+waits, for the tasks it reads.  Task results are tiny, so Dask moves no data between workers;
+collectives pull exactly the slices they
 need from the peers' stores (see dask_worker).  New host data (a batch, parameters placed for the
 first time) travels inside the first task of its worker.  The plan goes to each worker once and is
 cached there under its uid.
+
+A step's tasks do not depend on the previous step's in Dask: the scheduler would hold the next
+step until the last one finished and only then send it (a task-finished message and a
+compute-task message on the critical path, ~10 ms a step here).  A worker runs its tasks in the
+order they were submitted (Dask's priorities), and a step waits in the worker's store for the
+values it reads (the previous step's new parameters), as collectives wait for their peers.
 """
 import asyncio
 import itertools
@@ -44,11 +50,12 @@ DIRECT_BYTES = 64 << 10
 class Part:
     """One worker's piece of a value on the cluster: its key in the worker's store, the future of
     the task that produced it, and (until its first step is submitted) the host array to send."""
-    __slots__ = ("worker", "key", "future", "slot", "pending", "host")
+    __slots__ = ("worker", "key", "future", "slot", "pending", "host", "uid")
 
-    def __init__(self, worker, key, future=None, slot=None, pending=None):
+    def __init__(self, worker, key, future=None, slot=None, pending=None, uid=None):
         self.worker, self.key, self.future, self.slot, self.pending = worker, key, future, slot, pending
         self.host = None          # its value, when it came along with an earlier read
+        self.uid = uid            # the plan whose kept `slot` it is
 
 
 class _Where:
@@ -121,10 +128,11 @@ class DaskRunner:
         self._steps = itertools.count()
         self._placed = itertools.count()
         self._last = [None] * self.workers           # future of the last task on each worker
-        self._sent = set()                            # (plan uid, worker) holding that plan
+        self._sent = {}                               # (plan uid, worker) -> the step that carried it
         self._shipped = set()                         # (rows source uid, worker) holding that source
         self._small = []                              # per recent step: its small kept values' parts
         self._read = set()                            # (kept slot, worker) the client has read
+        self._read_of = set()                         # (plan uid, kept slot, worker) the same, by plan
         self._put_failed = []                         # (worker address, error) of batches not delivered
         self._put_failure = None
         self._frees = [[] for _ in self.addresses]
@@ -179,6 +187,7 @@ class DaskRunner:
         self.stats["reads"] += bool(by_worker)
         for w, idx in by_worker.items():
             self._read.update((parts[i].slot, w) for i in idx)
+            self._read_of.update((parts[i].uid, parts[i].slot, w) for i in idx)
         riders = {w: self._riders(w, [parts[i] for i in idx]) for w, idx in by_worker.items()}
         self.stats["read_rpcs"] += len(by_worker)
         self.stats["riders"] += sum(map(len, riders.values()))
@@ -289,8 +298,10 @@ class DaskRunner:
         leafkeys = {slot: parts[0].key for slot, parts in enumerate(leaf_parts)}
         dsk, last_keys = self._graph(plan, info, token, leaf_parts, leafkeys)
         with dask.annotate(workers=self._where), dask.config.set(_QUIET):
-            # the step's token names the graph: Dask need not hash the whole graph (~10 ms a step)
-            futures = self.client.get(LLGExpr(dsk, _determ_token=token), list(dsk), sync=False)
+            # the step's token names the graph: Dask need not hash the whole graph (~10 ms a step).
+            # fifo_timeout=0: each step a new generation, so a worker runs an earlier step first
+            # (within Client.get's default 60 s, steps would tie and run in key order)
+            futures = self.client.get(LLGExpr(dsk, _determ_token=token), list(dsk), sync=False, fifo_timeout=0)
         by_key = dict(zip(dsk, futures))
         for w, k in enumerate(last_keys):
             self._last[w] = by_key[k]
@@ -301,7 +312,7 @@ class DaskRunner:
         kept = {}
         for slot in plan.keep:
             t = info.kept_task[slot]
-            kept[slot] = [Part(w, f"{token}:{slot}", by_key[(info.tasks[t][0], token, t, w)], slot)
+            kept[slot] = [Part(w, f"{token}:{slot}", by_key[(info.tasks[t][0], token, t, w)], slot, uid=info.uid)
                           for w in range(self.workers)]
         small = info.small_slots(plan, replay[1] if replay is not None else None)
         self._small.append([kept[slot] for slot in small])
@@ -360,19 +371,20 @@ class DaskRunner:
                       if parts[w].pending is not None}
             self._send_direct(w, inline, leafkeys)
             frees, self._frees[w] = self._frees[w], []
-            prev = self._last[w]
-            if getattr(prev, "status", None) == "error":
-                # its graph failed before reaching the worker: nothing to wait for, no plan arrived
-                prev, self._sent = None, {s for s in self._sent if s[1] != w}
+            if getattr(self._last[w], "status", None) == "error":
+                # its graph failed before reaching the worker: no plan arrived with it
+                self._sent = {s: t for s, t in self._sent.items() if s[1] != w}
+            prev = None               # no Dask dependency on the previous step (see the module doc)
             send = None if (info.uid, w) in self._sent else plan
-            self._sent.add((info.uid, w))
+            carrier = self._sent.setdefault((info.uid, w), token)
+            early = frozenset(slot for slot in plan.keep if (info.uid, slot, w) in self._read_of)
             for t, (name, levels) in enumerate(info.tasks):
                 key = (name, token, t, w)
-                after = (TaskRef(prev.key if hasattr(prev, "key") else prev),) if prev is not None else ()
+                after = (TaskRef(prev),) if prev is not None else ()
                 first, final = t == 0, t == len(info.tasks) - 1
-                dsk[key] = Task(key, run_levels, self.rid, info.uid, send if first else None, levels, w, token,
-                                self.addresses, leafkeys if first else None, inline if first else {},
-                                frees if final else [], *after)
+                dsk[key] = Task(key, run_levels, self.rid, info.uid, send if first else None, carrier, levels, w,
+                                token, self.addresses, leafkeys if first else None, inline if first else {},
+                                frees if final else [], early, *after)
                 prev = key
             last_keys.append(prev)
         return dsk, last_keys

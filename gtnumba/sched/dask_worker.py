@@ -12,6 +12,7 @@ import ctypes
 import ctypes.util
 import concurrent.futures
 import os
+import sys
 import time
 
 import numpy as np
@@ -32,6 +33,9 @@ from .spmd import concat, flat, reduce_sum
 PULL_TIMEOUT = 120.0
 SECEDE_AFTER = 0.02              # seconds a task waits for its peers' pieces before it secedes
 FREED_MEMORY = 4096              # freed keys remembered, so a late read fails at once
+# a worker's event loop (peers' pulls, the client's reads) waits up to this long for the GIL while
+# its task thread runs Python: at Python's 5 ms a read's reply left ~5 ms after its value was made
+SWITCH_INTERVAL = 0.0005
 
 
 class Store:
@@ -43,6 +47,7 @@ class Store:
         self.freed = {}                       # recently freed keys (insertion-ordered, capped)
         self.failed = {}                      # failed step token (or leaf key) -> its error
         self.programs, self.steps, self.sources = {}, {}, {}
+        self.variants = {}                    # (plan uid, slots read early) -> program
         self.counters = {"tasks": 0, "bytes_in": 0, "backup_bytes": 0, "pull_seconds": 0.0,
                          "compute_seconds": 0.0, "backup_seconds": 0.0, "secedes": 0}
 
@@ -231,6 +236,7 @@ class StorePlugin(WorkerPlugin):
         worker.handlers["gtnumba_put"] = _put
         worker.handlers["gtnumba_fail"] = _fail
         keep_freed_memory()
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
 
     def transition(self, key, start, finish, **kwargs):
         """A step's task that failed outside run_levels (its arguments, the worker): its step
@@ -267,20 +273,30 @@ def counters(rid):
 
 # ---- the program of one worker: what each level reads, pulls, computes, keeps and drops ----
 class Level:
-    __slots__ = ("collectives", "steps", "reads", "puts", "keeps", "drops", "backups", "block")
+    __slots__ = ("collectives", "steps", "reads", "puts", "keeps", "drops", "backups", "segments")
 
 
-def compile_program(plan):
-    """Per level: the plan's steps and the store traffic around them (the same on every worker)."""
+class Segment:
+    """Steps of a level run as one block (block.run_steps), then the values of theirs it stores."""
+    __slots__ = ("steps", "outputs", "puts", "block")
+
+    def __init__(self, steps, puts, carried):
+        self.steps, self.puts, self.block = steps, puts, None
+        self.outputs = [slot for slot, _ in puts] + sorted(carried)
+
+
+def compile_program(plan, early=frozenset()):
+    """Per level: the plan's steps and the store traffic around them (the same on every worker).
+    `early`: kept slots the client reads (see _segments)."""
     uses = {}                                     # slot -> levels reading it on its own worker
     for s in plan.steps:
         for i in [s.src] if isinstance(s, Collective) else s.ins:
             uses.setdefault(i, set()).add(s.level)
     published = {s.src for s in plan.steps if isinstance(s, Collective)}
-    return [_level(plan, lv, uses, published) for lv in range(plan.n_levels)]
+    return [_level(plan, lv, uses, published, early) for lv in range(plan.n_levels)]
 
 
-def _level(plan, lv, uses, published):
+def _level(plan, lv, uses, published, early):
     L, keep = Level(), set(plan.keep)
     L.collectives = [s for s in plan.steps if isinstance(s, Collective) and s.level == lv]
     L.steps = [s for s in plan.steps if not isinstance(s, Collective) and s.level == lv]
@@ -295,8 +311,31 @@ def _level(plan, lv, uses, published):
     L.keeps = [s for s in sorted(here) if s in keep]
     L.backups = [s for s in L.keeps if isinstance(plan.layouts[s], Flat)]
     L.drops = [i for i in L.reads if i >= plan.n_leaves and i not in keep]
-    L.block = None                                # the level's steps on this worker (block.run_steps)
+    L.segments = _segments(L, early)
     return L
+
+
+def _segments(L, early):
+    """The level as one segment or, when values the client reads (the loss, the accuracy) are
+    made before the rest of the level (the backward pass, the update), two: the steps those
+    values need, whose values are stored at once (the client's read returns and it records the
+    next step while this worker runs the rest), then the other steps.  The first segment is
+    closed under inputs, so running it first keeps the level's order valid; it has no steps when
+    a collective makes the values read (the all-reduced loss of data parallel)."""
+    wanted = early & ({s.out for s in L.steps} | {c.out for c in L.collectives})
+    need, head = set(wanted), []
+    for s in reversed(L.steps):
+        if s.out in need:
+            head.append(s)
+            need.update(s.ins)
+    if not wanted or len(head) == len(L.steps):
+        return [Segment(L.steps, L.puts, ())]
+    made_head = {s.out for s in head}
+    tail = [s for s in L.steps if s.out not in made_head]
+    made_tail = {s.out for s in tail}
+    carried = {i for s in tail for i in s.ins} & made_head
+    return [Segment(head[::-1], [p for p in L.puts if p[0] not in made_tail], carried),
+            Segment(tail, [p for p in L.puts if p[0] in made_tail], ())]
 
 
 def _key(token, slot, leafkeys):
@@ -392,8 +431,10 @@ def _sent():
 SENT = Sent()
 
 
-def _await_sent(worker, keys, st):
-    """The step's directly sent leaf parts are in the store (the put may arrive after the task)."""
+def _await_leaves(worker, keys, st):
+    """The step's leaf parts are in the store: the batch the client sends straight here may arrive
+    after the task, and the previous step (not a Dask dependency) may still be making its new
+    parameters when a second thread (or a seceded task's) runs this one."""
     missing = [k for k in keys if k not in st.values]
     if not missing:
         return
@@ -414,50 +455,60 @@ def _arrived(value, st):
     return backend.to_backend(value) if isinstance(value, np.ndarray) else value
 
 
-def run_levels(rid, uid, plan, levels, w, token, peers, leafkeys, inline, frees, *after):
+def run_levels(rid, uid, plan, carrier, levels, w, token, peers, leafkeys, inline, frees, early, *after):
     """A Dask task running several levels of a step in a row on worker w (the whole step: no
     scheduler hop between forward_backward and reduce_update; reads of the loss still return
     as soon as level 0 has stored it).  It never raises: whatever fails (a kernel, or anything
     before the store is reached) fails the step in the store, where reads and the steps that
-    depend on it find the error at once; Dask sees a finished task, so the next step's task,
-    which Dask runs after this one, still runs."""
+    depend on it find the error at once; Dask sees a finished task.  `plan` comes with the first
+    step of its uid on this worker, step `carrier`; later steps wait for it as for a value of that
+    step.  `after`: the task of the step's previous level (one task per level).  `early`: the kept
+    slots the client reads from this worker, stored as soon as they are made (_segments)."""
+    st = store(rid)
     try:
-        if plan is None and uid not in store(rid).programs:
-            raise KeyError(f"gtnumba: plan {uid} never reached this worker (the task carrying it failed "
-                           f"before it ran)")
+        if plan is not None:
+            _keep_plan(st, uid, plan, token)
+        elif uid not in st.programs:
+            _await_leaves(get_worker(), [f"{carrier}:plan"], st)
         for n, level in enumerate(levels):
             first, last = n == 0, n == len(levels) - 1
-            run_level(rid, uid, plan if first else None, level, w, token, peers, leafkeys if first else None,
-                      inline if first else {}, frees if last else [])
+            run_level(rid, uid, None, level, w, token, peers, leafkeys if first else None,
+                      inline if first else {}, frees if last else [], early)
     except Exception as exc:
         _step_failed(rid, uid, plan, token, leafkeys, inline, frees, exc)
         return -1
     return len(levels)
 
 
+def _keep_plan(st, uid, plan, token):
+    if uid not in st.programs:
+        st.programs[uid] = (plan, compile_program(plan))
+        st.put(f"{token}:plan", uid)
+
+
 def _step_failed(rid, uid, plan, token, leafkeys, inline, frees, exc):
     st = store(rid)
-    if plan is not None and uid not in st.programs:
-        st.programs[uid] = (plan, compile_program(plan))     # later steps of this plan do not carry it
+    if plan is not None:
+        _keep_plan(st, uid, plan, token)     # later steps of this plan do not carry it
     placed = [leafkeys[slot] for slot in inline if leafkeys[slot] not in st.values] if leafkeys else []
     st.fail_step(token, exc, placed)
     st.steps.pop(token, None)
     st.free(frees)
 
 
-def run_level(rid, uid, plan, level, w, token, peers, leafkeys, inline, frees, *after):
+def run_level(rid, uid, plan, level, w, token, peers, leafkeys, inline, frees, early):
     """A Dask task: level `level` of step `token` on worker w.  Returns the small kept values."""
     worker = get_worker()
     st = store(rid)
     if plan is not None:
         st.programs[uid] = (plan, compile_program(plan))
-    plan, program = st.programs[uid]
+    plan, program = _program(st, uid, early)
     L = program[level]
     if level == 0:
         for slot, value in inline.items():
             if value is not SENT:
                 st.put(leafkeys[slot], _arrived(value, st))
-        _await_sent(worker, [leafkeys[slot] for slot, value in inline.items() if value is SENT], st)
+        _await_leaves(worker, leafkeys.values(), st)
         st.steps[token] = leafkeys
     leafkeys = st.steps[token]
     st.counters["tasks"] += 1
@@ -467,9 +518,11 @@ def run_level(rid, uid, plan, level, w, token, peers, leafkeys, inline, frees, *
     t1 = time.perf_counter()
     for i in L.reads:
         env[i] = st.get(_key(token, i, leafkeys))
-    run_steps(L, plan, L.steps, [slot for slot, _ in L.puts], w, env)
-    for slot, refs in L.puts:
-        st.put(f"{token}:{slot}", env[slot], refs)
+    for seg in L.segments:
+        if seg.steps:
+            run_steps(seg, plan, seg.steps, seg.outputs, w, env)
+        for slot, refs in seg.puts:
+            st.put(f"{token}:{slot}", env[slot], refs)
     for i in L.drops:
         st.release(_key(token, i, leafkeys))
     t2 = time.perf_counter()
@@ -482,3 +535,14 @@ def run_level(rid, uid, plan, level, w, token, peers, leafkeys, inline, frees, *
         st.steps.pop(token, None)
         st.free(frees)
     return len(L.keeps)
+
+
+def _program(st, uid, early):
+    """The plan and its program for the slots the client reads early (a variant per set)."""
+    plan, program = st.programs[uid]
+    if not early:
+        return plan, program
+    variant = st.variants.get((uid, early))
+    if variant is None:
+        variant = st.variants[(uid, early)] = compile_program(plan, early)
+    return plan, variant
