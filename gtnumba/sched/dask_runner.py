@@ -10,9 +10,9 @@ cached there under its uid.
 
 A step's tasks do not depend on the previous step's in Dask: the scheduler would hold the next
 step until the last one finished and only then send it (a task-finished message and a
-compute-task message on the critical path, ~10 ms a step here).  A worker runs its tasks in the
-order they were submitted (Dask's priorities), and a step waits in the worker's store for the
-values it reads (the previous step's new parameters), as collectives wait for their peers.
+compute-task message on the critical path, ~10 ms a step here).  The next step's task waits on
+its worker, in the store, until the previous one is done there (dask_worker.run_levels), and a
+worker runs its tasks in the order they were submitted (Dask's priorities).
 """
 import asyncio
 import itertools
@@ -371,9 +371,11 @@ class DaskRunner:
                       if parts[w].pending is not None}
             self._send_direct(w, inline, leafkeys)
             frees, self._frees[w] = self._frees[w], []
+            previous = self._last[w] and self._last[w].key[1]
             if getattr(self._last[w], "status", None) == "error":
-                # its graph failed before reaching the worker: no plan arrived with it
-                self._sent = {s: t for s, t in self._sent.items() if s[1] != w}
+                # its graph failed before reaching the worker: no plan arrived with it, and it
+                # will not be done there
+                self._sent, previous = {s: t for s, t in self._sent.items() if s[1] != w}, None
             prev = None               # no Dask dependency on the previous step (see the module doc)
             send = None if (info.uid, w) in self._sent else plan
             carrier = self._sent.setdefault((info.uid, w), token)
@@ -382,8 +384,9 @@ class DaskRunner:
                 key = (name, token, t, w)
                 after = (TaskRef(prev),) if prev is not None else ()
                 first, final = t == 0, t == len(info.tasks) - 1
-                dsk[key] = Task(key, run_levels, self.rid, info.uid, send if first else None, carrier, levels, w,
-                                token, self.addresses, leafkeys if first else None, inline if first else {},
+                order = (previous if first else None, final)
+                dsk[key] = Task(key, run_levels, self.rid, info.uid, send if first else None, carrier, order, levels,
+                                w, token, self.addresses, leafkeys if first else None, inline if first else {},
                                 frees if final else [], early, *after)
                 prev = key
             last_keys.append(prev)

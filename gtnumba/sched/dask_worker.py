@@ -455,17 +455,26 @@ def _arrived(value, st):
     return backend.to_backend(value) if isinstance(value, np.ndarray) else value
 
 
-def run_levels(rid, uid, plan, carrier, levels, w, token, peers, leafkeys, inline, frees, early, *after):
+def run_levels(rid, uid, plan, carrier, order, levels, w, token, peers, leafkeys, inline, frees, early, *after):
     """A Dask task running several levels of a step in a row on worker w (the whole step: no
     scheduler hop between forward_backward and reduce_update; reads of the loss still return
     as soon as level 0 has stored it).  It never raises: whatever fails (a kernel, or anything
     before the store is reached) fails the step in the store, where reads and the steps that
-    depend on it find the error at once; Dask sees a finished task.  `plan` comes with the first
-    step of its uid on this worker, step `carrier`; later steps wait for it as for a value of that
-    step.  `after`: the task of the step's previous level (one task per level).  `early`: the kept
-    slots the client reads from this worker, stored as soon as they are made (_segments)."""
-    st = store(rid)
+    depend on it find the error at once; Dask sees a finished task.
+
+    Steps are not Dask dependencies of each other (see dask_runner).  `order` = (previous, closes):
+    this task starts when step `previous` of this client is done on this worker, and if it
+    `closes` its step (runs the last level), the step is done when it ends: a client's steps never
+    overlap on a worker (a step seceding while it waits for its peers frees the worker's thread).
+    `plan` comes with the first step of its uid on this worker, step `carrier`; later steps wait
+    for it as for a value of that step.  `after`: the task of the step's previous level (one task
+    per level).  `early`: the kept slots the client reads from this worker, stored as soon as
+    they are made (_segments)."""
+    st, (previous, closes) = store(rid), order
     try:
+        if previous is not None:
+            _await_leaves(get_worker(), [f"{previous}:done"], st)
+            st.values.pop(f"{previous}:done")
         if plan is not None:
             _keep_plan(st, uid, plan, token)
         elif uid not in st.programs:
@@ -475,8 +484,10 @@ def run_levels(rid, uid, plan, carrier, levels, w, token, peers, leafkeys, inlin
             run_level(rid, uid, None, level, w, token, peers, leafkeys if first else None,
                       inline if first else {}, frees if last else [], early)
     except Exception as exc:
-        _step_failed(rid, uid, plan, token, leafkeys, inline, frees, exc)
+        _step_failed(rid, uid, plan, token, leafkeys, inline, frees, exc, closes)
         return -1
+    if closes:
+        st.put(f"{token}:done", True)
     return len(levels)
 
 
@@ -486,11 +497,13 @@ def _keep_plan(st, uid, plan, token):
         st.put(f"{token}:plan", uid)
 
 
-def _step_failed(rid, uid, plan, token, leafkeys, inline, frees, exc):
+def _step_failed(rid, uid, plan, token, leafkeys, inline, frees, exc, closes):
     st = store(rid)
     if plan is not None:
         _keep_plan(st, uid, plan, token)     # later steps of this plan do not carry it
     placed = [leafkeys[slot] for slot in inline if leafkeys[slot] not in st.values] if leafkeys else []
+    if closes:                               # first: fail_step wakes the next step, which must not fail
+        st.put(f"{token}:done", True)
     st.fail_step(token, exc, placed)
     st.steps.pop(token, None)
     st.free(frees)
