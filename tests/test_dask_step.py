@@ -169,10 +169,10 @@ def _hold_updates(event_name):
     from gtnumba.sched import dask_worker as dw
     run = dw.run_level
 
-    def held(rid, uid, plan, level, *rest):
+    def held(rid, uid, level, *rest):
         if level == 1:
             Event(event_name).wait(60)
-        return run(rid, uid, plan, level, *rest)
+        return run(rid, uid, level, *rest)
     held.__wrapped_run__ = run
     dw.run_level = held
 

@@ -431,10 +431,10 @@ def _sent():
 SENT = Sent()
 
 
-def _await_leaves(worker, keys, st):
-    """The step's leaf parts are in the store: the batch the client sends straight here may arrive
-    after the task, and the previous step (not a Dask dependency) may still be making its new
-    parameters when a second thread (or a seceded task's) runs this one."""
+def _await(worker, keys, st):
+    """Wait until these keys are in the store (a batch the client sends straight here may arrive
+    after its task; the previous step may not be done yet), or raise the error of the step that
+    was to make them."""
     missing = [k for k in keys if k not in st.values]
     if not missing:
         return
@@ -473,15 +473,15 @@ def run_levels(rid, uid, plan, carrier, order, levels, w, token, peers, leafkeys
     st, (previous, closes) = store(rid), order
     try:
         if previous is not None:
-            _await_leaves(get_worker(), [f"{previous}:done"], st)
+            _await(get_worker(), [f"{previous}:done"], st)
             st.values.pop(f"{previous}:done")
         if plan is not None:
             _keep_plan(st, uid, plan, token)
         elif uid not in st.programs:
-            _await_leaves(get_worker(), [f"{carrier}:plan"], st)
+            _await(get_worker(), [f"{carrier}:plan"], st)
         for n, level in enumerate(levels):
             first, last = n == 0, n == len(levels) - 1
-            run_level(rid, uid, None, level, w, token, peers, leafkeys if first else None,
+            run_level(rid, uid, level, w, token, peers, leafkeys if first else None,
                       inline if first else {}, frees if last else [], early)
     except Exception as exc:
         _step_failed(rid, uid, plan, token, leafkeys, inline, frees, exc, closes)
@@ -509,19 +509,17 @@ def _step_failed(rid, uid, plan, token, leafkeys, inline, frees, exc, closes):
     st.free(frees)
 
 
-def run_level(rid, uid, plan, level, w, token, peers, leafkeys, inline, frees, early):
-    """A Dask task: level `level` of step `token` on worker w.  Returns the small kept values."""
+def run_level(rid, uid, level, w, token, peers, leafkeys, inline, frees, early):
+    """Level `level` of step `token` on worker w.  Returns the number of values it keeps."""
     worker = get_worker()
     st = store(rid)
-    if plan is not None:
-        st.programs[uid] = (plan, compile_program(plan))
     plan, program = _program(st, uid, early)
     L = program[level]
     if level == 0:
         for slot, value in inline.items():
             if value is not SENT:
                 st.put(leafkeys[slot], _arrived(value, st))
-        _await_leaves(worker, leafkeys.values(), st)
+        _await(worker, leafkeys.values(), st)
         st.steps[token] = leafkeys
     leafkeys = st.steps[token]
     st.counters["tasks"] += 1
