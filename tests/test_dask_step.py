@@ -163,29 +163,49 @@ def test_workers_run_their_levels_as_planned_code_that_reuses_its_buffers(cluste
     assert all(made.values()) and all(any(v) for v in made.values()), made
 
 
-def _hold_updates(event_name):
-    """On a worker: level-1 tasks (reduce-and-update) wait for a Dask Event first."""
+def _hold(name, when, event_name):
+    """On a worker: calls of dask_worker.<name> for which when(*args) holds wait for a Dask Event
+    first (and are counted: _held)."""
     from gtnumba.sched import dask_worker as dw
-    run = dw.run_level
+    run = getattr(dw, name)
 
-    def held(rid, uid, level, *rest):
-        if level == 1:
+    def held(*args):
+        if when(*args):
+            dw.HELD = getattr(dw, "HELD", 0) + 1
             Event(event_name).wait(60)
-        return run(rid, uid, level, *rest)
+        return run(*args)
     held.__wrapped_run__ = run
-    dw.run_level = held
+    setattr(dw, name, held)
 
 
-def _release_hold():
+def _release(name):
     from gtnumba.sched import dask_worker as dw
-    dw.run_level = getattr(dw.run_level, "__wrapped_run__", dw.run_level)
+    setattr(dw, name, getattr(getattr(dw, name), "__wrapped_run__", getattr(dw, name)))
+
+
+def _held():
+    from gtnumba.sched import dask_worker as dw
+    return getattr(dw, "HELD", 0)
+
+
+def _is_update_level(rid, uid, level, *rest):
+    """run_level of level 1: reduce-and-update."""
+    return level == 1
+
+
+def _is_after_early_values(holder, *rest):
+    """run_steps of what follows the values the client reads early in a level (the rest of the
+    level: the backward pass, the update)."""
+    from gtnumba.sched import dask_worker as dw
+    return any(holder is L.segments[1] for st in dw._STORES.values() for program in st.variants.values()
+               for L in program if len(L.segments) > 1)
 
 
 def test_loss_is_read_while_the_update_still_runs(cluster):
     make = OPTIMIZERS["sgd-momentum"]
     want = _in_process(_train, make, 1)
     event = Event("gtnumba-test-hold")
-    cluster.run(_hold_updates, "gtnumba-test-hold")
+    cluster.run(_hold, "run_level", _is_update_level, "gtnumba-test-hold")
     try:
         model = _model()
         opt = make(model.parameters())
@@ -197,7 +217,7 @@ def test_loss_is_read_while_the_update_still_runs(cluster):
         np.testing.assert_allclose(model[0].weight.numpy(), want[1][0], rtol=1e-5, atol=1e-6)
     finally:
         event.set()
-        cluster.run(_release_hold)
+        cluster.run(_release, "run_level")
 
 
 def test_kernel_error_in_a_pipelined_step_surfaces_at_the_next_read(cluster):
@@ -286,33 +306,6 @@ def test_packed_pieces_keep_their_shapes_and_dtypes_over_the_wire():
     assert unpack(loads(dumps(pack([])))) == []
 
 
-def _hold_after_early_values(event_name):
-    """On a worker: what follows the values the client reads early in a level (the rest of the
-    level: the backward pass, the update) waits for a Dask Event first."""
-    from gtnumba.sched import dask_worker as dw
-    run = dw.run_steps
-
-    def held(holder, *rest):
-        tails = [L.segments[1] for st in dw._STORES.values() for program in st.variants.values()
-                 for L in program if len(L.segments) > 1]
-        if any(holder is seg for seg in tails):
-            dw.HELD_TAILS = getattr(dw, "HELD_TAILS", 0) + 1
-            Event(event_name).wait(60)
-        return run(holder, *rest)
-    held.__wrapped_run__ = run
-    dw.run_steps = held
-
-
-def _release_early_hold():
-    from gtnumba.sched import dask_worker as dw
-    dw.run_steps = getattr(dw.run_steps, "__wrapped_run__", dw.run_steps)
-
-
-def _tails_held():
-    from gtnumba.sched import dask_worker as dw
-    return getattr(dw, "HELD_TAILS", 0)
-
-
 def test_a_read_value_is_stored_before_the_rest_of_its_level(cluster):
     """The loss the client reads is stored as soon as it is made, not after the update that
     follows it in the same level: the read returns while the update is held."""
@@ -324,14 +317,14 @@ def test_a_read_value_is_stored_before_the_rest_of_its_level(cluster):
     rng = np.random.default_rng(2)
     for i in range(4):        # steady state, and the client has read the loss of its plan
         assert _step(model, opt, rng).item() == pytest.approx(want[0][i], rel=1e-5)
-    cluster.run(_hold_after_early_values, "gtnumba-test-early")
+    cluster.run(_hold, "run_steps", _is_after_early_values, "gtnumba-test-early")
     try:
         assert _step(model, opt, rng).item() == pytest.approx(want[0][4], rel=1e-5)   # its update waits
-        assert all(n >= 1 for n in cluster.run(_tails_held).values())
+        assert all(n >= 1 for n in cluster.run(_held).values())
         event.set()
         assert _step(model, opt, rng).item() == pytest.approx(want[0][5], rel=1e-5)
         for got, ref in zip([p.numpy() for p in model.parameters()], want[1]):
             np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
     finally:
         event.set()
-        cluster.run(_release_early_hold)
+        cluster.run(_release, "run_steps")
