@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -306,9 +307,38 @@ def test_packed_pieces_keep_their_shapes_and_dtypes_over_the_wire():
     assert unpack(loads(dumps(pack([])))) == []
 
 
-def test_a_read_value_is_stored_before_the_rest_of_its_level(cluster):
+def test_a_value_stored_as_its_wait_starts_wakes_the_waiter(monkeypatch):
+    """Store.wait_for registers its wake-up before it looks for the value: a put that lands
+    between the lookup and the wait (here: inside the failure check) is not missed."""
+    import asyncio
+    from gtnumba.sched import dask_worker as dw
+    monkeypatch.setattr(dw, "PULL_TIMEOUT", 2.0)
+    st = dw.Store()
+    failure = st.failure
+
+    def put_then_check(key):
+        if key not in st.values:
+            st.put(key, 7)
+        return failure(key)
+    st.failure = put_then_check
+    assert asyncio.run(st.wait_for("s-1:3")) == 7
+    assert not st.events
+
+
+def _step_on_worker(token, dask_worker):
+    """Whether a task of step `token` is on this worker, ready or running (the scheduler sent
+    it), and whether step `token` stored anything here yet."""
+    from gtnumba.sched import dask_worker as dw
+    sent = any(isinstance(k, tuple) and k[1] == token and ts.state in ("ready", "executing", "long-running")
+               for k, ts in dask_worker.state.tasks.items())
+    return sent, any(k.startswith(token + ":") for st in dw._STORES.values() for k in st.values)
+
+
+def test_a_read_value_is_stored_before_the_rest_of_its_level_and_the_next_step_is_sent(cluster):
     """The loss the client reads is stored as soon as it is made, not after the update that
-    follows it in the same level: the read returns while the update is held."""
+    follows it in the same level: the read returns while the update is held.  The next step's
+    tasks reach the workers meanwhile (no Dask dependency between steps: no scheduler hop) and
+    run after it."""
     make = OPTIMIZERS["adam"]
     want = _in_process(_train, make, 6)
     event = Event("gtnumba-test-early")
@@ -321,8 +351,16 @@ def test_a_read_value_is_stored_before_the_rest_of_its_level(cluster):
     try:
         assert _step(model, opt, rng).item() == pytest.approx(want[0][4], rel=1e-5)   # its update waits
         assert all(n >= 1 for n in cluster.run(_held).values())
+        last = _step(model, opt, rng)
+        token = last._node.value.parts[0].key.split(":")[0]
+        for _ in range(100):            # no Dask dependency on the held step: the next one is sent now
+            seen = cluster.run(_step_on_worker, token)
+            if all(sent for sent, _ in seen.values()):
+                break
+            time.sleep(0.05)
+        assert all(sent and not stored for sent, stored in seen.values()), seen
         event.set()
-        assert _step(model, opt, rng).item() == pytest.approx(want[0][5], rel=1e-5)
+        assert last.item() == pytest.approx(want[0][5], rel=1e-5)
         for got, ref in zip([p.numpy() for p in model.parameters()], want[1]):
             np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
     finally:

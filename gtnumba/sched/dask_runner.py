@@ -2,12 +2,17 @@
 
 A step is submitted as one graph (`client.get(..., sync=False)`) and not waited for: values are
 `Part`s (a store key on each worker and the future of the task that makes it), and only a read
-waits, for the tasks it reads.  A worker's tasks form a chain through Dask dependencies whose
-results are tiny, so Dask moves no data between workers; collectives pull exactly the slices they
+waits, for the tasks it reads.  Task results are tiny, so Dask moves no data between workers;
+collectives pull exactly the slices they
 need from the peers' stores (see dask_worker).  New host data (a batch, parameters placed for the
 first time) travels inside the first task of its worker.  The plan goes to each worker once and is
-cached there under its uid.  The values the client reads are stored as soon as they are made
-(dask_worker._segments), so its read returns while the worker runs the rest of the step.
+cached there under its uid.
+
+A step's tasks do not depend on the previous step's in Dask: the scheduler would hold the next
+step until the last one finished and only then send it (a task-finished message and a
+compute-task message on the critical path, ~10 ms a step here).  The next step's task waits on
+its worker, in the store, until the previous one is done there (dask_worker.run_levels), and a
+worker runs its tasks in the order they were submitted (Dask's priorities).
 """
 import asyncio
 import itertools
@@ -123,7 +128,7 @@ class DaskRunner:
         self._steps = itertools.count()
         self._placed = itertools.count()
         self._last = [None] * self.workers           # future of the last task on each worker
-        self._sent = set()                            # (plan uid, worker) holding that plan
+        self._sent = {}                               # (plan uid, worker) -> the step that carried it
         self._shipped = set()                         # (rows source uid, worker) holding that source
         self._small = []                              # per recent step: its small kept values' parts
         self._read = set()                            # (kept slot, worker) the client has read
@@ -293,8 +298,10 @@ class DaskRunner:
         leafkeys = {slot: parts[0].key for slot, parts in enumerate(leaf_parts)}
         dsk, last_keys = self._graph(plan, info, token, leaf_parts, leafkeys)
         with dask.annotate(workers=self._where), dask.config.set(_QUIET):
-            # the step's token names the graph: Dask need not hash the whole graph (~10 ms a step)
-            futures = self.client.get(LLGExpr(dsk, _determ_token=token), list(dsk), sync=False)
+            # the step's token names the graph: Dask need not hash the whole graph (~10 ms a step).
+            # fifo_timeout=0: each step a new generation, so a worker runs an earlier step first
+            # (within Client.get's default 60 s, steps would tie and run in key order)
+            futures = self.client.get(LLGExpr(dsk, _determ_token=token), list(dsk), sync=False, fifo_timeout=0)
         by_key = dict(zip(dsk, futures))
         for w, k in enumerate(last_keys):
             self._last[w] = by_key[k]
@@ -364,19 +371,22 @@ class DaskRunner:
                       if parts[w].pending is not None}
             self._send_direct(w, inline, leafkeys)
             frees, self._frees[w] = self._frees[w], []
-            prev = self._last[w]
-            if getattr(prev, "status", None) == "error":
-                # its graph failed before reaching the worker: nothing to wait for, no plan arrived
-                prev, self._sent = None, {s for s in self._sent if s[1] != w}
+            previous = self._last[w] and self._last[w].key[1]
+            if getattr(self._last[w], "status", None) == "error":
+                # its graph failed before reaching the worker: no plan arrived with it, and it
+                # will not be done there
+                self._sent, previous = {s: t for s, t in self._sent.items() if s[1] != w}, None
+            prev = None               # no Dask dependency on the previous step (see the module doc)
             send = None if (info.uid, w) in self._sent else plan
-            self._sent.add((info.uid, w))
+            carrier = self._sent.setdefault((info.uid, w), token)
             early = frozenset(slot for slot in plan.keep if (info.uid, slot, w) in self._read_of)
             for t, (name, levels) in enumerate(info.tasks):
                 key = (name, token, t, w)
-                after = (TaskRef(prev.key if hasattr(prev, "key") else prev),) if prev is not None else ()
+                after = (TaskRef(prev),) if prev is not None else ()
                 first, final = t == 0, t == len(info.tasks) - 1
-                dsk[key] = Task(key, run_levels, self.rid, info.uid, send if first else None, levels, w, token,
-                                self.addresses, leafkeys if first else None, inline if first else {},
+                order = (previous if first else None, final)
+                dsk[key] = Task(key, run_levels, self.rid, info.uid, send if first else None, carrier, order, levels,
+                                w, token, self.addresses, leafkeys if first else None, inline if first else {},
                                 frees if final else [], early, *after)
                 prev = key
             last_keys.append(prev)

@@ -108,15 +108,21 @@ class Store:
         return value
 
     async def wait_for(self, key):
-        while key not in self.values:
+        # The event is registered before the value is looked up: `put` runs on a task's thread and
+        # stores the value before it pops the event, so a put between the lookup and the wait
+        # still finds the event (looked up first, a put in between would wake no one).
+        while True:
+            ev = self.events.setdefault(key, asyncio.Event())
+            if key in self.values:
+                if self.events.get(key) is ev and not ev.is_set():
+                    self.events.pop(key)
+                return self.values[key]
             if key in self.freed:
                 raise KeyError(f"gtnumba: value {key} was freed before a peer read it")
             exc = self.failure(key)
             if exc is not None:
                 raise exc
-            ev = self.events.setdefault(key, asyncio.Event())
             await asyncio.wait_for(ev.wait(), PULL_TIMEOUT)
-        return self.values[key]
 
 
 def _on_loop(fn):
@@ -431,8 +437,10 @@ def _sent():
 SENT = Sent()
 
 
-def _await_sent(worker, keys, st):
-    """The step's directly sent leaf parts are in the store (the put may arrive after the task)."""
+def _await(worker, keys, st):
+    """Wait until these keys are in the store (a batch the client sends straight here may arrive
+    after its task; the previous step may not be done yet), or raise the error of the step that
+    was to make them."""
     missing = [k for k in keys if k not in st.values]
     if not missing:
         return
@@ -453,36 +461,55 @@ def _arrived(value, st):
     return backend.to_backend(value) if isinstance(value, np.ndarray) else value
 
 
-def run_levels(rid, uid, plan, levels, w, token, peers, leafkeys, inline, frees, early, *after):
+def run_levels(rid, uid, plan, carrier, order, levels, w, token, peers, leafkeys, inline, frees, early, *after):
     """A Dask task running several levels of a step in a row on worker w (the whole step: no
     scheduler hop between forward_backward and reduce_update; reads of the loss still return
     as soon as level 0 has stored it).  It never raises: whatever fails (a kernel, or anything
     before the store is reached) fails the step in the store, where reads and the steps that
-    depend on it find the error at once; Dask sees a finished task, so the next step's task,
-    which Dask runs after this one, still runs.  `early`: the kept slots the client reads from
-    this worker, stored as soon as they are made (_segments)."""
-    st = store(rid)
+    depend on it find the error at once; Dask sees a finished task.
+
+    Steps are not Dask dependencies of each other (see dask_runner).  `order` = (previous, closes):
+    this task starts when step `previous` of this client is done on this worker, and if it
+    `closes` its step (runs the last level), the step is done when it ends: a client's steps never
+    overlap on a worker (a step seceding while it waits for its peers frees the worker's thread).
+    `plan` comes with the first step of its uid on this worker, step `carrier`; later steps wait
+    for it as for a value of that step.  `after`: the task of the step's previous level (one task
+    per level).  `early`: the kept slots the client reads from this worker, stored as soon as
+    they are made (_segments)."""
+    st, (previous, closes) = store(rid), order
     try:
+        if previous is not None:
+            _await(get_worker(), [f"{previous}:done"], st)
+            st.values.pop(f"{previous}:done")
         if plan is not None:
-            st.programs[uid] = (plan, compile_program(plan))
+            _keep_plan(st, uid, plan, token)
         elif uid not in st.programs:
-            raise KeyError(f"gtnumba: plan {uid} never reached this worker (the task carrying it failed "
-                           f"before it ran)")
+            _await(get_worker(), [f"{carrier}:plan"], st)
         for n, level in enumerate(levels):
             first, last = n == 0, n == len(levels) - 1
             run_level(rid, uid, level, w, token, peers, leafkeys if first else None,
                       inline if first else {}, frees if last else [], early)
     except Exception as exc:
-        _step_failed(rid, uid, plan, token, leafkeys, inline, frees, exc)
+        _step_failed(rid, uid, plan, token, leafkeys, inline, frees, exc, closes)
         return -1
+    if closes:
+        st.put(f"{token}:done", True)
     return len(levels)
 
 
-def _step_failed(rid, uid, plan, token, leafkeys, inline, frees, exc):
+def _keep_plan(st, uid, plan, token):
+    if uid not in st.programs:
+        st.programs[uid] = (plan, compile_program(plan))
+        st.put(f"{token}:plan", uid)
+
+
+def _step_failed(rid, uid, plan, token, leafkeys, inline, frees, exc, closes):
     st = store(rid)
-    if plan is not None and uid not in st.programs:
-        st.programs[uid] = (plan, compile_program(plan))     # later steps of this plan do not carry it
+    if plan is not None:
+        _keep_plan(st, uid, plan, token)     # later steps of this plan do not carry it
     placed = [leafkeys[slot] for slot in inline if leafkeys[slot] not in st.values] if leafkeys else []
+    if closes:                               # first: fail_step wakes the next step, which must not fail
+        st.put(f"{token}:done", True)
     st.fail_step(token, exc, placed)
     st.steps.pop(token, None)
     st.free(frees)
@@ -498,7 +525,7 @@ def run_level(rid, uid, level, w, token, peers, leafkeys, inline, frees, early):
         for slot, value in inline.items():
             if value is not SENT:
                 st.put(leafkeys[slot], _arrived(value, st))
-        _await_sent(worker, [leafkeys[slot] for slot, value in inline.items() if value is SENT], st)
+        _await(worker, leafkeys.values(), st)
         st.steps[token] = leafkeys
     leafkeys = st.steps[token]
     st.counters["tasks"] += 1
