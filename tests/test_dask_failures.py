@@ -146,3 +146,20 @@ def test_a_batch_arriving_after_its_task_started_wakes_it(cluster, monkeypatch):
     monkeypatch.setattr(type(runner), "_put", late)
     losses = [small_mlp.big_batch_step(model, opt, rng).item() for _ in range(3)]
     assert np.all(np.isfinite(losses))
+
+
+def test_a_step_that_cannot_be_unpickled_fails_the_next_steps_read_at_once(cluster, monkeypatch):
+    """No read between the broken step and the next: the next step, whose task reached its worker
+    first and waits there for the broken one, fails at once with its cause (it reads the update
+    that never ran), not after the pull timeout; later steps work again."""
+    model = _model()
+    opt = gt.optim.SGD(model.parameters(), lr=0.1)
+    rng = np.random.default_rng(5)
+    assert np.isfinite(_step(model, opt, rng).item())
+    monkeypatch.setattr(dask_runner, "run_levels", _Unpicklable())
+    _step(model, opt, rng)
+    monkeypatch.undo()
+    loss = _step(model, opt, rng)
+    with pytest.raises(RuntimeError, match="deserializ"):
+        loss.item()
+    _trains_like_in_process()

@@ -135,6 +135,7 @@ class DaskRunner:
         self._read_of = set()                         # (plan uid, kept slot, worker) the same, by plan
         self._put_failed = []                         # (worker address, error) of batches not delivered
         self._put_failure = None
+        self._failed = set()                          # keys of step tasks failed on their workers by us
         self._frees = [[] for _ in self.addresses]
         self._keyrefs = {}
         self.log = []                                 # (futures, replay) of steps not known finished
@@ -225,7 +226,10 @@ class DaskRunner:
             rid=self.rid, items=[(parts[i].key, None, None, False) for i in idx],
             ready=[p.key for p in riders[w]]) for w, idx in by_worker.items()])
         makers = {id(p.future): p.future for p in parts if p.pending is None and p.future is not None}
-        watch = [asyncio.ensure_future(_failure(f)) for f in makers.values() if f.status != "finished"]
+        earlier = {id(f): f for futures, _ in self.log for f in futures
+                   if f.status != "finished" and id(f) not in makers and f.key not in self._failed}
+        watch = [asyncio.ensure_future(self._step_failure(f, True)) for f in makers.values() if f.status != "finished"]
+        watch += [asyncio.ensure_future(self._step_failure(f, False)) for f in earlier.values()]
         undelivered = asyncio.ensure_future(self._put_event().wait())
         watch.append(undelivered)
         try:
@@ -242,6 +246,26 @@ class DaskRunner:
             for t in (calls, *watch):
                 if t.cancel():
                     t.add_done_callback(_retrieved)
+
+    async def _step_failure(self, future, read):
+        """If a step's task fails: its error (`read`: the read waits for that task), after failing
+        its step on its worker.  A task that failed before it reached its worker (a graph the
+        scheduler could not unpickle) leaves the next steps there waiting for it to end; failed,
+        they fail at once with this cause (or run, when they do not read its values) instead of at
+        the pull timeout.  Watching an earlier step never raises: a read of its own values does."""
+        try:
+            await _failure(future)
+        except Exception as exc:
+            if isinstance(future.key, tuple) and len(future.key) == 4 and future.key not in self._failed:
+                self._failed.add(future.key)
+                _, token, _, w = future.key
+                try:
+                    await self.client.rpc(self.addresses[w]).gtnumba_fail(
+                        rid=self.rid, keys=[token], message=f"gtnumba: step {token} failed: {exc!r}")
+                except Exception:             # its worker is gone: the read's error says so
+                    pass
+            if read:
+                raise
 
     def _stored(self, items):
         """Values from the workers' stores: (worker index, key, owner of a backup or None)."""
@@ -344,7 +368,8 @@ class DaskRunner:
             self._put_failed.append((address, exc))
             self._put_event().set()
             try:                          # the step waiting for the batch fails now, not at its timeout
-                await self.client.rpc(address).gtnumba_fail(rid=self.rid, keys=keys, message=repr(exc))
+                await self.client.rpc(address).gtnumba_fail(rid=self.rid, keys=keys,
+                                                            message=f"gtnumba: a batch did not arrive: {exc!r}")
             except Exception:
                 pass
 

@@ -200,8 +200,9 @@ async def _put(rid, keys, data):
 
 
 async def _fail(rid, keys, message):
-    """Handler: the client could not send these values (a batch): the step waiting for them fails."""
-    store(rid).fail_step(keys[0], RuntimeError(f"gtnumba: a batch did not arrive: {message}"), keys)
+    """Handler: step or values keys[0] will never be made here (the client could not send a batch;
+    a step's task failed before it reached this worker): what waits for them fails."""
+    store(rid).fail_step(keys[0], RuntimeError(message), keys)
     return {"ok": True}
 
 
