@@ -3,10 +3,11 @@
 A step is submitted as one graph (`client.get(..., sync=False)`) and not waited for: values are
 `Part`s (a store key on each worker and the future of the task that makes it), and only a read
 waits, for the tasks it reads.  Task results are tiny, so Dask moves no data between workers;
-collectives pull exactly the slices they
-need from the peers' stores (see dask_worker).  New host data (a batch, parameters placed for the
-first time) travels inside the first task of its worker.  The plan goes to each worker once and is
-cached there under its uid.
+collectives pull exactly the slices they need from the peers' stores (see dask_worker).  New host
+data (a batch, parameters placed for the first time) travels inside the first task of its worker.
+The plan goes to each worker once and is cached there under its uid.  The values the client reads
+are stored as soon as they are made (dask_worker._segments), so its read returns while the worker
+runs the rest of the step.
 
 A step's tasks do not depend on the previous step's in Dask: the scheduler would hold the next
 step until the last one finished and only then send it (a task-finished message and a
@@ -186,7 +187,7 @@ class DaskRunner:
             if out[i] is None:
                 by_worker.setdefault(p.worker, []).append(i)
         self.stats["reads"] += bool(by_worker)
-        if not by_worker:         # all came with an earlier read: no hop to the client's loop (~2 ms)
+        if not by_worker:         # all came with an earlier read: no hop to the client's loop
             return out
         for w, idx in by_worker.items():
             self._read.update((parts[i].slot, w) for i in idx)
