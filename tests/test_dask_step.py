@@ -325,6 +325,37 @@ def test_a_value_stored_as_its_wait_starts_wakes_the_waiter(monkeypatch):
     assert not st.events
 
 
+def test_values_stored_together_wake_their_reader_together(monkeypatch):
+    """A level's early values (the loss, the accuracy, the logits) are stored at once: the read
+    woken by the loss finds the others there too and takes them along, even when the loop runs
+    that read as soon as it is woken (waking is a syscall: the storing thread loses the GIL)."""
+    import asyncio
+    import threading
+    from gtnumba.sched import dask_worker as dw
+    st, seen, checked = dw.Store(), {}, threading.Event()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+
+        def on_loop(fn):                # the woken read runs before the storing thread goes on
+            loop.call_soon_threadsafe(fn)
+            checked.wait(5)
+        monkeypatch.setattr(dw, "_on_loop", on_loop)
+
+        async def read():
+            await st.wait_for("s-1:1")
+            seen["others"] = "s-1:2" in st.values
+            checked.set()
+        reader = asyncio.ensure_future(read())
+        await asyncio.sleep(0)
+        thread = threading.Thread(target=st.put_many, args=([("s-1:1", 1, None), ("s-1:2", 2, None)],))
+        thread.start()
+        await reader
+        thread.join()
+    asyncio.run(main())
+    assert seen["others"]
+
+
 def _step_on_worker(token, dask_worker):
     """Whether a task of step `token` is on this worker, ready or running (the scheduler sent
     it), and whether step `token` stored anything here yet."""

@@ -53,12 +53,22 @@ class Store:
 
     def put(self, key, value, refs=None):
         """refs: reads left before the value is dropped (None: until the client frees it)."""
-        self.values[key] = value
-        if refs is not None:
-            self.refs[key] = refs
-        ev = self.events.pop(key, None)
-        if ev is not None:
-            _on_loop(ev.set)       # a task's thread, or the loop itself (a batch the client sent)
+        self.put_many([(key, value, refs)])
+
+    def put_many(self, items):
+        """(key, value, refs) items, all stored before any waiter wakes: a read woken by one finds
+        the others there too (waking is a syscall, which hands the loop the GIL at once, and a
+        read's small riders come along only if they are stored)."""
+        events = []
+        for key, value, refs in items:
+            self.values[key] = value
+            if refs is not None:
+                self.refs[key] = refs
+            ev = self.events.pop(key, None)
+            if ev is not None:
+                events.append(ev)
+        if events:       # from a task's thread, or the loop itself (a batch the client sent)
+            _on_loop(events[0].set if len(events) == 1 else lambda: [ev.set() for ev in events])
 
     def release(self, key):
         left = self.refs.get(key)
@@ -539,8 +549,7 @@ def run_level(rid, uid, level, w, token, peers, leafkeys, inline, frees, early):
     for seg in L.segments:
         if seg.steps:
             run_steps(seg, plan, seg.steps, seg.outputs, w, env)
-        for slot, refs in seg.puts:
-            st.put(f"{token}:{slot}", env[slot], refs)
+        st.put_many([(f"{token}:{slot}", env[slot], refs) for slot, refs in seg.puts])
     for i in L.drops:
         st.release(_key(token, i, leafkeys))
     t2 = time.perf_counter()
