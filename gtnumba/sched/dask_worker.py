@@ -203,9 +203,7 @@ async def _pull(rid, items, ready=()):
 async def _put(rid, keys, data):
     """Handler: new host data of a step, sent by the client straight to this worker (a batch
     inside the task would be pickled into the graph and pass through the scheduler)."""
-    st = store(rid)
-    for key, value in zip(keys, unpack(data)):
-        st.put(key, backend.to_backend(value))
+    store(rid).put_many([(key, backend.to_backend(value), None) for key, value in zip(keys, unpack(data))])
     return {"ok": True}
 
 
