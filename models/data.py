@@ -226,9 +226,10 @@ def _upsample_taps(m: int, n: int):
     return i0, i1, (c - i0).astype(np.float32)
 
 
-def _upsample(mid: np.ndarray, taps, dst: np.ndarray, first: int = 0) -> None:
+def _upsample(mid: np.ndarray, taps, dst: np.ndarray, first: int = 0, mid_first: int = 0) -> None:
     """Separable bilinear upsample of (k, m, m) into dst (k, rows, n): output rows first.. of the
-    (k, n, n) image, gathers and lerps only.
+    (k, n, n) image, gathers and lerps only.  `mid` may hold only the grid rows mid_first.. that
+    those output rows read.
 
     (Measured faster than two matrix products or whole-array gathers: one pass per output row.)
     """
@@ -242,22 +243,24 @@ def _upsample(mid: np.ndarray, taps, dst: np.ndarray, first: int = 0) -> None:
     tmp = np.empty((a.shape[0], a.shape[2]), np.float32)
     for j in range(dst.shape[1]):            # vertical, one output row at a time
         r = first + j
-        np.multiply(a[:, i0[r]], w0[r], out=dst[:, j])
-        np.multiply(a[:, i1[r]], f[r], out=tmp)
+        np.multiply(a[:, i0[r] - mid_first], w0[r], out=dst[:, j])
+        np.multiply(a[:, i1[r] - mid_first], f[r], out=tmp)
         dst[:, j] += tmp
 
 
-def _warp(padded: np.ndarray, theta, scale, tx, ty, m: int) -> np.ndarray:
-    """Inverse-map bilinear sampling of zero-padded scans onto an m x m grid.
+def _warp(padded: np.ndarray, theta, scale, tx, ty, m: int, grid_rows=(0, None)) -> np.ndarray:
+    """Inverse-map bilinear sampling of zero-padded scans onto an m x m grid (only its rows
+    grid_rows[0]:grid_rows[1]; each pixel is computed alike whatever the band).
 
     ``padded``: (k, S, S) float32 scans with a _PAD zero border. Output pixel centre p (in
     normalized image coordinates, -0.5..0.5) samples the scan at
     ``R(-theta) (p - t) / (FILL * scale)``.
-    Returns float32 (k, m, m).
+    Returns float32 (k, rows, m).
     """
     k, size, _ = padded.shape
     f32 = np.float32
     c = ((np.arange(m, dtype=f32) + f32(0.5)) / f32(m) - f32(0.5))
+    cy = c[slice(*grid_rows)]
     cos = np.cos(theta)
     sin = np.sin(theta)
     inv = _SRC / (_FILL * np.asarray(scale, np.float64))
@@ -270,9 +273,9 @@ def _warp(padded: np.ndarray, theta, scale, tx, ty, m: int) -> np.ndarray:
     # y_src = inv * (-sin (px - tx) + cos (py - ty)) + off  = yu[px] + yv[py]
     xu = col(cos * inv) * c[None, None, :] + col(off - inv * (cos * tx + sin * ty))
     yu = col(-sin * inv) * c[None, None, :] + col(off - inv * (cos * ty - sin * tx))
-    xv = col(sin * inv) * c[None, :, None]
-    yv = col(cos * inv) * c[None, :, None]
-    xs = xu + xv                             # (k, m, m)
+    xv = col(sin * inv) * cy[None, :, None]
+    yv = col(cos * inv) * cy[None, :, None]
+    xs = xu + xv                             # (k, rows, m)
     ys = yu + yv
     hi = f32(size - 2)                       # keeps x0 + 1 inside; the border there is all zeros
     np.clip(xs, 0, hi, out=xs)
@@ -304,7 +307,7 @@ def _warp(padded: np.ndarray, theta, scale, tx, ty, m: int) -> np.ndarray:
     bot -= top
     bot *= fy
     top += bot
-    return top.reshape(k, m, m)
+    return top.reshape(k, len(cy), m)
 
 
 class _DigitsRenderer:
@@ -337,18 +340,19 @@ class _DigitsRenderer:
                                                 self.tx, self.ty))
         off, amp = sel(self.noise_off) + r0 * img, sel(self.noise_amp)
         m = self.mid
+        g0, g1 = self._grid_rows(r0, r1)
         inv_std = np.float32(1.0 / self.std)
         shift = np.float32(self.mean / self.std)
         for s in range(0, rows.size, _CHUNK):
             e = min(s + _CHUNK, rows.size)
-            mid = _warp(self.scans[src[s:e]], th[s:e], sc[s:e], tx[s:e], ty[s:e], m)
+            mid = _warp(self.scans[src[s:e]], th[s:e], sc[s:e], tx[s:e], ty[s:e], m, (g0, g1))
             if inv_std != 1:
                 mid *= inv_std
             dst = flat_out[s:e].reshape(e - s, r1 - r0, img)
             if self.taps is None:
-                dst[...] = mid[:, r0:r1]
+                dst[...] = mid
             else:
-                _upsample(mid, self.taps, dst, r0)
+                _upsample(mid, self.taps, dst, r0, g0)
             chunk = flat_out[s:e]
             if self.bank is not None:
                 for j in range(e - s):
@@ -359,6 +363,13 @@ class _DigitsRenderer:
             if shift != 0:
                 chunk -= shift
         return out if band == p1 - p0 else out[:, :, p0 - r0 * img:p1 - r0 * img]
+
+    def _grid_rows(self, r0, r1):
+        """The warp grid's rows that image rows r0:r1 are made from."""
+        if self.taps is None or r1 <= r0:
+            return r0, r1
+        i0, i1, _ = self.taps
+        return int(i0[r0]), int(i1[r1 - 1]) + 1
 
 
 class _SyntheticRenderer:

@@ -168,7 +168,8 @@ class Pixels:
         if self.cache is None:
             cols = rest[1] if len(rest) == 2 and rest[0] == slice(None) else slice(None)
             rows = self.split.take(idx, cols)
-            return rows[(slice(None),) + rest[:1]] if rest else rows
+            whole = rest[:1] in ((), (slice(None),))        # a view would cost Rows.read a copy
+            return rows if whole else rows[(slice(None),) + rest[:1]]
         missing = idx[~self.done[idx]]
         if missing.size:
             self.cache[missing] = self.split.take(missing)

@@ -112,6 +112,15 @@ def test_lazy_rendering_does_not_depend_on_the_batch():
         train.take([24])
 
 
+@pytest.mark.parametrize("img", [16, 100])        # 100: warped on a coarser grid and upsampled
+def test_a_pixel_range_is_rendered_exactly_as_those_pixels_of_the_whole_image(img):
+    train, _ = digits_dataset(img_size=img, seq_len=2, n_train=6, n_test=2, seed=1)
+    idx = np.array([4, 0, 5])
+    whole, n = train.take(idx), img * img
+    for a, b in [(0, n // 2), (n // 2, n), (img + 3, 3 * img - 5), (n - 1, n), (7, 7)]:
+        np.testing.assert_array_equal(train.take(idx, slice(a, b)), whole[:, :, a:b])
+
+
 def test_augmentation_varies_images_of_the_same_scan():
     train, _ = digits_dataset(img_size=16, seq_len=4, n_train=300, n_test=4, seed=0)
     ids = train.source_ids.ravel()
