@@ -61,6 +61,7 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
+import numba
 import numpy as np
 
 __all__ = [
@@ -226,26 +227,35 @@ def _upsample_taps(m: int, n: int):
     return i0, i1, (c - i0).astype(np.float32)
 
 
-def _upsample(mid: np.ndarray, taps, dst: np.ndarray, first: int = 0, mid_first: int = 0) -> None:
-    """Separable bilinear upsample of (k, m, m) into dst (k, rows, n): output rows first.. of the
-    (k, n, n) image, gathers and lerps only.  `mid` may hold only the grid rows mid_first.. that
-    those output rows read.
-
-    (Measured faster than two matrix products or whole-array gathers: one pass per output row.)
-    """
+def _horizontal(mid: np.ndarray, taps) -> np.ndarray:
+    """The bilinear pass along each grid row of (k, rows, m): (k, rows, n), C-contiguous."""
     i0, i1, f = taps
-    a = np.take(mid, i0, axis=2)             # horizontal: (k, m, n), C-contiguous (plain
-    b = np.take(mid, i1, axis=2)             # fancy indexing here gives a strided layout)
+    a = np.take(mid, i0, axis=2)             # (plain fancy indexing here gives a strided layout)
+    b = np.take(mid, i1, axis=2)
     b -= a
     b *= f
     a += b
-    w0 = 1 - f
-    tmp = np.empty((a.shape[0], a.shape[2]), np.float32)
-    for j in range(dst.shape[1]):            # vertical, one output row at a time
-        r = first + j
-        np.multiply(a[:, i0[r] - mid_first], w0[r], out=dst[:, j])
-        np.multiply(a[:, i1[r] - mid_first], f[r], out=tmp)
-        dst[:, j] += tmp
+    return a
+
+
+@numba.njit(nogil=True, cache=True)
+def _vertical_band(a, i0, i1, f, first, mid_first, bank, off, noise, shift, dst):
+    """dst[t, j] = the bilinear pass down a for image row first + j, plus token t's noise window
+    bank[off[t]:] times noise[t], minus shift: one sequential write of the band (the NumPy form
+    wrote it three times, strided).  The operations, their order and their float32/float64 types
+    are those of that NumPy form, so the pixels are bit for bit the same."""
+    k, rows, n = dst.shape
+    for t in range(k):
+        for j in range(rows):
+            r = first + j
+            lo, hi, w1 = a[t, i0[r] - mid_first], a[t, i1[r] - mid_first], f[r]
+            w0 = np.float32(1) - w1
+            base = off[t] + j * n
+            for x in range(n):
+                v = lo[x] * w0 + hi[x] * w1
+                if noise[t] != 0:
+                    v = np.float32(v + bank[base + x] * noise[t])
+                dst[t, j, x] = v - shift
 
 
 def _warp(padded: np.ndarray, theta, scale, tx, ty, m: int, grid_rows=(0, None)) -> np.ndarray:
@@ -322,7 +332,7 @@ class _DigitsRenderer:
         self.bank = bank
         self.img = img_size
         self.mid = min(img_size, _MID)
-        self.taps = None if self.mid == img_size else _upsample_taps(self.mid, img_size)
+        self.taps = _upsample_taps(self.mid, img_size)      # the identity where mid == img_size
         self.mean, self.std = float(mean), float(std)
 
     def __call__(self, idx: np.ndarray, cols: slice = slice(None)) -> np.ndarray:
@@ -343,30 +353,21 @@ class _DigitsRenderer:
         g0, g1 = self._grid_rows(r0, r1)
         inv_std = np.float32(1.0 / self.std)
         shift = np.float32(self.mean / self.std)
+        bank = self.bank if self.bank is not None else np.zeros(1, np.float32)
+        noise = amp * inv_std if self.bank is not None else np.zeros(len(rows))
         for s in range(0, rows.size, _CHUNK):
             e = min(s + _CHUNK, rows.size)
             mid = _warp(self.scans[src[s:e]], th[s:e], sc[s:e], tx[s:e], ty[s:e], m, (g0, g1))
             if inv_std != 1:
                 mid *= inv_std
             dst = flat_out[s:e].reshape(e - s, r1 - r0, img)
-            if self.taps is None:
-                dst[...] = mid
-            else:
-                _upsample(mid, self.taps, dst, r0, g0)
-            chunk = flat_out[s:e]
-            if self.bank is not None:
-                for j in range(e - s):
-                    a = amp[s + j]
-                    if a != 0:
-                        o = off[s + j]
-                        chunk[j] += self.bank[o:o + band] * (a * inv_std)
-            if shift != 0:
-                chunk -= shift
+            i0, i1, f = self.taps
+            _vertical_band(_horizontal(mid, self.taps), i0, i1, f, r0, g0, bank, off[s:e], noise[s:e], shift, dst)
         return out if band == p1 - p0 else out[:, :, p0 - r0 * img:p1 - r0 * img]
 
     def _grid_rows(self, r0, r1):
         """The warp grid's rows that image rows r0:r1 are made from."""
-        if self.taps is None or r1 <= r0:
+        if r1 <= r0:
             return r0, r1
         i0, i1, _ = self.taps
         return int(i0[r0]), int(i1[r1 - 1]) + 1
