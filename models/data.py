@@ -74,7 +74,6 @@ DATASETS = ("digits", "synthetic")  # plus any path ending in .npz
 _SRC = 8            # sklearn digit scans are 8x8
 _PAD = 2            # zero border around a scan for the bilinear sampler
 _MID = 40           # intermediate warp grid for large images (then separable upsample)
-_CHUNK = 256        # tokens rendered per vectorized chunk (bounds temporary memory)
 _FILL = 0.7         # at scale 1 the 8x8 scan covers 70% of the image width
 _NOISE_BANK = 1 << 21
 
@@ -227,97 +226,67 @@ def _upsample_taps(m: int, n: int):
     return i0, i1, (c - i0).astype(np.float32)
 
 
-def _horizontal(mid: np.ndarray, taps) -> np.ndarray:
-    """The bilinear pass along each grid row of (k, rows, m): (k, rows, n), C-contiguous."""
-    i0, i1, f = taps
-    a = np.take(mid, i0, axis=2)             # (plain fancy indexing here gives a strided layout)
-    b = np.take(mid, i1, axis=2)
-    b -= a
-    b *= f
-    a += b
-    return a
+def _warp_coefficients(theta, scale, tx, ty):
+    """Per token, the float32 affine maps of the inverse warp: output pixel centre (px, py) (normalized
+    image coordinates, -0.5..0.5) samples the scan at x = ax px + bx + cx py, y = ay px + by + cy py,
+    that is ``R(-theta) (p - t) / (FILL * scale)`` in scan pixels (zero border included)."""
+    cos, sin = np.cos(theta), np.sin(theta)
+    inv = _SRC / (_FILL * np.asarray(scale, np.float64))
+    off = (_SRC - 1) / 2 + _PAD
+    f32 = lambda a: np.asarray(a, np.float32)              # noqa: E731
+    return (f32(cos * inv), f32(off - inv * (cos * tx + sin * ty)), f32(sin * inv),
+            f32(-sin * inv), f32(off - inv * (cos * ty - sin * tx)), f32(cos * inv))
 
 
 @numba.njit(nogil=True, cache=True)
-def _vertical_band(a, i0, i1, f, first, mid_first, bank, off, noise, shift, dst):
-    """dst[t, j] = the bilinear pass down a for image row first + j, plus token t's noise window
-    bank[off[t]:] times noise[t], minus shift: one sequential write of the band (the NumPy form
-    wrote it three times, strided).  The operations, their order and their float32/float64 types
-    are those of that NumPy form, so the pixels are bit for bit the same."""
+def _warp_band(scans, src, coef, m, grid_rows, inv_std, out):
+    """Bilinear samples of zero-padded scans `scans[src[t]]` on grid rows grid_rows[0]: of an m x m
+    grid, times inv_std, into out (k, rows, m).  The float32 operations and their order are those
+    of the NumPy form this replaced, so every sample is bit for bit the same."""
+    ax, bx, cx, ay, by, cy = coef
+    size = scans.shape[1]
+    hi = np.float32(size - 2)                # keeps x0 + 1 inside; the border there is all zeros
+    grid = (np.arange(m).astype(np.float32) + np.float32(0.5)) / np.float32(m) - np.float32(0.5)
+    for t in range(src.size):
+        scan = scans[src[t]]
+        for j in range(out.shape[1]):
+            py = grid[grid_rows[0] + j]
+            for i in range(m):
+                xs = min(max(ax[t] * grid[i] + bx[t] + cx[t] * py, np.float32(0)), hi)
+                ys = min(max(ay[t] * grid[i] + by[t] + cy[t] * py, np.float32(0)), hi)
+                x0, y0 = np.floor(xs), np.floor(ys)
+                fx, fy, xi, yi = xs - x0, ys - y0, int(x0), int(y0)
+                top = (scan[yi, xi + 1] - scan[yi, xi]) * fx + scan[yi, xi]
+                bot = (scan[yi + 1, xi + 1] - scan[yi + 1, xi]) * fx + scan[yi + 1, xi]
+                v = top + (bot - top) * fy
+                out[t, j, i] = v * inv_std if inv_std != 1 else v
+
+
+@numba.njit(nogil=True, cache=True)
+def _upsample_band(mid, i0, i1, f, first, mid_first, bank, off, noise, shift, dst):
+    """dst[t, j] = image row first + j of token t, bilinear from its grid rows in mid (which start
+    at grid row mid_first), plus the token's noise window bank[off[t]:] times noise[t], minus shift:
+    one sequential pass over the band.  The operations, their order and their float32/float64
+    types are those of the NumPy form this replaced, so the pixels are bit for bit the same."""
     k, rows, n = dst.shape
+    along = np.empty((mid.shape[1], n), np.float32)
     for t in range(k):
-        for j in range(rows):
-            r = first + j
-            lo, hi, w1 = a[t, i0[r] - mid_first], a[t, i1[r] - mid_first], f[r]
-            w0 = np.float32(1) - w1
-            base = off[t] + j * n
+        for g in range(mid.shape[1]):                        # along the grid rows first
             for x in range(n):
-                v = lo[x] * w0 + hi[x] * w1
-                if noise[t] != 0:
-                    v = np.float32(v + bank[base + x] * noise[t])
-                dst[t, j, x] = v - shift
-
-
-def _warp(padded: np.ndarray, theta, scale, tx, ty, m: int, grid_rows=(0, None)) -> np.ndarray:
-    """Inverse-map bilinear sampling of zero-padded scans onto an m x m grid (only its rows
-    grid_rows[0]:grid_rows[1]; each pixel is computed alike whatever the band).
-
-    ``padded``: (k, S, S) float32 scans with a _PAD zero border. Output pixel centre p (in
-    normalized image coordinates, -0.5..0.5) samples the scan at
-    ``R(-theta) (p - t) / (FILL * scale)``.
-    Returns float32 (k, rows, m).
-    """
-    k, size, _ = padded.shape
-    f32 = np.float32
-    c = ((np.arange(m, dtype=f32) + f32(0.5)) / f32(m) - f32(0.5))
-    cy = c[slice(*grid_rows)]
-    cos = np.cos(theta)
-    sin = np.sin(theta)
-    inv = _SRC / (_FILL * np.asarray(scale, np.float64))
-    off = (_SRC - 1) / 2 + _PAD
-
-    def col(a):
-        return np.asarray(a, f32)[:, None, None]
-
-    # x_src = inv * ( cos (px - tx) + sin (py - ty)) + off  = xu[px] + xv[py]
-    # y_src = inv * (-sin (px - tx) + cos (py - ty)) + off  = yu[px] + yv[py]
-    xu = col(cos * inv) * c[None, None, :] + col(off - inv * (cos * tx + sin * ty))
-    yu = col(-sin * inv) * c[None, None, :] + col(off - inv * (cos * ty - sin * tx))
-    xv = col(sin * inv) * cy[None, :, None]
-    yv = col(cos * inv) * cy[None, :, None]
-    xs = xu + xv                             # (k, rows, m)
-    ys = yu + yv
-    hi = f32(size - 2)                       # keeps x0 + 1 inside; the border there is all zeros
-    np.clip(xs, 0, hi, out=xs)
-    np.clip(ys, 0, hi, out=ys)
-    x0 = np.floor(xs)
-    y0 = np.floor(ys)
-    xs -= x0                                 # now the fractional parts
-    ys -= y0
-    y0 *= size
-    y0 += x0
-    gi = y0.astype(np.intp).reshape(k, -1)
-    gi += (np.arange(k, dtype=np.intp) * (size * size))[:, None]
-    # each pixel's 2x2 neighbourhood as one 16-byte row: a single gather for all four taps
-    flat = padded.reshape(k * size * size)
-    quad = np.zeros((k * size * size, 4), f32)
-    quad[:, 0] = flat
-    quad[:-1, 1] = flat[1:]
-    quad[:-size, 2] = flat[size:]
-    quad[:-size - 1, 3] = flat[size + 1:]
-    g = quad[gi.reshape(-1)]                 # (k*m*m, 4)
-    fx = xs.reshape(-1)
-    fy = ys.reshape(-1)
-    top = g[:, 1] - g[:, 0]
-    top *= fx
-    top += g[:, 0]
-    bot = g[:, 3] - g[:, 2]
-    bot *= fx
-    bot += g[:, 2]
-    bot -= top
-    bot *= fy
-    top += bot
-    return top.reshape(k, len(cy), m)
+                along[g, x] = (mid[t, g, i1[x]] - mid[t, g, i0[x]]) * f[x] + mid[t, g, i0[x]]
+        for j in range(rows):
+            r, row = first + j, dst[t, j]
+            lo, hi, w1 = along[i0[r] - mid_first], along[i1[r] - mid_first], f[r]
+            w0 = np.float32(1) - w1
+            for x in range(n):
+                row[x] = lo[x] * w0 + hi[x] * w1
+            if noise[t] != 0:
+                window = bank[off[t] + j * n:]
+                for x in range(n):
+                    row[x] = np.float32(row[x] + window[x] * noise[t])
+            if shift != 0:
+                for x in range(n):
+                    row[x] -= shift
 
 
 class _DigitsRenderer:
@@ -349,20 +318,15 @@ class _DigitsRenderer:
         src, th, sc, tx, ty = (sel(a) for a in (self.source_ids, self.theta, self.scale,
                                                 self.tx, self.ty))
         off, amp = sel(self.noise_off) + r0 * img, sel(self.noise_amp)
-        m = self.mid
         g0, g1 = self._grid_rows(r0, r1)
         inv_std = np.float32(1.0 / self.std)
         shift = np.float32(self.mean / self.std)
         bank = self.bank if self.bank is not None else np.zeros(1, np.float32)
         noise = amp * inv_std if self.bank is not None else np.zeros(len(rows))
-        for s in range(0, rows.size, _CHUNK):
-            e = min(s + _CHUNK, rows.size)
-            mid = _warp(self.scans[src[s:e]], th[s:e], sc[s:e], tx[s:e], ty[s:e], m, (g0, g1))
-            if inv_std != 1:
-                mid *= inv_std
-            dst = flat_out[s:e].reshape(e - s, r1 - r0, img)
-            i0, i1, f = self.taps
-            _vertical_band(_horizontal(mid, self.taps), i0, i1, f, r0, g0, bank, off[s:e], noise[s:e], shift, dst)
+        mid = np.empty((rows.size, g1 - g0, self.mid), np.float32)
+        _warp_band(self.scans, src, _warp_coefficients(th, sc, tx, ty), self.mid, (g0, g1), inv_std, mid)
+        i0, i1, f = self.taps
+        _upsample_band(mid, i0, i1, f, r0, g0, bank, off, noise, shift, out.reshape(rows.size, r1 - r0, img))
         return out if band == p1 - p0 else out[:, :, p0 - r0 * img:p1 - r0 * img]
 
     def _grid_rows(self, r0, r1):
