@@ -601,8 +601,7 @@ class Recorder:
                 self.diverge()
             return None
         mine = len(self.nodes) - self.n_virtual
-        if not sig[0] and not sig[1] or (PENDING.upper_bound() != mine and len(PENDING) != mine
-                                          and self._foreign_roots()):
+        if not sig[0] and not sig[1] or (PENDING.upper_bound() != mine and self._foreign_roots()):
             return None
         variant = trace.variants.get(sig)
         if variant is None:
@@ -614,9 +613,9 @@ class Recorder:
         """Is a node recorded outside this segment waiting to be computed (the normal path would
         compute it too)?  Pending nodes nothing holds (the inputs of a failed read, not yet
         garbage-collected) do not count."""
-        mine = {id(n) for n in self.nodes}
-        return any(n.value is None and n.n_tensors > 0 and n.error is None and id(n) not in mine and not lazy(n)
-                   for n in list(PENDING))
+        ref = self.ref.get          # this segment's nodes have refs >= 0 (its externals < 0)
+        return any(n.n_tensors > 0 and n.value is None and n.error is None and ref(id(n), -1) < 0 and not lazy(n)
+                   for n in PENDING)
 
     def finish(self, sig, order, leaves, key):
         """A segment was described and computed normally: keep its trace and variant for replay.
