@@ -325,6 +325,26 @@ def test_a_value_stored_as_its_wait_starts_wakes_the_waiter(monkeypatch):
     assert not st.events
 
 
+def test_a_wait_in_a_dropped_store_fails_at_once(monkeypatch):
+    """A task waiting in a client's store (for a dead peer's slice) when the client drops it (its
+    mesh carried on without that peer) fails then, not at the pull timeout."""
+    import asyncio
+    from gtnumba.sched import dask_worker as dw
+    monkeypatch.setattr(dw, "PULL_TIMEOUT", 30.0)
+    monkeypatch.setattr(dw, "_STORES", {})
+
+    async def main():
+        waiting = asyncio.ensure_future(dw.store("r1").wait_for("s-3:5"))
+        await asyncio.sleep(0.01)
+        t0 = time.perf_counter()
+        dw.drop_store("r1")
+        with pytest.raises(RuntimeError, match="dropped"):
+            await waiting
+        return time.perf_counter() - t0
+    assert asyncio.run(main()) < 1.0
+    assert "r1" not in dw._STORES
+
+
 def test_values_stored_together_wake_their_reader_together(monkeypatch):
     """A level's early values (the loss, the accuracy, the logits) are stored at once: the read
     woken by the loss finds the others there too and takes them along, even when the loop runs

@@ -48,6 +48,7 @@ class Store:
         self.failed = {}                      # failed step token (or leaf key) -> its error
         self.programs, self.steps, self.sources = {}, {}, {}
         self.variants = {}                    # (plan uid, slots read early) -> program
+        self.closed = None                    # the error of every wait once the client's store is dropped
         self.counters = {"tasks": 0, "bytes_in": 0, "backup_bytes": 0, "pull_seconds": 0.0,
                          "compute_seconds": 0.0, "backup_seconds": 0.0, "secedes": 0}
 
@@ -100,12 +101,20 @@ class Store:
             self.failed.setdefault(k, exc)         # the first cause stays
         while len(self.failed) > FREED_MEMORY:
             self.failed.pop(next(iter(self.failed)))
+        self._wake_all()
+
+    def _wake_all(self):
         events, self.events = self.events, {}
         _on_loop(lambda: [ev.set() for ev in events.values()])
 
     def failure(self, key):
         """The error of the failed step that was to make `key`, or None."""
-        return self.failed.get(key) or self.failed.get(key.rpartition(":")[0])
+        return self.closed or self.failed.get(key) or self.failed.get(key.rpartition(":")[0])
+
+    def close(self, exc):
+        """Nothing will be stored here any more: every wait raises exc."""
+        self.closed = exc
+        self._wake_all()
 
     def get(self, key):
         """A value this worker's own step reads (made by an earlier level or step)."""
@@ -279,7 +288,9 @@ def store_get(rid, key, owner=None):
 
 
 def drop_store(rid):
-    _STORES.pop(rid, None)
+    st = _STORES.pop(rid, None)
+    if st is not None:          # a task still waiting in it (for a dead peer's slice) fails now
+        st.close(RuntimeError("gtnumba: this client's values were dropped from the worker"))
 
 
 def counters(rid):
