@@ -282,7 +282,7 @@ def main():
     ap.add_argument("--workers", default="2,4,8")
     args = ap.parse_args()
     steps = 6 if args.quick else 12
-    rounds = 2 if args.quick else 3
+    rounds = 2 if args.quick else 5
     rows = [part1(int(w), steps) for w in args.workers.split(",")]
     for r in rows:
         print(r, flush=True)

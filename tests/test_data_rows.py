@@ -164,3 +164,21 @@ def test_dask_worker_read_ahead_is_started_for_the_next_batch(cluster):
 def test_a_failing_worker_read_is_raised_at_the_next_read(cluster):
     with pytest.raises(ValueError, match="row 13 has no image"):
         _train(Rows(Renderer(bad_row=13)), 0, steps=1)
+
+
+def _spare_shapes():
+    from gtnumba.sched.executor import SPARE
+    return {shape for (shape, _), arrays in SPARE.items() if arrays}
+
+
+def test_a_worker_does_not_keep_its_read_batches_for_reuse(cluster):
+    """A worker's batch, once freed, is not kept in the buffer pool: no kernel writes that shape,
+    so dozens would pile up there (20 MB apiece in the main job) and every new batch would land on
+    fresh pages (a worker then rendered its half of a main-job batch 3x slower)."""
+    import gc
+    _train(Rows(Renderer()), 0, steps=3)
+    gc.collect()
+    _train(Rows(Renderer()), 0, steps=2)          # its steps free the first run's batches
+    kept = cluster.run(_spare_shapes)
+    batches = {a: sorted(s for s in shapes if len(s) == 3 and s[1:] == DATA.shape[1:]) for a, shapes in kept.items()}
+    assert not any(batches.values()), batches

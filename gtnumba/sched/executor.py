@@ -31,6 +31,10 @@ BINDERS = {}          # backend name -> bind(plan) -> run(slots, kernels, kwargs
 # the next plan that needs one of that shape takes it before allocating
 SPARE = {}
 _SPARE_DEPTH = 64
+# (shape, dtype) of the buffers plans have asked the spare pool for: only such arrays are kept
+# there (a worker's batch of pixels, 20 MB a step, would pile up to the depth and every new batch
+# would land on fresh pages)
+_WANTED = set()
 
 
 def run_plan(plan, slots, donate=frozenset()):
@@ -171,6 +175,7 @@ class _Memory:
                     used.append(s)
                     break
             if buf is None:
+                _WANTED.add(spec)
                 free = self.pool.get(spec) or SPARE.get(spec)
                 buf = free.pop() if free else _new_buffer(spec)
             bufs.append(buf)
@@ -218,15 +223,19 @@ def give_back(tensor_holder, attr):
     value = node.value
     del t, node                                     # the tensor and its node die here
     if _owned(value, 3):
-        free = SPARE.setdefault((value.shape, value.dtype), [])
-        if len(free) < _SPARE_DEPTH:
-            free.append(value)
+        _keep(value)
 
 
 def spare(value):
     """Keep a dead value's array for a later plan's buffer (a worker's store drops the parameters
     the last step replaced): only when its one holder is the caller's reference."""
     if _owned(value, 4):             # the caller's, `value`, _owned's argument and getrefcount's
-        free = SPARE.setdefault((value.shape, value.dtype), [])
+        _keep(value)
+
+
+def _keep(value):
+    key = (value.shape, value.dtype)
+    if key in _WANTED:
+        free = SPARE.setdefault(key, [])
         if len(free) < _SPARE_DEPTH:
             free.append(value)
