@@ -138,6 +138,7 @@ class DaskRunner:
         self._put_failure = None
         self._failed = set()                          # keys of step tasks failed on their workers by us
         self._frees = [[] for _ in self.addresses]
+        self._outbox = []                             # this step's batches for the workers' stores
         self._keyrefs = {}
         self.log = []                                 # (futures, replay) of steps not known finished
         self.on_lost = None                           # recovery, installed by the mesh step
@@ -323,12 +324,15 @@ class DaskRunner:
         token = f"{self.rid[:8]}-{next(self._steps)}"
         self.last_plan = plan
         leafkeys = {slot: parts[0].key for slot, parts in enumerate(leaf_parts)}
+        self._outbox = []
         dsk, last_keys = self._graph(plan, info, token, leaf_parts, leafkeys)
         with dask.annotate(workers=self._where), dask.config.set(_QUIET):
             # the step's token names the graph: Dask need not hash the whole graph (~10 ms a step).
             # fifo_timeout=0: each step a new generation, so a worker runs an earlier step first
             # (within Client.get's default 60 s, steps would tie and run in key order)
             futures = self.client.get(LLGExpr(dsk, _determ_token=token), list(dsk), sync=False, fifo_timeout=0)
+        if self._outbox:          # all the step's batches in one hop to the client's loop, after the graph
+            self.client.loop.add_callback(self._put_all, self._outbox)
         by_key = dict(zip(dsk, futures))
         for w, k in enumerate(last_keys):
             self._last[w] = by_key[k]
@@ -351,8 +355,9 @@ class DaskRunner:
         return kept
 
     def _send_direct(self, w, inline, leafkeys):
-        """Worker w's big new host arrays go to its store in one message, sent now and not waited
-        for; the task finds SENT in their place and waits for them there."""
+        """Worker w's big new host arrays go to its store in one message, sent with the other
+        workers' once the step is submitted and not waited for; the task finds SENT in their
+        place and waits for them there."""
         direct = [slot for slot, v in inline.items() if isinstance(v, np.ndarray) and v.nbytes >= DIRECT_BYTES]
         if not direct:
             return
@@ -360,7 +365,10 @@ class DaskRunner:
         for slot in direct:
             inline[slot] = SENT
         self.stats["direct_bytes"] += data["buf"].data.nbytes
-        self.client.loop.add_callback(self._put, self.addresses[w], keys, data)
+        self._outbox.append((self.addresses[w], keys, data))
+
+    async def _put_all(self, puts):
+        await asyncio.gather(*[self._put(*p) for p in puts])
 
     async def _put(self, address, keys, data):
         try:
