@@ -241,8 +241,8 @@ def _warp_coefficients(theta, scale, tx, ty):
 @numba.njit(nogil=True, cache=True)
 def _warp_band(scans, src, coef, m, grid_rows, inv_std, out):
     """Bilinear samples of zero-padded scans `scans[src[t]]` on grid rows grid_rows[0]: of an m x m
-    grid, times inv_std, into out (k, rows, m).  The float32 operations and their order are those
-    of the NumPy form this replaced, so every sample is bit for bit the same."""
+    grid, times inv_std, into out (k, rows, m).  The float32 operations keep the order of the earlier
+    NumPy renderer, so a data set renders bit for bit as it did (and as in the tests' references)."""
     ax, bx, cx, ay, by, cy = coef
     size = scans.shape[1]
     hi = np.float32(size - 2)                # keeps x0 + 1 inside; the border there is all zeros
@@ -266,8 +266,8 @@ def _warp_band(scans, src, coef, m, grid_rows, inv_std, out):
 def _upsample_band(mid, i0, i1, f, first, mid_first, bank, off, noise, shift, dst):
     """dst[t, j] = image row first + j of token t, bilinear from its grid rows in mid (which start
     at grid row mid_first), plus the token's noise window bank[off[t]:] times noise[t], minus shift:
-    one sequential pass over the band.  The operations, their order and their float32/float64
-    types are those of the NumPy form this replaced, so the pixels are bit for bit the same."""
+    one sequential pass over the band.  The operations and their order are the earlier NumPy
+    renderer's, so a data set renders bit for bit as it did."""
     k, rows, n = dst.shape
     along = np.empty((mid.shape[1], n), np.float32)
     for t in range(k):
@@ -312,7 +312,6 @@ class _DigitsRenderer:
         r0, r1 = p0 // img, -(-p1 // img)
         band = (r1 - r0) * img
         out = np.empty((idx.size, seq, band), np.float32)
-        flat_out = out.reshape(-1, band)
         rows = (idx[:, None] * seq + np.arange(seq)[None, :]).reshape(-1)  # token indices
         sel = lambda a: a.reshape(-1)[rows]                                  # noqa: E731
         src, th, sc, tx, ty = (sel(a) for a in (self.source_ids, self.theta, self.scale,
@@ -322,7 +321,7 @@ class _DigitsRenderer:
         inv_std = np.float32(1.0 / self.std)
         shift = np.float32(self.mean / self.std)
         bank = self.bank if self.bank is not None else np.zeros(1, np.float32)
-        noise = amp * inv_std if self.bank is not None else np.zeros(len(rows))
+        noise = amp * inv_std if self.bank is not None else np.zeros(len(rows), np.float32)
         mid = np.empty((rows.size, g1 - g0, self.mid), np.float32)
         _warp_band(self.scans, src, _warp_coefficients(th, sc, tx, ty), self.mid, (g0, g1), inv_std, mid)
         i0, i1, f = self.taps
