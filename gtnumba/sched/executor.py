@@ -31,7 +31,7 @@ BINDERS = {}          # backend name -> bind(plan) -> run(slots, kernels, kwargs
 # the next plan that needs one of that shape takes it before allocating
 SPARE = {}
 _SPARE_DEPTH = 64
-# (shape, dtype) of the buffers plans have asked the spare pool for: only such arrays are kept
+# (shape, dtype) of the buffers plans write (registered at a plan's first run): only such arrays are kept
 # there (a worker's batch of pixels, 20 MB a step, would pile up to the depth and every new batch
 # would land on fresh pages)
 _WANTED = set()
@@ -46,6 +46,8 @@ def run_plan(plan, slots, donate=frozenset()):
     slots.extend([None] * (plan.n_slots - plan.n_leaves))
     mem = _Memory(plan, slots, donate)
     plan.runs += 1
+    if plan.runs == 1:                        # once per plan, not per buffer: the shapes its kernels write
+        _WANTED.update(spec for st in plan.steps for spec in st.outs or () if spec is not None)
     # CPU: generated code from the second run (a one-off plan is not worth it); a binder (CUDA)
     # binds from the first, since its bound steps record their launches on their first call anyway
     if plan.runs == (1 if plan.backend in BINDERS else 2):
@@ -175,7 +177,6 @@ class _Memory:
                     used.append(s)
                     break
             if buf is None:
-                _WANTED.add(spec)
                 free = self.pool.get(spec) or SPARE.get(spec)
                 buf = free.pop() if free else _new_buffer(spec)
             bufs.append(buf)
