@@ -241,6 +241,52 @@ def test_a_scaled_update_runs_as_one_pass_with_the_bits_of_two():
     assert names.count("scaled_add") == 3 and names.count("subtract") == 1, names
 
 
+def test_an_update_by_a_product_nothing_else_reads_is_one_gemm_with_the_product_never_stored():
+    """`p - c * (x @ y)` and `p + c * (x @ y)` on matrices become one GEMM accumulating into the output,
+    for row- and column-ordered and strided operands in float32 and float64; the parameter a live
+    tensor still holds keeps its values, and a product something else reads stays a matmul."""
+    from gtnumba.sched.plan import build_plan, describe, pending_order
+    rng = np.random.default_rng(9)
+    for dtype, tol in ((np.float32, 1e-5), (np.float64, 1e-12)):
+        pv = rng.standard_normal((96, 40)).astype(dtype)
+        base = rng.standard_normal((12, 200)).astype(dtype)
+        yv = rng.standard_normal((12, 40)).astype(dtype)
+        for xv in (np.ascontiguousarray(base[:, :96].T), base[:, :96].T, base[:, ::2].T[:96]):
+            for _ in range(2):                          # interpreted, then generated code
+                p, x, c = gt.tensor(pv), gt.tensor(xv), gt.tensor(np.array(0.3, dtype))
+                y = [gt.tensor(yv) for _ in range(3)]          # three products, not one shared
+                minus, plus = p - c * (x @ y[0]), p + (y[1].T @ x.T).T * c
+                prod = x @ y[2]
+                shared, held = p - c * prod, prod * 1.0
+                key, _ = describe(pending_order([n._node for n in (minus, plus, shared, held)]))
+                names = [st.kernel.__name__ for st in build_plan(key, "cpu").steps]
+                want = xv.astype(np.float64) @ yv
+                for got, sign in ((minus, -1), (plus, 1), (shared, -1)):
+                    np.testing.assert_allclose(got.numpy(), pv + sign * 0.3 * want, rtol=tol, atol=tol)
+                np.testing.assert_allclose(held.numpy(), want, rtol=tol, atol=tol)
+                np.testing.assert_array_equal(p.numpy(), pv)
+            assert names.count("gemm_update") == 1 and names.count("scaled_add") == 2, names
+
+
+def test_a_weight_trained_by_gemm_updates_is_overwritten_in_place():
+    """The GT-style step's `w -= lr * w.grad` with w.grad = x.T @ dy: the GEMM writes into w's own
+    buffer once the step repeats, and the weight trains as in NumPy."""
+    rng = np.random.default_rng(10)
+    wv, xv = rng.standard_normal((4096, 16)).astype(np.float32), (rng.standard_normal((8, 4096)) / 64).astype(np.float32)
+    w, want, buffers = gt.tensor(wv, requires_grad=True), wv.astype(np.float64), []
+    for _ in range(8):
+        loss = ((gt.tensor(xv) @ w) ** 2).sum()
+        loss.backward()
+        with gt.no_grad():
+            w -= 0.01 * w.grad
+            w.grad.zero_()
+        loss.item()
+        buffers.append(w._node.value.ctypes.data)
+        want = want - 0.01 * (xv.T @ (2 * (xv @ want)))
+    np.testing.assert_allclose(w.numpy(), want, rtol=1e-4, atol=1e-4)
+    assert len(set(buffers[3:])) == 1, "a repeated step wrote the weight into another buffer"
+
+
 def test_the_gt_update_overwrites_the_parameter_in_one_pass():
     """The GT-style `w -= lr * w.grad` of a steady-state step: fused, in place, trains as eager."""
     rng = np.random.default_rng(8)

@@ -18,6 +18,7 @@ import math
 
 import numba
 import numpy as np
+from scipy.linalg import blas as _blas
 
 from . import cpu_fused
 
@@ -474,6 +475,33 @@ def scaled_add(a, g, c, sign, out=None):
         return out
     prod = np.multiply(c, g)
     return _arr(np.add(a, prod, out=out) if sign > 0 else np.subtract(a, prod, out=out))
+
+
+@_writes_out("same", "first")
+def gemm_update(a, x, y, c, sign, out=None):
+    """a + sign * c * (x @ y) for matrices, what a plan runs for `p -= lr * (x @ y)` when nothing else
+    reads the product (a weight's gradient): one GEMM that accumulates into the output, so the
+    gradient is never stored (the embedding's 40000x128 weight: one pass over it instead of three)."""
+    if out is None:
+        out = a.copy()
+    elif out.ctypes.data != a.ctypes.data:
+        np.copyto(out, a)
+    # BLAS is column-major: the C-ordered out (m, n) is the column-major out.T (n, m) = y.T @ x.T
+    yt, trans_y = _column_major_t(y)
+    xt, trans_x = _column_major_t(x)
+    gemm = _blas.dgemm if a.dtype == np.float64 else _blas.sgemm
+    got = gemm(sign * float(c[()]), yt, xt, beta=1.0, c=out.T, trans_a=trans_y, trans_b=trans_x, overwrite_c=1)
+    assert got.ctypes.data == out.ctypes.data, "gemm_update: BLAS wrote a copy, not the output"
+    return out
+
+
+def _column_major_t(m):
+    """(a column-major array, BLAS trans flag) that stand for m.T, copying m only if it is strided."""
+    if m.flags.c_contiguous:
+        return m.T, 0
+    if m.flags.f_contiguous:
+        return m, 1
+    return np.ascontiguousarray(m).T, 0
 
 
 # ---- optimizer updates (fused: one pass over each parameter) -----------------------------

@@ -5,6 +5,8 @@ values must outlive the plan), so it is cached under that structure and the seco
 training step does no planning.
 """
 import math
+
+import numpy as np
 from dataclasses import dataclass, field
 
 from ..kernels import cpu
@@ -113,7 +115,8 @@ def build_plan(key, backend, local_kernels=None):
     leaf_part, node_part = key[0], key[1:]
     n_leaves = len(leaf_part)
     if backend == "cpu":
-        node_part = _fuse_scaled_updates(_share_repeats(node_part, n_leaves), leaf_part)
+        node_part = _fuse_gemm_updates(_fuse_scaled_updates(_share_repeats(node_part, n_leaves), leaf_part),
+                                       leaf_part)
         local_kernels = {**_CPU_FUSED, **(local_kernels or {})}
     last_use = {}
     for i, (_, _, ins, _, _) in enumerate(node_part):
@@ -160,7 +163,7 @@ def _share_repeats(node_part, n_leaves):
 
 # (sum op, position of the product in it) -> sign: `p - c * g` and `p + c * g`, either order for +
 _SCALED = {("sub", 1): -1, ("add", 1): 1, ("add", 0): 1}
-_CPU_FUSED = {"_scaled_add": cpu.scaled_add, "_dropped": lambda: None}
+_CPU_FUSED = {"_scaled_add": cpu.scaled_add, "_gemm_update": cpu.gemm_update, "_dropped": lambda: None}
 
 
 def _fuse_scaled_updates(node_part, leaf_part):
@@ -196,6 +199,30 @@ def _fuse_scaled_updates(node_part, leaf_part):
             out[t - n_leaves] = ("_dropped", (), (), mspecs, False)
             break
     return tuple(out)
+
+
+def _fuse_gemm_updates(node_part, leaf_part):
+    """A fused update whose array is a matrix product read by nothing else (a weight's gradient
+    x.T @ dy under `p -= lr * p.grad`): one GEMM accumulating into the parameter.  Only float32/64
+    matrices (what BLAS takes); the rounding differs from the pair's in the last bit, as any GEMM's."""
+    n_leaves, out = len(leaf_part), list(node_part)
+
+    def dtype(s):
+        return (leaf_part[s][0] if s < n_leaves else node_part[s - n_leaves][3])[0].dtype
+    for j, (op, attrs, ins, specs, kept) in enumerate(node_part):
+        g = ins[1] if op == "_scaled_add" else None
+        if g is None or g < n_leaves or specs[0].dtype not in _BLAS_DTYPES or len(specs[0].shape) != 2:
+            continue
+        gop, gattrs, gins, gspecs, gkept = out[g - n_leaves]
+        if (gop != "matmul" or gkept or sum(g in entry[2] for entry in out) != 1 or gspecs != specs
+                or any(dtype(s) != specs[0].dtype for s in gins)):
+            continue
+        out[j] = ("_gemm_update", attrs, (ins[0], *gins, ins[2]), specs, kept)
+        out[g - n_leaves] = ("_dropped", (), (), gspecs, False)
+    return tuple(out)
+
+
+_BLAS_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _plan_memory(steps, key, last_use, kept):
@@ -244,5 +271,7 @@ def _plan_memory(steps, key, last_use, kept):
                              for pos, o in zip(inplace, st.outs))
         elif inplace == "any":
             st.reuse = (tuple(st.ins[p] for p in range(len(st.ins)) if dies_here(p, outs[0])),)
+        elif inplace == "first":        # the other inputs are read after the output is written
+            st.reuse = ((st.ins[0],) if dies_here(0, outs[0]) else (),)
         else:
             st.reuse = ((),)
