@@ -51,12 +51,13 @@ DIRECT_BYTES = 64 << 10
 class Part:
     """One worker's piece of a value on the cluster: its key in the worker's store, the future of
     the task that produced it, and (until its first step is submitted) the host array to send."""
-    __slots__ = ("worker", "key", "future", "slot", "pending", "host", "uid")
+    __slots__ = ("worker", "key", "future", "slot", "pending", "host", "uid", "ahead")
 
     def __init__(self, worker, key, future=None, slot=None, pending=None, uid=None):
         self.worker, self.key, self.future, self.slot, self.pending = worker, key, future, slot, pending
         self.host = None          # its value, when it came along with an earlier read
         self.uid = uid            # the plan whose kept `slot` it is
+        self.ahead = None         # the pull bringing its value ahead of its read, while one runs (on the loop)
 
 
 class _Where:
@@ -142,8 +143,8 @@ class DaskRunner:
         self._keyrefs = {}
         self.log = []                                 # (futures, replay) of steps not known finished
         self.on_lost = None                           # recovery, installed by the mesh step
-        self.stats = {"steps": 0, "tasks": 0, "reads": 0, "read_rpcs": 0, "riders": 0, "direct_bytes": 0,
-                      "submit_seconds": 0.0, "wait_seconds": 0.0}
+        self.stats = {"steps": 0, "tasks": 0, "reads": 0, "read_rpcs": 0, "riders": 0, "ahead_rpcs": 0,
+                      "direct_bytes": 0, "submit_seconds": 0.0, "wait_seconds": 0.0}
         self._where = _Where(self.addresses)
         self._plugin = False      # registered at the first step: gt.init may run inside `import gtnumba`,
         #                           and pickling the plugin there would wait for that import
@@ -183,12 +184,16 @@ class DaskRunner:
         own value is computed (the rest of its task, such as the update, may still run)."""
         t0 = time.perf_counter()
         out = [p.pending if p.pending is not None else p.host for p in parts]
-        by_worker = {}
+        by_worker, ahead = {}, {}
         for i, p in enumerate(parts):
             if out[i] is None:
-                by_worker.setdefault(p.worker, []).append(i)
-        self.stats["reads"] += bool(by_worker)
-        if not by_worker:         # all came with an earlier read: no hop to the client's loop
+                task = p.ahead
+                if task is not None and not task.done():
+                    ahead[id(task)] = task
+                else:
+                    by_worker.setdefault(p.worker, []).append(i)
+        self.stats["reads"] += bool(by_worker or ahead)
+        if not by_worker and not ahead:         # all came with an earlier read: no hop to the client's loop
             return out
         for w, idx in by_worker.items():
             self._read.update((parts[i].slot, w) for i in idx)
@@ -197,7 +202,7 @@ class DaskRunner:
         self.stats["read_rpcs"] += len(by_worker)
         self.stats["riders"] += sum(map(len, riders.values()))
         try:
-            replies = self.client.sync(self._pull, parts, by_worker, riders)
+            replies = self.client.sync(self._pull, parts, by_worker, riders, list(ahead.values()))
         except Exception:
             dead = self.dead_workers()
             if dead:
@@ -210,6 +215,10 @@ class DaskRunner:
             for part, value in zip([r for r, have in zip(riders[w], reply["have"]) if have], values[len(idx):]):
                 part.host = value
         self.stats["wait_seconds"] += time.perf_counter() - t0
+        missing = [i for i, v in enumerate(out) if v is None]
+        if missing:               # came ahead, or failed to: then read as any value (its error raised there)
+            for i, value in zip(missing, self.fetch([parts[i] for i in missing])):
+                out[i] = value
         return out
 
     def _riders(self, w, asked):
@@ -221,12 +230,14 @@ class DaskRunner:
         return [parts[w] for step in self._small for parts in step
                 if (parts[w].slot, w) in self._read and parts[w].host is None and id(parts[w]) not in asked]
 
-    async def _pull(self, parts, by_worker, riders):
-        """The pulls, unless a task making one of the parts fails first (a step the scheduler could
-        not even unpickle never reaches a store): then that task's error, at once."""
+    async def _pull(self, parts, by_worker, riders, ahead=()):
+        """The pulls (and the pulls ahead of some parts), unless a task making one of the parts
+        fails first (a step the scheduler could not even unpickle never reaches a store): then
+        that task's error, at once."""
+        self._pull_ahead(set(by_worker))
         calls = asyncio.gather(*[self.client.rpc(self.addresses[w]).gtnumba_pull(
             rid=self.rid, items=[(parts[i].key, None, None, False) for i in idx],
-            ready=[p.key for p in riders[w]]) for w, idx in by_worker.items()])
+            ready=[p.key for p in riders[w]]) for w, idx in by_worker.items()], *map(asyncio.shield, ahead))
         makers = {id(p.future): p.future for p in parts if p.pending is None and p.future is not None}
         earlier = {id(f): f for futures, _ in self.log for f in futures
                    if f.status != "finished" and id(f) not in makers and f.key not in self._failed}
@@ -248,6 +259,30 @@ class DaskRunner:
             for t in (calls, *watch):
                 if t.cancel():
                     t.add_done_callback(_retrieved)
+
+    def _pull_ahead(self, asked):
+        """A read reaching some workers also asks the others, without waiting for them, for the small
+        values of the kinds read from them before (the accuracy of a batch split over workers is a
+        sum of every worker's part): the next read finds them here or on their way."""
+        for w in range(self.workers):
+            wanted = [] if w in asked else [p for p in self._riders(w, ()) if p.ahead is None or p.ahead.done()]
+            if wanted:
+                task = asyncio.ensure_future(self._ahead(w, wanted))
+                for p in wanted:
+                    p.ahead = task
+                self.stats["ahead_rpcs"] += 1
+
+    async def _ahead(self, w, wanted):
+        try:
+            reply = await self.client.rpc(self.addresses[w]).gtnumba_pull(
+                rid=self.rid, items=[(p.key, None, None, False) for p in wanted], ready=[])
+            for p, value in zip(wanted, unpack(reply)):
+                p.host = value
+        except Exception:         # not this read's to raise: the read of such a part pulls it again, and raises
+            pass
+        finally:
+            for p in wanted:
+                p.ahead = None
 
     async def _step_failure(self, future, read):
         """If a step's task fails: its error (`read`: the read waits for that task), after failing
