@@ -76,31 +76,38 @@ def test_a_big_batch_goes_straight_to_the_workers():
 
 def _split_sum_loop(steps=7):
     """Per step: a replicated value (read from one worker), then the sum of a batch split over the
-    workers (a part on each, added on the client)."""
+    workers (a part on each, added on the client).  Returns the values and, per step, the workers
+    each read asked (the pulls ahead are not reads)."""
     rng = np.random.default_rng(3)
     w = gt.tensor(rng.standard_normal((8, 4)).astype(np.float32))
-    out, rpcs = [], []
+    mesh, out, asked = current_mesh(), [], []
+    if mesh is not None:
+        pull = mesh.runner._pull
+
+        async def counted(parts, by_worker, *rest):
+            asked[-1].append(sorted(by_worker))
+            return await pull(parts, by_worker, *rest)
+        mesh.runner._pull = counted
     for _ in range(steps):
         x = gt.shard(gt.tensor(rng.standard_normal((6, 8)).astype(np.float32)), 0)
         whole, split = (w * w).sum(), (x @ w).sum()
-        mesh = current_mesh()
-        before = mesh.runner.stats["read_rpcs"] if mesh is not None else 0
+        asked.append([])
         out.append((whole.item(), split.item()))
-        rpcs.append(mesh.runner.stats["read_rpcs"] - before if mesh is not None else 0)
-    return out, rpcs
+    return out, asked
 
 
 def test_a_split_value_read_after_another_comes_ahead_from_the_workers_the_first_read_missed():
     """The first read of a step reaches one worker; the other is asked at the same time, without
-    waiting, for the kinds of values read from it before (the split sum): the second read then
-    needs no round trip of its own."""
+    waiting, for the kinds of values read from it before (the split sum's part): no read of a
+    later step has to ask that worker."""
     want, _ = _split_sum_loop()
     gt.init(workers=2, dashboard=":0")
     try:
-        got, rpcs = _split_sum_loop()
+        got, asked = _split_sum_loop()
         ahead = current_mesh().runner.stats["ahead_rpcs"]
     finally:
         gt.shutdown()
     np.testing.assert_allclose(got, want, rtol=1e-5)
-    assert rpcs[2:] == [1] * (len(rpcs) - 2), rpcs                 # was 2: one more for the split part
-    assert ahead >= len(rpcs) - 2, ahead
+    assert [1] in asked[0] or [0, 1] in asked[0], asked           # the first step reads the other worker
+    assert all(1 not in workers for step in asked[2:] for workers in step), asked
+    assert ahead >= len(asked) - 2, ahead

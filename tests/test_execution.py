@@ -272,7 +272,8 @@ def test_a_weight_trained_by_gemm_updates_is_overwritten_in_place():
     """The GT-style step's `w -= lr * w.grad` with w.grad = x.T @ dy: the GEMM writes into w's own
     buffer once the step repeats, and the weight trains as in NumPy."""
     rng = np.random.default_rng(10)
-    wv, xv = rng.standard_normal((4096, 16)).astype(np.float32), (rng.standard_normal((8, 4096)) / 64).astype(np.float32)
+    wv = rng.standard_normal((4096, 16)).astype(np.float32)
+    xv = (rng.standard_normal((8, 4096)) / 64).astype(np.float32)
     w, want, buffers = gt.tensor(wv, requires_grad=True), wv.astype(np.float64), []
     for _ in range(8):
         loss = ((gt.tensor(xv) @ w) ** 2).sum()

@@ -234,7 +234,8 @@ class DaskRunner:
         """The pulls (and the pulls ahead of some parts), unless a task making one of the parts
         fails first (a step the scheduler could not even unpickle never reaches a store): then
         that task's error, at once."""
-        self._pull_ahead(set(by_worker))
+        if by_worker:
+            self._pull_ahead(set(by_worker))
         calls = asyncio.gather(*[self.client.rpc(self.addresses[w]).gtnumba_pull(
             rid=self.rid, items=[(parts[i].key, None, None, False) for i in idx],
             ready=[p.key for p in riders[w]]) for w, idx in by_worker.items()], *map(asyncio.shield, ahead))

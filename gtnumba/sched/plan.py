@@ -5,9 +5,10 @@ values must outlive the plan), so it is cached under that structure and the seco
 training step does no planning.
 """
 import math
+from collections import Counter
+from dataclasses import dataclass, field
 
 import numpy as np
-from dataclasses import dataclass, field
 
 from ..kernels import cpu
 from ..ops.registry import OPS
@@ -206,6 +207,7 @@ def _fuse_gemm_updates(node_part, leaf_part):
     x.T @ dy under `p -= lr * p.grad`): one GEMM accumulating into the parameter.  Only float32/64
     matrices (what BLAS takes); the rounding differs from the pair's in the last bit, as any GEMM's."""
     n_leaves, out = len(leaf_part), list(node_part)
+    uses = Counter(s for entry in node_part for s in entry[2])
 
     def dtype(s):
         return (leaf_part[s][0] if s < n_leaves else node_part[s - n_leaves][3])[0].dtype
@@ -214,7 +216,7 @@ def _fuse_gemm_updates(node_part, leaf_part):
         if g is None or g < n_leaves or specs[0].dtype not in _BLAS_DTYPES or len(specs[0].shape) != 2:
             continue
         gop, gattrs, gins, gspecs, gkept = out[g - n_leaves]
-        if (gop != "matmul" or gkept or sum(g in entry[2] for entry in out) != 1 or gspecs != specs
+        if (gop != "matmul" or gkept or uses[g] != 1 or gspecs != specs
                 or any(dtype(s) != specs[0].dtype for s in gins)):
             continue
         out[j] = ("_gemm_update", attrs, (ins[0], *gins, ins[2]), specs, kept)
