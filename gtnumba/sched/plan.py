@@ -175,7 +175,7 @@ def _fuse_scaled_updates(node_part, leaf_part):
     n_leaves = len(leaf_part)
 
     def spec(s):
-        specs = leaf_part[s][0] if s < n_leaves else node_part[s - n_leaves][3]
+        specs = _slot_specs(s, leaf_part, node_part)
         return specs[0] if len(specs) == 1 else None
     uses = {}
     for entry in node_part:
@@ -208,16 +208,13 @@ def _fuse_gemm_updates(node_part, leaf_part):
     matrices (what BLAS takes); the rounding differs from the pair's in the last bit, as any GEMM's."""
     n_leaves, out = len(leaf_part), list(node_part)
     uses = Counter(s for entry in node_part for s in entry[2])
-
-    def dtype(s):
-        return (leaf_part[s][0] if s < n_leaves else node_part[s - n_leaves][3])[0].dtype
     for j, (op, attrs, ins, specs, kept) in enumerate(node_part):
         g = ins[1] if op == "_scaled_add" else None
         if g is None or g < n_leaves or specs[0].dtype not in _BLAS_DTYPES or len(specs[0].shape) != 2:
             continue
         gop, gattrs, gins, gspecs, gkept = out[g - n_leaves]
         if (gop != "matmul" or gkept or uses[g] != 1 or gspecs != specs
-                or any(dtype(s) != specs[0].dtype for s in gins)):
+                or any(_slot_specs(s, leaf_part, node_part)[0].dtype != specs[0].dtype for s in gins)):
             continue
         out[j] = ("_gemm_update", attrs, (ins[0], *gins, ins[2]), specs, kept)
         out[g - n_leaves] = ("_dropped", (), (), gspecs, False)
@@ -225,6 +222,12 @@ def _fuse_gemm_updates(node_part, leaf_part):
 
 
 _BLAS_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _slot_specs(s, leaf_part, node_part):
+    """The output specs of slot s of a structure key (leaves first, then nodes)."""
+    n_leaves = len(leaf_part)
+    return leaf_part[s][0] if s < n_leaves else node_part[s - n_leaves][3]
 
 
 def _plan_memory(steps, key, last_use, kept):
