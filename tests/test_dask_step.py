@@ -10,12 +10,12 @@ import time
 
 import numpy as np
 import pytest
-from distributed import Event, LocalCluster
+from distributed import Event, LocalCluster, wait
 
 import gtnumba as gt
 import small_mlp
 from gtnumba import nn
-from gtnumba.sched.distribute import step_bytes_per_worker
+from gtnumba.sched.distribute import Collective, step_bytes_per_worker
 from gtnumba.sched.mesh import current_mesh, set_mesh
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -113,6 +113,30 @@ def test_bytes_per_worker_within_a_ring_all_reduce(cluster):
         # the ring bound, up to rounding when W does not divide the element count
         assert 0 < moved <= 2 * (W - 1) / W * grad_bytes + 4 * max(W - 2, 0), (address, moved, grad_bytes)
         assert (after[address]["tasks"] - before[address]["tasks"]) / steps == 2
+
+
+def test_two_workers_gather_the_new_parameters_from_their_backups_without_a_pull(cluster):
+    """Each worker's new parameter slices are backed up on the other one, so the next step's first
+    level finds its peer's slice in its own store: only the reduce-scatter pulls."""
+    model = _model()
+    opt = OPTIMIZERS["adam"](model.parameters())
+    rng = np.random.default_rng(5)
+    runner = current_mesh().runner
+
+    def step():
+        _step(model, opt, rng, 5).item()
+        wait([f for futures, _ in runner.log for f in futures])      # a task ends once its backups are sent
+
+    for _ in range(2):
+        step()
+    plan = runner.last_plan
+    assert {c.kind for c in plan.steps if isinstance(c, Collective) and c.level == 0} == {"gather"}
+    before = runner.byte_counters()
+    for _ in range(3):
+        step()
+    after = runner.byte_counters()
+    for address in runner.addresses:
+        assert after[address]["pull_rpcs"] - before[address]["pull_rpcs"] == 3
 
 
 def _new_buffers():

@@ -24,7 +24,7 @@ import weakref
 
 import dask
 import numpy as np
-# private Dask APIs (a graph submitted under our own token, task specs): setup.cfg pins the series
+# private Dask APIs (a graph submitted under our own token and priorities, task specs): setup.cfg pins the series
 from dask._expr import LLGExpr
 from dask._task_spec import Task, TaskRef
 
@@ -46,6 +46,7 @@ SMALL_READ, RIDE_STEPS = 4096, 2
 # host data from this size on goes from the client straight to its worker's store, not inside the
 # task: the scheduler would unpickle it from the graph and pickle it again to the worker
 DIRECT_BYTES = 64 << 10
+_SPAN = {"collections": [{"type": "low-level-graph"}]}
 
 
 class Part:
@@ -362,11 +363,7 @@ class DaskRunner:
         leafkeys = {slot: parts[0].key for slot, parts in enumerate(leaf_parts)}
         self._outbox = []
         dsk, last_keys = self._graph(plan, info, token, leaf_parts, leafkeys)
-        with dask.annotate(workers=self._where), dask.config.set(_QUIET):
-            # the step's token names the graph: Dask need not hash the whole graph (~10 ms a step).
-            # fifo_timeout=0: each step a new generation, so a worker runs an earlier step first
-            # (within Client.get's default 60 s, steps would tie and run in key order)
-            futures = self.client.get(LLGExpr(dsk, _determ_token=token), list(dsk), sync=False, fifo_timeout=0)
+        futures = self._submit(dsk, token)
         if self._outbox:          # all the step's batches in one hop to the client's loop, after the graph
             self.client.loop.add_callback(self._put_all, self._outbox)
         by_key = dict(zip(dsk, futures))
@@ -389,6 +386,18 @@ class DaskRunner:
         self.stats["tasks"] += len(futures)
         self.stats["submit_seconds"] += time.perf_counter() - t0
         return kept
+
+    def _submit(self, dsk, token):
+        """The step's graph in one message, its futures in key order."""
+        with dask.annotate(workers=self._where), dask.config.set(_QUIET):
+            expr = LLGExpr(dsk, _determ_token=token)
+            # the step's token names the graph: Dask need not hash the whole graph (~10 ms a step).
+            # fifo_timeout=0: each step a new generation, so a worker runs an earlier step first.
+            # Our priorities (a worker's levels in order) spare the scheduler a dask.order pass
+            # in its offload thread, a thread hop per step on the critical path.
+            futures = self.client._graph_to_futures(expr, set(dsk), _SPAN, internal_priority={k: k[2] for k in dsk},
+                                                    fifo_timeout=0)
+        return [futures[k] for k in dsk]
 
     def _send_direct(self, w, inline, leafkeys):
         """Worker w's big new host arrays go to its store in one message, sent with the other

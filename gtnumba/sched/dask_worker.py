@@ -50,7 +50,7 @@ class Store:
         self.variants = {}                    # (plan uid, slots read early) -> program
         self.closed = None                    # the error of every wait once the client's store is dropped
         self.counters = {"tasks": 0, "bytes_in": 0, "backup_bytes": 0, "pull_seconds": 0.0,
-                         "compute_seconds": 0.0, "backup_seconds": 0.0, "secedes": 0}
+                         "compute_seconds": 0.0, "backup_seconds": 0.0, "secedes": 0, "pull_rpcs": 0}
 
     def put(self, key, value, refs=None):
         """refs: reads left before the value is dropped (None: until the client frees it)."""
@@ -390,24 +390,44 @@ def _combine(plan, c, w, parts):
 
 
 def _collectives(worker, rid, peers, plan, L, w, token, leafkeys, env, st):
-    """Pull every collective's pieces of this level from all peers at once, then combine them."""
+    """Pull every collective's pieces of this level from all peers at once, then combine them.
+    A peer's whole kept slice already here as its backup (the next worker holds one: with two
+    workers, each holds the other's) is not pulled again: the step's first level then gathers
+    the parameters without a round trip."""
     if not L.collectives:
         return
     wanted = [_pull_plan(plan, c, w, token, leafkeys) for c in L.collectives]
     others = [j for j in range(len(peers)) if j != w]
+    held = {j: _backed_up(st, wanted, j) for j in others}
+    asked = {j: [n for n in range(len(wanted)) if n not in held[j]] for j in others}
+    asked = {j: ns for j, ns in asked.items() if ns}
 
     async def pull_all():
-        calls = [worker.rpc(peers[j]).gtnumba_pull(rid=rid, items=wanted) for j in others]
+        calls = [worker.rpc(peers[j]).gtnumba_pull(rid=rid, items=[wanted[n] for n in ns]) for j, ns in asked.items()]
         return await asyncio.gather(*calls)
 
-    replies = _waiting_for_peers(worker, pull_all, st) if others else []
-    pieces = {j: unpack(r) for j, r in zip(others, replies)}
-    st.counters["bytes_in"] += sum(a.nbytes for r in pieces.values() for a in r)
+    replies = _waiting_for_peers(worker, pull_all, st) if asked else []
+    st.counters["pull_rpcs"] += len(asked)
+    pieces = held
+    for j, reply in zip(asked, replies):
+        pieces[j].update(zip(asked[j], unpack(reply)))
+    st.counters["bytes_in"] += sum(a.nbytes for r in pieces.values() for a in r.values())
     for n, (c, (key, start, stop, _)) in enumerate(zip(L.collectives, wanted)):
         own = st.get(key)
         own = own if start is None else flat(own)[start:stop]
         parts = [own if j == w else pieces[j][n] for j in range(len(peers))]
         env[c.out] = _combine(plan, c, w, parts)
+
+
+def _backed_up(st, wanted, j):
+    """n -> peer j's whole value for wanted[n], where its backup is in this store.  Only kept
+    values have backups, and a kept value is never released by a pull."""
+    out = {}
+    for n, (key, start, _, release) in enumerate(wanted):
+        piece = st.backups.get(key, {}).get(j) if start is None and not release else None
+        if piece is not None:
+            out[n] = piece
+    return out
 
 
 def _waiting_for_peers(worker, pull, st):
