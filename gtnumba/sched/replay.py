@@ -54,6 +54,18 @@ def ext_sig(node):
     return (node.specs, type(node.value).__name__, node.requires_grad, node.leaf)
 
 
+def _sig_matches(node, sigs, k):
+    """ext_sig(node) == sigs[k], without making the tuple; equal specs are stored in the trace, so
+    that later steps compare them by identity."""
+    sig = sigs[k]
+    if (type(node.value).__name__ != sig[1] or node.requires_grad != sig[2] or node.leaf != sig[3]
+            or node.specs is not sig[0] and node.specs != sig[0]):
+        return False
+    if node.specs is not sig[0]:
+        sigs[k] = (node.specs,) + sig[1:]
+    return True
+
+
 class Trace:
     __slots__ = ("events", "adicts", "ext_sigs", "consts", "variants", "successors", "ext_uses", "regions",
                  "prev_pos")
@@ -208,12 +220,8 @@ class Recorder:
             return False
         # (a pending external, such as a lazy zero fill, matches only a trace that saw it pending:
         # a step that computes one in its plan is never kept as a variant)
-        sig = sigs[k]     # ext_sig(node) == sig, without making the tuple
-        if (type(node.value).__name__ != sig[1] or node.requires_grad != sig[2] or node.leaf != sig[3]
-                or node.specs is not sig[0] and node.specs != sig[0]):
+        if not _sig_matches(node, sigs, k):
             return False
-        if node.specs is not sig[0]:
-            sigs[k] = (node.specs,) + sig[1:]     # equal specs: from now on an identity check
         p = trace.prev_pos.get(k)
         return p is None or self._prev_node(p) is node
 
@@ -424,14 +432,14 @@ class Recorder:
             if kind == "prev":
                 node = self._prev_node(trace.prev_pos.get(item, n_prev))
                 if (node is None or item != len(exts) + len(fresh) or get(id(node)) is not None or id(node) in seen
-                        or ext_sig(node) != sigs[item]):
+                        or not _sig_matches(node, sigs, item)):
                     return False
                 fresh.append(node)
                 seen.add(id(node))
                 continue
             if kind == "const":
                 const = trace.consts.get(item)
-                if const is None or item != len(exts) + len(fresh) or ext_sig(const) != sigs[item]:
+                if const is None or item != len(exts) + len(fresh) or not _sig_matches(const, sigs, item):
                     return False
                 fresh.append(const)
                 seen.add(id(const))
