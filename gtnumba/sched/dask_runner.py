@@ -366,6 +366,10 @@ class DaskRunner:
         futures = self._submit(dsk, token)
         if self._outbox:          # all the step's batches in one hop to the client's loop, after the graph
             self.client.loop.add_callback(self._put_all, self._outbox)
+        # the client's loop thread now waits for the GIL to send the graph, while this thread would
+        # hold it for its bookkeeping until the next read blocks: handed over now, the graph reached
+        # the scheduler 2.9 ms after the submit instead of 4.2 ms (GT-style small step, medians)
+        time.sleep(0)
         by_key = dict(zip(dsk, futures))
         for w, k in enumerate(last_keys):
             self._last[w] = by_key[k]
