@@ -6,6 +6,7 @@
 GT code runs with only `gt` renamed: gt.client.nn / gt.client.tensor / gt.client.autograd,
 gt.signal, gt.debug, gt.config, gt.connect, gt.gpu_workers.
 """
+from . import _interrupt
 from . import dtypes, optim, sched  # noqa: F401  (gt.optim, gt.sched)
 from .creation import PUBLIC as _PUBLIC, manual_seed
 from .dtypes import bool_, float32, float64, int32, int64
@@ -26,6 +27,8 @@ from . import client  # noqa: F401  (callable: gt.client() is the Dask client; g
 (arange, eye, from_numpy, full, ones, ones_like, rand, randint, randn, tensor, zeros, zeros_like) = (
     _PUBLIC[n] for n in ("arange", "eye", "from_numpy", "full", "ones", "ones_like", "rand", "randint", "randn",
                          "tensor", "zeros", "zeros_like"))
+
+_interrupt.install()
 
 float = float32      # noqa: A001  (gt.float / gt.long mirror PyTorch's dtype names)
 double = float64

@@ -198,6 +198,7 @@ def _hold(name, when, event_name):
         if when(*args):
             dw.HELD = getattr(dw, "HELD", 0) + 1
             Event(event_name).wait(60)
+            dw.HELD_DONE = getattr(dw, "HELD_DONE", 0) + 1
         return run(*args)
     held.__wrapped_run__ = run
     setattr(dw, name, held)
@@ -211,6 +212,12 @@ def _release(name):
 def _held():
     from gtnumba.sched import dask_worker as dw
     return getattr(dw, "HELD", 0)
+
+
+def _held_done():
+    """Held calls that went on (the event was set, or their wait ran out)."""
+    from gtnumba.sched import dask_worker as dw
+    return getattr(dw, "HELD_DONE", 0)
 
 
 def _is_update_level(rid, uid, level, *rest):
@@ -422,10 +429,12 @@ def test_a_read_value_is_stored_before_the_rest_of_its_level_and_the_next_step_i
     rng = np.random.default_rng(2)
     for i in range(4):        # steady state, and the client has read the loss of its plan
         assert _step(model, opt, rng).item() == pytest.approx(want[0][i], rel=1e-5)
+    done = cluster.run(_held_done)
     cluster.run(_hold, "run_steps", _is_after_early_values, "gtnumba-test-early")
     try:
         assert _step(model, opt, rng).item() == pytest.approx(want[0][4], rel=1e-5)   # its update waits
         assert all(n >= 1 for n in cluster.run(_held).values())
+        assert cluster.run(_held_done) == done        # the read did not wait for a held call to time out
         last = _step(model, opt, rng)
         token = last._node.value.parts[0].key.split(":")[0]
         for _ in range(100):            # no Dask dependency on the held step: the next one is sent now

@@ -52,12 +52,13 @@ _SPAN = {"collections": [{"type": "low-level-graph"}]}
 class Part:
     """One worker's piece of a value on the cluster: its key in the worker's store, the future of
     the task that produced it, and (until its first step is submitted) the host array to send."""
-    __slots__ = ("worker", "key", "future", "slot", "pending", "host", "uid", "ahead")
+    __slots__ = ("worker", "key", "future", "slot", "pending", "host", "uid", "ahead", "early")
 
-    def __init__(self, worker, key, future=None, slot=None, pending=None, uid=None):
+    def __init__(self, worker, key, future=None, slot=None, pending=None, uid=None, early=False):
         self.worker, self.key, self.future, self.slot, self.pending = worker, key, future, slot, pending
         self.host = None          # its value, when it came along with an earlier read
         self.uid = uid            # the plan whose kept `slot` it is
+        self.early = early        # its worker stores it as soon as it is made (dask_worker._segments)
         self.ahead = None         # the pull bringing its value ahead of its read, while one runs (on the loop)
 
 
@@ -134,8 +135,7 @@ class DaskRunner:
         self._sent = {}                               # (plan uid, worker) -> the step that carried it
         self._shipped = set()                         # (rows source uid, worker) holding that source
         self._small = []                              # per recent step: its small kept values' parts
-        self._read = set()                            # (kept slot, worker) the client has read
-        self._read_of = set()                         # (plan uid, kept slot, worker) the same, by plan
+        self._read_of = set()                         # (plan uid, kept slot, worker) the client has read
         self._put_failed = []                         # (worker address, error) of batches not delivered
         self._put_failure = None
         self._failed = set()                          # keys of step tasks failed on their workers by us
@@ -197,7 +197,6 @@ class DaskRunner:
         if not by_worker and not ahead:         # all came with an earlier read: no hop to the client's loop
             return out
         for w, idx in by_worker.items():
-            self._read.update((parts[i].slot, w) for i in idx)
             self._read_of.update((parts[i].uid, parts[i].slot, w) for i in idx)
         riders = {w: self._riders(w, [parts[i] for i in idx]) for w, idx in by_worker.items()}
         self.stats["read_rpcs"] += len(by_worker)
@@ -223,13 +222,14 @@ class DaskRunner:
         return out
 
     def _riders(self, w, asked):
-        """Worker w's small kept values of recent steps, of the kinds read from w before (by
-        kept slot: the loop reading the loss reads its accuracy and logits next), not read yet:
+        """Worker w's small kept values of recent steps, of the kinds read from w before (by plan
+        and kept slot: the loop reading the loss reads its accuracy and logits next), not read yet:
         they come with this read if they are computed by then.  Small new parameters are never
         read, so they do not ride."""
         asked = {id(p) for p in asked}
         return [parts[w] for step in self._small for parts in step
-                if (parts[w].slot, w) in self._read and parts[w].host is None and id(parts[w]) not in asked]
+                if (parts[w].uid, parts[w].slot, w) in self._read_of and parts[w].host is None
+                and id(parts[w]) not in asked]
 
     async def _pull(self, parts, by_worker, riders, ahead=()):
         """The pulls (and the pulls ahead of some parts), unless a task making one of the parts
@@ -267,7 +267,10 @@ class DaskRunner:
         values of the kinds read from them before (the accuracy of a batch split over workers is a
         sum of every worker's part): the next read finds them here or on their way."""
         for w in range(self.workers):
-            wanted = [] if w in asked else [p for p in self._riders(w, ()) if p.ahead is None or p.ahead.done()]
+            # only values stored as soon as they are made: a pull ahead waits for all it asks, and one
+            # made at the end of w's level would hold up the read of the others
+            wanted = [] if w in asked else [p for p in self._riders(w, ())
+                                            if p.early and (p.ahead is None or p.ahead.done())]
             if wanted:
                 task = asyncio.ensure_future(self._ahead(w, wanted))
                 for p in wanted:
@@ -362,7 +365,7 @@ class DaskRunner:
         self.last_plan = plan
         leafkeys = {slot: parts[0].key for slot, parts in enumerate(leaf_parts)}
         self._outbox = []
-        dsk, last_keys = self._graph(plan, info, token, leaf_parts, leafkeys)
+        dsk, last_keys, early = self._graph(plan, info, token, leaf_parts, leafkeys)
         futures = self._submit(dsk, token)
         if self._outbox:          # all the step's batches in one hop to the client's loop, after the graph
             self.client.loop.add_callback(self._put_all, self._outbox)
@@ -380,8 +383,8 @@ class DaskRunner:
         kept = {}
         for slot in plan.keep:
             t = info.kept_task[slot]
-            kept[slot] = [Part(w, f"{token}:{slot}", by_key[(info.tasks[t][0], token, t, w)], slot, uid=info.uid)
-                          for w in range(self.workers)]
+            kept[slot] = [Part(w, f"{token}:{slot}", by_key[(info.tasks[t][0], token, t, w)], slot, uid=info.uid,
+                               early=slot in early[w]) for w in range(self.workers)]
         small = info.small_slots(plan, replay[1] if replay is not None else None)
         self._small.append([kept[slot] for slot in small])
         del self._small[:-RIDE_STEPS]
@@ -450,7 +453,7 @@ class DaskRunner:
         self.log.append((futures, replay))
 
     def _graph(self, plan, info, token, leaf_parts, leafkeys):
-        dsk, last_keys = {}, []
+        dsk, last_keys, earlies = {}, [], []
         for w in range(self.workers):
             inline = {slot: parts[w].pending for slot, parts in enumerate(leaf_parts)
                       if parts[w].pending is not None}
@@ -465,6 +468,7 @@ class DaskRunner:
             send = None if (info.uid, w) in self._sent else plan
             carrier = self._sent.setdefault((info.uid, w), token)
             early = frozenset(slot for slot in plan.keep if (info.uid, slot, w) in self._read_of)
+            earlies.append(early)
             for t, (name, levels) in enumerate(info.tasks):
                 key = (name, token, t, w)
                 after = (TaskRef(prev),) if prev is not None else ()
@@ -475,4 +479,4 @@ class DaskRunner:
                                 frees if final else [], early, *after)
                 prev = key
             last_keys.append(prev)
-        return dsk, last_keys
+        return dsk, last_keys, earlies
