@@ -24,10 +24,18 @@ def _in_finalizer(frame):
     return False
 
 
+def _redeliver(signum):
+    """A real signal to the main thread: it also ends a blocking wait there (a read waiting for a worker)."""
+    if hasattr(signal, "pthread_kill"):
+        signal.pthread_kill(threading.main_thread().ident, signum)
+    else:
+        _thread.interrupt_main(signum)
+
+
 def _on_sigint(signum, frame):
     if _in_finalizer(frame):
         # re-raised from here, the signal would be handled again at once, still inside the finalizer
-        threading.Timer(REDELIVER_S, _thread.interrupt_main, (signum,)).start()
+        threading.Timer(REDELIVER_S, _redeliver, (signum,)).start()
         return
     raise KeyboardInterrupt
 

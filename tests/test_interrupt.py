@@ -2,6 +2,7 @@
 program once the finalizer has returned; Python alone would print it as ignored and carry on."""
 import _thread
 import signal
+import threading
 import time
 import weakref
 
@@ -48,3 +49,12 @@ def test_a_handler_the_program_installed_is_left_alone():
         assert signal.getsignal(signal.SIGINT) is mine
     finally:
         signal.signal(signal.SIGINT, old)
+
+
+def test_an_interrupt_from_a_finalizer_also_ends_a_blocking_wait():
+    """The main thread waiting for a worker's reply right after the finalizer still stops at once."""
+    t0 = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        _Dies()
+        threading.Event().wait(5)
+    assert time.perf_counter() - t0 < 2
