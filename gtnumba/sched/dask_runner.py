@@ -448,7 +448,9 @@ class DaskRunner:
         return RuntimeError(f"gtnumba: sending a batch to worker {address} failed: {exc!r}")
 
     def _log(self, futures, replay):
-        while self.log and all(f.status in ("finished", "error") for f in self.log[0][0]):
+        # a failed step stays until a read has failed it on its workers (_step_failure): dropped before,
+        # the next step's task, sent while the failure was not known yet, would wait there for it for good
+        while self.log and all(f.status == "finished" or f.key in self._failed for f in self.log[0][0]):
             self.log.pop(0)
         self.log.append((futures, replay))
 
