@@ -398,9 +398,8 @@ def _collectives(worker, rid, peers, plan, L, w, token, leafkeys, env, st):
         return
     wanted = [_pull_plan(plan, c, w, token, leafkeys) for c in L.collectives]
     others = [j for j in range(len(peers)) if j != w]
-    held = {j: _backed_up(st, wanted, j) for j in others}
-    asked = {j: [n for n in range(len(wanted)) if n not in held[j]] for j in others}
-    asked = {j: ns for j, ns in asked.items() if ns}
+    pieces = {j: _backed_up(st, wanted, j) for j in others}        # peer -> {n: piece}; the pulls fill the rest
+    asked = {j: ns for j in others if (ns := [n for n in range(len(wanted)) if n not in pieces[j]])}
 
     async def pull_all():
         calls = [worker.rpc(peers[j]).gtnumba_pull(rid=rid, items=[wanted[n] for n in ns]) for j, ns in asked.items()]
@@ -408,7 +407,6 @@ def _collectives(worker, rid, peers, plan, L, w, token, leafkeys, env, st):
 
     replies = _waiting_for_peers(worker, pull_all, st) if asked else []
     st.counters["pull_rpcs"] += len(asked)
-    pieces = held
     for j, reply in zip(asked, replies):
         pieces[j].update(zip(asked[j], unpack(reply)))
     st.counters["bytes_in"] += sum(a.nbytes for r in pieces.values() for a in r.values())
