@@ -18,9 +18,8 @@ import math
 
 import numba
 import numpy as np
-from scipy.linalg import blas as _blas
 
-from . import cpu_fused
+from . import blas, cpu_fused
 
 
 def _arr(x):
@@ -486,22 +485,7 @@ def gemm_update(a, x, y, c, sign, out=None):
         out = a.copy()
     elif out.ctypes.data != a.ctypes.data:
         np.copyto(out, a)
-    # BLAS is column-major: the C-ordered out (m, n) is the column-major out.T (n, m) = y.T @ x.T
-    yt, trans_y = _column_major_t(y)
-    xt, trans_x = _column_major_t(x)
-    gemm = _blas.dgemm if a.dtype == np.float64 else _blas.sgemm
-    got = gemm(sign * float(c[()]), yt, xt, beta=1.0, c=out.T, trans_a=trans_y, trans_b=trans_x, overwrite_c=1)
-    assert got.ctypes.data == out.ctypes.data, "gemm_update: BLAS wrote a copy, not the output"
-    return out
-
-
-def _column_major_t(m):
-    """(a column-major array, BLAS trans flag) that stand for m.T, copying m only if it is strided."""
-    if m.flags.c_contiguous:
-        return m.T, 0
-    if m.flags.f_contiguous:
-        return m, 1
-    return np.ascontiguousarray(m).T, 0
+    return blas.gemm_accumulate(sign * float(c[()]), x, y, out)
 
 
 # ---- optimizer updates (fused: one pass over each parameter) -----------------------------
