@@ -11,6 +11,7 @@ import asyncio
 import ctypes
 import ctypes.util
 import concurrent.futures
+import math
 import os
 import sys
 import time
@@ -182,7 +183,7 @@ def unpack(message):
     buf, out, at = message["buf"], [], 0
     for dtype, shape in message["meta"]:
         dtype = np.dtype(dtype)
-        n = int(np.prod(shape)) * dtype.itemsize
+        n = math.prod(shape) * dtype.itemsize          # (np.prod: ~6 us a call)
         a = buf[at:at + n].view(dtype).reshape(shape)
         out.append(a if a.flags.writeable else a.copy())
         at += n
