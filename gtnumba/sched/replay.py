@@ -426,27 +426,30 @@ class Recorder:
         """Every leaf backward reaches is in the state it was in when the trace was recorded, and
         every new external is a rule's constant or an old gradient: collects them into `fresh`."""
         trace, nodes, exts, get = self.trace, self.nodes, self.exts, self.ref.get
-        sigs, n_prev = trace.ext_sigs, len(self.prev_nodes or ())
+        sigs, prev, prev_pos, n_exts = trace.ext_sigs, self.prev_nodes or (), trace.prev_pos, len(exts)
+        n_prev = len(prev)
         seen = {id(n) for n in fresh}           # (`in fresh` scans the list: ~60 items a step here)
         for kind, item in region.items:
-            if kind == "prev":
-                node = self._prev_node(trace.prev_pos.get(item, n_prev))
-                if (node is None or item != len(exts) + len(fresh) or get(id(node)) is not None or id(node) in seen
+            if kind == "prev":          # (the most frequent kind when the loss was read before backward)
+                p = prev_pos.get(item, n_prev)
+                node = prev[p] if p < n_prev else None
+                i = id(node)
+                if (node is None or item != n_exts + len(fresh) or get(i) is not None or i in seen
                         or not _sig_matches(node, sigs, item)):
                     return False
                 fresh.append(node)
-                seen.add(id(node))
+                seen.add(i)
                 continue
             if kind == "const":
                 const = trace.consts.get(item)
-                if const is None or item != len(exts) + len(fresh) or not _sig_matches(const, sigs, item):
+                if const is None or item != n_exts + len(fresh) or not _sig_matches(const, sigs, item):
                     return False
                 fresh.append(const)
                 seen.add(id(const))
                 continue
             ev = item
-            leaf = nodes[ev[2]] if ev[2] >= 0 else (exts[-ev[2] - 1] if -ev[2] - 1 < len(exts)
-                                                      else fresh[-ev[2] - 1 - len(exts)])
+            leaf = nodes[ev[2]] if ev[2] >= 0 else (exts[-ev[2] - 1] if -ev[2] - 1 < n_exts
+                                                      else fresh[-ev[2] - 1 - n_exts])
             owner = leaf.owner() if leaf.owner is not None else None
             if (owner is not None) != ev[3]:
                 return False
@@ -456,7 +459,7 @@ class Recorder:
             if old is not None:
                 r = get(id(old._node))
                 if r is None:
-                    k = len(exts) + len(fresh)
+                    k = n_exts + len(fresh)
                     if id(old._node) in seen or ev[4] != -k - 1 or not self._new_ext_ok(old._node, k, trace):
                         return False
                     fresh.append(old._node)
