@@ -2,7 +2,7 @@
 
 NumPy has no GEMM with beta, and SciPy's BLAS is a second OpenBLAS with its own thread pool. After
 a call each pool's threads spin for a while, so a step calling both had 4 BLAS threads on 2 cores:
-the first user's step took 7-8 ms in most steps and 20-30 ms in a quarter of them (2026-12-02).
+the first user's step took 7-9 ms in half the steps and 19-32 ms in a quarter of them (2026-12-02).
 NumPy's wheels bundle OpenBLAS with its CBLAS symbols exported: loading that very file gives the
 library NumPy already loaded, and so its thread pool.  Where no such file is found (other NumPy
 builds), SciPy's BLAS does it.
@@ -28,9 +28,14 @@ def _bind(lib, name, int_t, real_t):
 
 def _numpy_gemms():
     """{dtype: cblas gemm} from the OpenBLAS bundled with NumPy, or {} if there is none."""
-    folder = os.path.join(os.path.dirname(os.path.dirname(np.__file__)), "numpy.libs")
-    for path in sorted(glob.glob(os.path.join(folder, "*openblas*"))):
-        lib = ctypes.CDLL(path)
+    here = os.path.dirname(np.__file__)       # Linux and Windows wheels: numpy.libs; macOS: numpy/.dylibs
+    found = [p for folder in (os.path.join(os.path.dirname(here), "numpy.libs"), os.path.join(here, ".dylibs"))
+             for p in sorted(glob.glob(os.path.join(folder, "*openblas*")))]
+    for path in found:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
         for name, int_t in _NAMES:
             if hasattr(lib, name.format("s")) and hasattr(lib, name.format("d")):
                 return {np.dtype(np.float32): _bind(lib, name.format("s"), int_t, ctypes.c_float),
