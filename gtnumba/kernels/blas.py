@@ -2,7 +2,7 @@
 
 NumPy has no GEMM with beta, and SciPy's BLAS is a second OpenBLAS with its own thread pool. After
 a call each pool's threads spin for a while, so a step calling both had 4 BLAS threads on 2 cores:
-the first user's step took 7-9 ms in half the steps and 19-32 ms in a quarter of them (2026-12-02).
+the first user's step took 14 ms (median) with a quarter of the steps over 22 ms, 6.4-7.5 ms on one pool.
 NumPy's wheels bundle OpenBLAS with its CBLAS symbols exported: loading that very file gives the
 library NumPy already loaded, and so its thread pool.  Where no such file is found (other NumPy
 builds), SciPy's BLAS does it.
