@@ -26,6 +26,8 @@ def _laid_out(a, layout):
 def test_gemm_accumulate_adds_the_scaled_product_in_place(monkeypatch, path, dtype, tol, m, k, n):
     if path == "scipy":
         monkeypatch.setattr(blas, "_GEMMS", {})
+    elif not blas._GEMMS:
+        pytest.skip("this NumPy bundles no OpenBLAS with CBLAS symbols (not a wheel): only SciPy's path exists")
     rng = np.random.default_rng(m * 100 + k * 10 + n)
     xv, yv = rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((k, n)).astype(dtype)
     for x, y, order in itertools.product([_laid_out(xv, l) for l in "CFS"], [_laid_out(yv, l) for l in "CFS"], "CF"):
