@@ -128,6 +128,25 @@ def test_softmax_family_large_values(dtype):
     np.testing.assert_allclose(loss, ref_loss, rtol=0, atol=RTOL[dtype] * 1e4)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_exp_kernels_across_row_chunks(dtype, monkeypatch):
+    """The exp-heavy kernels run in chunks of rows: with chunks of 3 rows (and a last one of 1), every
+    row still gets its own max, sum and label, NaN stays in its own row."""
+    monkeypatch.setattr(cf, "_EXP_CHUNK", 15)
+    x = rand((7, 5), dtype, 9)
+    x[2, 1] = np.nan
+    labels = np.array([0, 4, 1, 2, 3, 4, 0])
+    y = cf.softmax_rows(x)
+    assert np.isnan(y[2]).all() and not np.isnan(np.delete(y, 2, axis=0)).any()
+    ok = np.delete(np.arange(7), 2)
+    close(y[ok], ref_softmax(x[ok]), dtype)
+    close(cf.log_softmax_rows(x)[ok], ref_log_softmax(x[ok]), dtype)
+    loss, lse = cf.cross_entropy_rows(x, labels)
+    close(loss[ok], ref_cross_entropy(x[ok], labels[ok])[0], dtype)
+    gx = cf.cross_entropy_rows_backward(x[ok], labels[ok], lse[ok], np.full(6, 0.5, dtype))
+    close(gx, (ref_softmax(x[ok]) - np.eye(5)[labels[ok]]) * 0.5, dtype)
+
+
 def test_non_contiguous_and_int_labels():
     x = rand((4, 14), np.float64, 4)[:, ::2]
     np.testing.assert_allclose(cf.softmax_rows(x), ref_softmax(x), rtol=1e-12)
