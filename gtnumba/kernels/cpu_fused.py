@@ -107,7 +107,7 @@ def _softmax_rows_backward(y, gy):
 
 @_jit
 def _log_softmax_grad(gy, e, gx):
-    """gx = gy - e * sum(gy, row), written over e = exp(y) (gx may be e)."""
+    """gx = gy - e * sum(gy, row), with e = exp(y)."""
     for r in range(gy.shape[0]):
         s = 0.0
         for c in range(gy.shape[1]):
@@ -340,9 +340,11 @@ def log_softmax_rows(x):
 def log_softmax_rows_backward(y, gy):
     """gx = gy - exp(y) * sum(gy, row), with y the log-softmax output."""
     y = _rows(y, "y")
-    gy = _like(gy, y, y.shape, "gy")
-    gx = np.exp(y)
-    _log_softmax_grad(gy, gx, gx)
+    gy, gx, chunks = _like(gy, y, y.shape, "gy"), np.empty_like(y), _chunks(*y.shape)
+    # exp(y) into a scratch chunk, not into gx: a kernel handed the same array twice is not vectorized
+    scratch = np.empty((chunks[0][1], y.shape[1]), dtype=y.dtype) if chunks else None
+    for a, b in chunks:
+        _log_softmax_grad(gy[a:b], np.exp(y[a:b], out=scratch[:b - a]), gx[a:b])
     return gx
 
 
