@@ -96,6 +96,13 @@ def op_cases(rng):
         return rng.standard_normal(shape).astype(F32)
     big, big2, vec, rows, lw, lb = r(1024, 1024), r(1024, 1024), r(1024), r(4096, 512), r(512), r(512)
 
+    labels = rng.integers(0, 512, 4096)
+
+    def np_ce(x, t):
+        m = x.max(-1, keepdims=True)
+        lse = m[:, 0] + np.log(np.exp(x - m).sum(-1))
+        return (lse - x[np.arange(len(t)), t]).mean()
+
     def np_ln(x, w, b):
         xc = x - x.mean(-1, keepdims=True)
         return xc / np.sqrt((xc * xc).mean(-1, keepdims=True) + 1e-5) * w + b
@@ -110,6 +117,8 @@ def op_cases(rng):
         ("softmax 4096x512", (rows,), lambda a: gt.softmax(a, axis=-1),
          lambda a: np.exp(a - a.max(-1, keepdims=True)) / np.exp(a - a.max(-1, keepdims=True)).sum(-1, keepdims=True),
          lambda a: torch.softmax(a, -1)),
+        ("cross_entropy 4096x512", (rows, labels), lambda a, t: gt.nn.functional.cross_entropy(a, t), np_ce,
+         lambda a, t: F.cross_entropy(a, t)),
         ("layer_norm 4096x512 (fused row)", (rows, lw, lb),
          lambda x, w, b: apply("layer_norm", x, w, b, eps=1e-5)[0], np_ln,
          lambda x, w, b: F.layer_norm(x, (512,), w, b, 1e-5)),
