@@ -287,15 +287,13 @@ def _chunks(rows, cols):
     return [(a, min(rows, a + step)) for a in range(0, rows, step)]
 
 
-def _row_lse(x, scratch=None):
-    """float64 log-sum-exp of each row; `scratch` (x's shape and dtype) is overwritten if given."""
+def _row_lse(x):
+    """float64 log-sum-exp of each row."""
     rows, cols = x.shape
-    lse, chunks, reuse = np.empty(rows, dtype=np.float64), _chunks(rows, cols), scratch is None
-    if reuse and chunks:
-        scratch = np.empty((chunks[0][1], cols), dtype=x.dtype)      # one chunk's worth, reused
+    lse, chunks = np.empty(rows, dtype=np.float64), _chunks(rows, cols)
+    scratch = np.empty((chunks[0][1], cols), dtype=x.dtype) if chunks else None     # one chunk's, reused
     for a, b in chunks:
-        e = scratch[:b - a] if reuse else scratch[a:b]
-        m = _row_max(x[a:b])
+        e, m = scratch[:b - a], _row_max(x[a:b])
         _shift_by(x[a:b], m, e)
         np.exp(e, out=e)
         _lse_of(e, m, lse[a:b])
@@ -334,7 +332,7 @@ def log_softmax_rows(x):
     y = np.empty_like(x)
     if x.shape[1] == 0:
         return y
-    _minus_rows(x, _row_lse(x, scratch=y), y)
+    _minus_rows(x, _row_lse(x), y)
     return y
 
 
