@@ -6,7 +6,7 @@
 
 Environment (as GT code uses it): GT_AUTO_SHARD=1 calls init() on import; GT_SCHEDULER joins that
 cluster on import (with or without GT_AUTO_SHARD); GT_WORKERS sets the CPU worker count;
-GT_VERBOSE=1 reports what was found and started.
+GT_VERBOSE=1 reports what was found and started; GT_DASK_PROFILE=1 keeps the workers' sampling profiler.
 
 Safe by default: a cluster started here listens on 127.0.0.1 only (scheduler, workers and the
 dashboard); `dashboard="0.0.0.0:8787"` opens the dashboard to the network, `host=` the cluster.
@@ -149,12 +149,31 @@ def _start_cluster(gpus, workers, dashboard, allow_shared_gpu, verbose, host):
         # Dask's own log (worker streams cut by a closing peer, lost scattered data) is noise to a user:
         # gtnumba raises or warns about what matters (a kernel error, a lost worker) itself
         quiet = logging.ERROR if verbose else logging.CRITICAL
-        if gpus:
-            return _gpu_cluster(gpus, len(visible), dashboard, host, quiet)
-        from distributed import LocalCluster
-        n = workers or int(os.environ.get("GT_WORKERS", 0)) or os.cpu_count()
-        return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host=host,
-                            dashboard_address=dashboard, silence_logs=quiet, env={WORKER_FLAG: "1", **_worker_env(n)})
+        import dask
+        with dask.config.set(housekeeping()):
+            if gpus:
+                return _gpu_cluster(gpus, len(visible), dashboard, host, quiet)
+            from distributed import LocalCluster
+            n = workers or int(os.environ.get("GT_WORKERS", 0)) or os.cpu_count()
+            return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host=host, dashboard_address=dashboard,
+                                silence_logs=quiet, env={WORKER_FLAG: "1", **_worker_env(n)})
+
+
+# Dask's periodic housekeeping, at the rates a cluster gtnumba starts runs it.  A step keeps every
+# process busy, so their sum is CPU taken from the steps: at Dask's rates an idle 2-worker cluster
+# used 16% of a core (the workers' stack sampler every 10 ms, memory polls every 100 ms, loop ticks
+# every 20 ms, system monitors every 500 ms, the scheduler's work stealing every 100 ms), at these
+# 2%.  Steps' tasks are pinned to their workers, so stealing never moves one.  A worker's memory
+# limits still hold, checked every second.  Set before the cluster starts: its processes read them then.
+HOUSEKEEPING = {"distributed.worker.memory.monitor-interval": "1s", "distributed.admin.tick.interval": "500ms",
+                "distributed.admin.system-monitor.interval": "2s", "distributed.scheduler.work-stealing": False}
+PROFILER = {"distributed.worker.profile.enabled": False}
+
+
+def housekeeping():
+    """The Dask settings of a cluster gtnumba starts; GT_DASK_PROFILE=1 keeps the workers' sampling
+    profiler (the dashboard's Profile page)."""
+    return {**HOUSEKEEPING, **({} if os.environ.get("GT_DASK_PROFILE") == "1" else PROFILER)}
 
 
 def _worker_env(workers):

@@ -38,3 +38,28 @@ def test_each_local_worker_gets_its_share_of_the_cores():
         assert numba_threads == share
         assert all(n <= share for n in blas_threads), blas_threads
         assert reuses                     # freed parameter-sized arrays are kept for reuse
+
+
+def _housekeeping_rates(dask_worker):
+    return {k: v.callback_time for k, v in dask_worker.periodic_callbacks.items()}
+
+
+def _stealing(dask_scheduler):
+    return "stealing" in dask_scheduler.extensions
+
+
+def test_a_local_cluster_runs_dasks_housekeeping_at_gtnumbas_rates(monkeypatch):
+    """Dask's periodic housekeeping takes CPU from every step; the workers' sampling profiler is off
+    unless GT_DASK_PROFILE=1 asks for the dashboard's Profile page."""
+    rates = {}
+    for profile in ("0", "1"):
+        monkeypatch.setenv("GT_DASK_PROFILE", profile)
+        client = gt.init(workers=2, dashboard=":0")
+        try:
+            rates[profile] = list(client.run(_housekeeping_rates).values())
+            assert not client.run_on_scheduler(_stealing)
+        finally:
+            gt.shutdown()
+    for worker in rates["0"]:
+        assert "profile" not in worker and worker["memory_monitor"] == 1000 and worker["tick"] == 500
+    assert all(worker["profile"] == 10 for worker in rates["1"]), rates["1"]
