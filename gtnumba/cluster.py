@@ -61,6 +61,8 @@ def init(gpus=None, workers=None, scheduler=None, dashboard=":8787", allow_share
     else:
         dashboard = dashboard_address(dashboard, host)
         cluster = _start_cluster(gpus, workers, dashboard, allow_shared_gpu, verbose, host)
+        from .sched.dask_scheduler import materialize_small_graphs_inline
+        materialize_small_graphs_inline()          # its scheduler runs in this process
         client = Client(cluster, set_as_default=True)
     _STATE.update(client=client, cluster=cluster)
     if not _STATE.get("exit_hook"):
@@ -248,6 +250,8 @@ def shutdown(bring_home=True):
             c.close()
         if cl is not None:
             cl.close()
+            from .sched.dask_scheduler import materialize_small_graphs_inline
+            materialize_small_graphs_inline(False)
         if _STATE.pop("frozen", False):
             gc.unfreeze()          # the cluster's objects may be collected again
         if cl is not None:
