@@ -390,31 +390,44 @@ def _combine(plan, c, w, parts):
     return reduce_sum([backend.to_backend(p) for p in parts])
 
 
-def _collectives(worker, rid, peers, plan, L, w, token, leafkeys, env, st):
-    """Pull every collective's pieces of this level from all peers at once, then combine them.
+class _Pulls:
+    """A level's pieces from its peers: from backups here, or pulled (posted maybe a level ahead)."""
+    __slots__ = ("wanted", "pieces", "asked", "done")
+
+
+def _post_pulls(worker, rid, peers, plan, L, w, token, leafkeys, st):
+    """Ask the peers for every collective's pieces of level L at once, not waiting for them.
     A peer's whole kept slice already here as its backup (the next worker holds one: with two
     workers, each holds the other's) is not pulled again: the step's first level then gathers
     the parameters without a round trip."""
-    if not L.collectives:
-        return
-    wanted = [_pull_plan(plan, c, w, token, leafkeys) for c in L.collectives]
+    p = _Pulls()
+    p.wanted = [_pull_plan(plan, c, w, token, leafkeys) for c in L.collectives]
     others = [j for j in range(len(peers)) if j != w]
-    pieces = {j: _backed_up(st, wanted, j) for j in others}        # peer -> {n: piece}; the pulls fill the rest
-    asked = {j: ns for j in others if (ns := [n for n in range(len(wanted)) if n not in pieces[j]])}
+    p.pieces = {j: _backed_up(st, p.wanted, j) for j in others}      # peer -> {n: piece}; the pulls fill the rest
+    p.asked = {j: ns for j in others if (ns := [n for n in range(len(p.wanted)) if n not in p.pieces[j]])}
 
     async def pull_all():
-        calls = [worker.rpc(peers[j]).gtnumba_pull(rid=rid, items=[wanted[n] for n in ns]) for j, ns in asked.items()]
+        calls = [worker.rpc(peers[j]).gtnumba_pull(rid=rid, items=[p.wanted[n] for n in ns])
+                 for j, ns in p.asked.items()]
         return await asyncio.gather(*calls)
+    p.done = asyncio.run_coroutine_threadsafe(pull_all(), worker.loop.asyncio_loop) if p.asked else None
+    st.counters["pull_rpcs"] += len(p.asked)
+    return p
 
-    replies = _waiting_for_peers(worker, pull_all, st) if asked else []
-    st.counters["pull_rpcs"] += len(asked)
-    for j, reply in zip(asked, replies):
-        pieces[j].update(zip(asked[j], unpack(reply)))
-    st.counters["bytes_in"] += sum(a.nbytes for r in pieces.values() for a in r.values())
-    for n, (c, (key, start, stop, _)) in enumerate(zip(L.collectives, wanted)):
+
+def _collectives(worker, rid, peers, plan, L, w, token, leafkeys, env, st, posted=None):
+    """Level L's collectives: its pieces from all peers (pulls `posted` ahead, or asked now), combined."""
+    if not L.collectives:
+        return
+    p = posted or _post_pulls(worker, rid, peers, plan, L, w, token, leafkeys, st)
+    replies = _waited(p.done, st) if p.done is not None else []
+    for j, reply in zip(p.asked, replies):
+        p.pieces[j].update(zip(p.asked[j], unpack(reply)))
+    st.counters["bytes_in"] += sum(a.nbytes for r in p.pieces.values() for a in r.values())
+    for n, (c, (key, start, stop, _)) in enumerate(zip(L.collectives, p.wanted)):
         own = st.get(key)
         own = own if start is None else flat(own)[start:stop]
-        parts = [own if j == w else pieces[j][n] for j in range(len(peers))]
+        parts = [own if j == w else p.pieces[j][n] for j in range(len(peers))]
         env[c.out] = _combine(plan, c, w, parts)
 
 
@@ -430,12 +443,17 @@ def _backed_up(st, wanted, j):
 
 
 def _waiting_for_peers(worker, pull, st):
-    """Run `pull` on the worker's loop, and if it has not finished within SECEDE_AFTER, wait with
-    this task's thread handed back to the worker (secede): on a cluster shared by several clients
-    the step a peer runs now may wait for this worker in turn, and a thread held while waiting
-    would deadlock them.  Seceding costs a scheduler message and two worker transitions, so the
-    pulls that peers answer at once (most of them: workers run a step's levels in step) skip it."""
-    done = asyncio.run_coroutine_threadsafe(pull(), worker.loop.asyncio_loop)
+    """Run `pull` on the worker's loop and wait for it (see _waited)."""
+    return _waited(asyncio.run_coroutine_threadsafe(pull(), worker.loop.asyncio_loop), st)
+
+
+def _waited(done, st):
+    """The result of `done` (running on the worker's loop).  If it has not finished within
+    SECEDE_AFTER, wait with this task's thread handed back to the worker (secede): on a cluster
+    shared by several clients the step a peer runs now may wait for this worker in turn, and a
+    thread held while waiting would deadlock them.  Seceding costs a scheduler message and two
+    worker transitions, so the pulls that peers answer at once (most of them: workers run a step's
+    levels in step) skip it."""
     try:
         return done.result(SECEDE_AFTER)
     except concurrent.futures.TimeoutError:
@@ -524,10 +542,11 @@ def run_levels(rid, uid, plan, carrier, order, levels, w, token, peers, leafkeys
             _keep_plan(st, uid, plan, token)
         elif uid not in st.programs:
             _await(get_worker(), [f"{carrier}:plan"], st)
+        posted = None
         for n, level in enumerate(levels):
             first, last = n == 0, n == len(levels) - 1
-            run_level(rid, uid, level, w, token, peers, leafkeys if first else None,
-                      inline if first else {}, frees if last else [], early)
+            posted = run_level(rid, uid, level, w, token, peers, leafkeys if first else None, inline if first else {},
+                               frees if last else [], early, posted, None if last else levels[n + 1])
     except Exception as exc:
         _step_failed(rid, uid, plan, token, leafkeys, inline, frees, exc, closes)
         return -1
@@ -554,8 +573,11 @@ def _step_failed(rid, uid, plan, token, leafkeys, inline, frees, exc, closes):
     st.free(frees)
 
 
-def run_level(rid, uid, level, w, token, peers, leafkeys, inline, frees, early):
-    """Level `level` of step `token` on worker w.  Returns the number of values it keeps."""
+def run_level(rid, uid, level, w, token, peers, leafkeys, inline, frees, early, posted=None, after=None):
+    """Level `level` of step `token` on worker w, its pulls `posted` by the level before.  When this
+    task runs level `after` next, that level's pulls are posted before this level computes: each
+    peer answers as soon as it has stored its piece (the partial embedding output, made at the end
+    of level 0), not a round trip after this worker is done.  Returns them."""
     worker = get_worker()
     st = store(rid)
     plan, program = _program(st, uid, early)
@@ -570,8 +592,10 @@ def run_level(rid, uid, level, w, token, peers, leafkeys, inline, frees, early):
     st.counters["tasks"] += 1
     t0 = time.perf_counter()
     env = {}
-    _collectives(worker, rid, peers, plan, L, w, token, leafkeys, env, st)
+    _collectives(worker, rid, peers, plan, L, w, token, leafkeys, env, st, posted)
     t1 = time.perf_counter()
+    nxt = program[after] if after is not None else None
+    ahead = _post_pulls(worker, rid, peers, plan, nxt, w, token, leafkeys, st) if nxt and nxt.collectives else None
     for i in L.reads:
         env[i] = st.get(_key(token, i, leafkeys))
     for seg in L.segments:
@@ -589,7 +613,7 @@ def run_level(rid, uid, level, w, token, peers, leafkeys, inline, frees, early):
     if level == plan.n_levels - 1:
         st.steps.pop(token, None)
         st.free(frees)
-    return len(L.keeps)
+    return ahead
 
 
 def _program(st, uid, early):
