@@ -63,6 +63,22 @@ def _start(tmp_path, mode, how="auto"):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.fixture
+def reap():
+    """Processes a test starts: a failed test leaves none running (killed with their children)."""
+    procs = []
+    yield procs.append
+    for proc in procs:
+        if proc.poll() is None:
+            parent = psutil.Process(proc.pid)
+            for p in parent.children(recursive=True) + [parent]:
+                try:
+                    p.kill()
+                except psutil.NoSuchProcess:
+                    pass
+            proc.wait(30)
+
+
 def _lines_until(proc, word, timeout=120):
     seen, deadline = [], time.time() + timeout
     while time.time() < deadline:
@@ -100,8 +116,9 @@ def _listening(pids):
 
 
 @pytest.mark.parametrize("mode,how", [("exit", "auto"), ("serve", "init"), ("raise", "auto"), ("ctrl-c", "auto")])
-def test_cluster_is_local_quiet_and_leaves_no_orphans(tmp_path, mode, how):
+def test_cluster_is_local_quiet_and_leaves_no_orphans(tmp_path, mode, how, reap):
     proc = _start(tmp_path, "wait" if mode == "ctrl-c" else mode, how)
+    reap(proc)
     lines = _lines_until(proc, "big")
     assert "mesh 2" in lines and "big 262144.0" in lines
     pids = [int(p) for p in _value(lines, "pids").split()]
@@ -150,7 +167,7 @@ def test_gt_style_script_exits_quietly():
     assert out.stderr == "", out.stderr[-3000:]
 
 
-def test_training_command_ctrl_c_prints_one_line(tmp_path):
+def test_training_command_ctrl_c_prints_one_line(tmp_path, reap):
     """SIGINT to `python -m models.pixel_transformer --workers 2` mid-epoch: exit status 130, the
     'interrupted' line and nothing else on stderr, no process left."""
     cmd = [sys.executable, "-m", "models.pixel_transformer", "--workers", "2", "--data", "synthetic",
@@ -161,6 +178,7 @@ def test_training_command_ctrl_c_prints_one_line(tmp_path):
     for k in ("GT_AUTO_SHARD", "GT_SCHEDULER", "GT_VERBOSE"):
         env.pop(k, None)
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    reap(proc)
     lines = _lines_until(proc, "model:")
     assert any(l.startswith("Dask dashboard: http://127.0.0.1:") for l in lines), lines
     pids = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
