@@ -157,8 +157,9 @@ def _start_cluster(gpus, workers, dashboard, allow_shared_gpu, verbose, host):
                 return _gpu_cluster(gpus, len(visible), dashboard, host, quiet)
             from distributed import LocalCluster
             n = workers or int(os.environ.get("GT_WORKERS", 0)) or os.cpu_count()
-            return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host=host, dashboard_address=dashboard,
-                                silence_logs=quiet, env={WORKER_FLAG: "1", **_worker_env(n)})
+            return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host=host,
+                                dashboard_address=dashboard, silence_logs=quiet,
+                                env={WORKER_FLAG: "1", **_worker_env(n)})
 
 
 # Dask's periodic housekeeping, at the rates a cluster gtnumba starts runs it.  A step keeps every
