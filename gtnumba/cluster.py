@@ -61,8 +61,9 @@ def init(gpus=None, workers=None, scheduler=None, dashboard=":8787", allow_share
     else:
         dashboard = dashboard_address(dashboard, host)
         cluster = _start_cluster(gpus, workers, dashboard, allow_shared_gpu, verbose, host)
-        from .sched.dask_scheduler import materialize_small_graphs_inline
+        from .sched.dask_scheduler import PromptWorkerStreams, materialize_small_graphs_inline
         materialize_small_graphs_inline()          # its scheduler runs in this process
+        cluster.scheduler.add_plugin(PromptWorkerStreams(cluster.scheduler))
         client = Client(cluster, set_as_default=True)
     _STATE.update(client=client, cluster=cluster)
     if not _STATE.get("exit_hook"):

@@ -28,3 +28,19 @@ def test_small_graphs_are_materialized_on_the_loop_and_big_ones_offloaded(monkey
     big = [name for tasks, name in threads if tasks > dask_scheduler.INLINE_TASKS]
     assert small and not any(name.startswith("Dask-Offload") for name in small), threads
     assert big and all(name.startswith("Dask-Offload") for name in big), threads
+
+
+def _stream_intervals(dask_scheduler):
+    return sorted(stream.interval for stream in dask_scheduler.stream_comms.values())
+
+
+def test_the_schedulers_messages_to_its_workers_leave_at_once():
+    """Also to a worker that joins later (Dask would batch them over 5 ms)."""
+    client = gt.init(workers=2, dashboard=":0")
+    try:
+        assert client.run_on_scheduler(_stream_intervals) == [0, 0]
+        gt.cluster._STATE["cluster"].scale(3)
+        client.wait_for_workers(3, timeout=60)
+        assert client.run_on_scheduler(_stream_intervals) == [0, 0, 0]
+    finally:
+        gt.shutdown()
