@@ -107,10 +107,10 @@ def op_cases(rng):
         xc = x - x.mean(-1, keepdims=True)
         return xc / np.sqrt((xc * xc).mean(-1, keepdims=True) + 1e-5) * w + b
     return [
-        ("add 1024x1024", (big, big2), lambda a, b: a + b, np.add, torch and torch.add),
-        ("mul 1024x1024", (big, big2), lambda a, b: a * b, np.multiply, torch and torch.mul),
-        ("exp 1024x1024", (big,), lambda a: a.exp(), np.exp, torch and torch.exp),
-        ("broadcast add 1024x1024 + 1024", (big, vec), lambda a, b: a + b, np.add, torch and torch.add),
+        ("add 1024x1024", (big, big2), lambda a, b: a + b, np.add, torch.add),
+        ("mul 1024x1024", (big, big2), lambda a, b: a * b, np.multiply, torch.mul),
+        ("exp 1024x1024", (big,), lambda a: a.exp(), np.exp, torch.exp),
+        ("broadcast add 1024x1024 + 1024", (big, vec), lambda a, b: a + b, np.add, torch.add),
         ("sum axis=0 of 1024x1024", (big,), lambda a: a.sum(axis=0), lambda a: a.sum(0), lambda a: a.sum(0)),
         ("sum axis=-1 of 1024x1024", (big,), lambda a: a.sum(axis=-1), lambda a: a.sum(-1),
          lambda a: a.sum(-1)),
@@ -124,12 +124,12 @@ def op_cases(rng):
          lambda x, w, b: F.layer_norm(x, (512,), w, b, 1e-5)),
         ("layer_norm 4096x512 (mean/var/sqrt)", (rows, lw, lb), gt_style_ln, np_ln,
          lambda x, w, b: F.layer_norm(x, (512,), w, b, 1e-5)),
-        ("matmul 512x512", (r(512, 512), r(512, 512)), lambda a, b: a @ b, np.matmul, torch and torch.matmul),
+        ("matmul 512x512", (r(512, 512), r(512, 512)), lambda a, b: a @ b, np.matmul, torch.matmul),
         ("batched matmul (8,128,64)@(8,64,128)", (r(8, 128, 64), r(8, 64, 128)), lambda a, b: a @ b,
-         np.matmul, torch and torch.matmul),
+         np.matmul, torch.matmul),
         ("transpose+copy 1024x1024", (big,), lambda a: a.T.reshape(-1), lambda a: np.ascontiguousarray(a.T).reshape(-1),
          lambda a: a.t().contiguous().reshape(-1)),
-        ("tiny add 4x4 (framework cost)", (r(4, 4), r(4, 4)), lambda a, b: a + b, np.add, torch and torch.add),
+        ("tiny add 4x4 (framework cost)", (r(4, 4), r(4, 4)), lambda a, b: a + b, np.add, torch.add),
     ]
 
 
@@ -143,10 +143,8 @@ def bench_ops(block, rounds):
     for name, arrays, gfn, nfn, tfn in op_cases(np.random.default_rng(0)):
         g_in = [gt.tensor(a) for a in arrays]
         np.testing.assert_allclose(gfn(*g_in).numpy(), nfn(*arrays), rtol=2e-3, atol=2e-3, err_msg=name)
-        fns = [lambda: gfn(*g_in).numpy(), lambda: nfn(*arrays)]
-        if torch is not None:
-            t_in = [torch.from_numpy(a.copy()) for a in arrays]
-            fns.append(lambda: tfn(*t_in))
+        t_in = [torch.from_numpy(a.copy()) for a in arrays]
+        fns = [lambda: gfn(*g_in).numpy(), lambda: nfn(*arrays), lambda: tfn(*t_in)]
         res = alternate(fns, block, rounds)
         out.append((name, res))
         print(f"  {name:34s} " + "  ".join(fmt(r["med"]) for r in res), flush=True)
@@ -395,7 +393,7 @@ def machine():
     return {"date": subprocess.run(["date", "-u"], capture_output=True, text=True).stdout.strip(),
             "cpu": f"{cpu}, {os.cpu_count()} cores", "python": platform.python_version(),
             "numpy": np.__version__, "numba": numba.__version__,
-            "torch": f"{torch.__version__} ({torch.get_num_threads()} threads)" if torch else "not installed"}
+            "torch": f"{torch.__version__} ({torch.get_num_threads()} threads)"}
 
 
 def report(info, ops, rec, steps, wall):

@@ -31,7 +31,7 @@ def materialize_small_graphs_inline(on=True):
 class PromptWorkerStreams(SchedulerPlugin):
     """The scheduler's messages to a worker leave at once.  Dask batches them over 5 ms, and a
     step's compute-task, following the free-keys of an earlier step's values, waited a median of
-    2.2-3.7 ms for that (2 workers on 2 cores); at once, 0.8-1.5 ms.  A step sends each worker a few
+    1.5-3.7 ms for that (2 workers on 2 cores); at once, 1.2-1.7 ms.  A step sends each worker a few
     messages: there is nothing to batch.  Workers that join later (a restarted one) too."""
     name = "gtnumba-prompt-worker-streams"
 
