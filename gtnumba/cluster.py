@@ -61,9 +61,6 @@ def init(gpus=None, workers=None, scheduler=None, dashboard=":8787", allow_share
     else:
         dashboard = dashboard_address(dashboard, host)
         cluster = _start_cluster(gpus, workers, dashboard, allow_shared_gpu, verbose, host)
-        from .sched.dask_scheduler import PromptWorkerStreams, materialize_small_graphs_inline
-        materialize_small_graphs_inline()          # its scheduler runs in this process
-        cluster.scheduler.add_plugin(PromptWorkerStreams(cluster.scheduler))
         client = Client(cluster, set_as_default=True)
     _STATE.update(client=client, cluster=cluster)
     if not _STATE.get("exit_hook"):
@@ -83,8 +80,8 @@ def init(gpus=None, workers=None, scheduler=None, dashboard=":8787", allow_share
 
 
 def _freeze_long_lived():
-    """The client, a local cluster's scheduler and its dashboard add ~150,000 objects to this
-    process, which live as long as the cluster.  Python's full collections walk them all: ~100 ms
+    """The client and a local cluster's nannies (and all imported by then) are ~130,000 objects in
+    this process, which live as long as the cluster.  Python's full collections walk them all: ~100 ms
     every ~20 steps at the first user's size, stalling the pipelined steps (3-4 ms a step on
     average).  Frozen, the collector skips them; shutdown() hands them back (gc.unfreeze)."""
     gc.collect()
@@ -155,12 +152,9 @@ def _start_cluster(gpus, workers, dashboard, allow_shared_gpu, verbose, host):
         import dask
         with dask.config.set(housekeeping()):
             if gpus:
-                return _gpu_cluster(gpus, len(visible), dashboard, host, quiet)
-            from distributed import LocalCluster
+                return _cluster(_gpu_workers(gpus, len(visible), host, quiet), dashboard, host, quiet)
             n = workers or int(os.environ.get("GT_WORKERS", 0)) or os.cpu_count()
-            return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host=host,
-                                dashboard_address=dashboard, silence_logs=quiet,
-                                env={WORKER_FLAG: "1", **_worker_env(n)})
+            return _cluster(_cpu_workers(n, host, quiet), dashboard, host, quiet)
 
 
 # Dask's periodic housekeeping, at the rates a cluster gtnumba starts runs it.  A step keeps every
@@ -217,19 +211,35 @@ def in_worker_process():
     return any(m in sys.modules and len(getattr(sys.modules[m], cls)._instances) > 0 for m, cls in servers)
 
 
-def _gpu_cluster(gpus, n_visible, dashboard, host, quiet):
-    """One Nanny per GPU worker, pinned with CUDA_VISIBLE_DEVICES; no host memory limit, since
-    device arrays would count against it and be spilled."""
-    from distributed import Nanny, Scheduler, SpecCluster
-    specs = {}
+def _cluster(workers, dashboard, host, quiet):
+    """The workers (Nanny specs; the first is the template `scale` adds more of) and a scheduler in
+    a process of its own (see scheduler_process)."""
+    from distributed import SpecCluster
+    from .scheduler_process import SchedulerProcess
+    options = {"host": host, "dashboard_address": dashboard}
+    scheduler = {"cls": SchedulerProcess, "options": {"options": options, "config": housekeeping(), "quiet": quiet,
+                                                      "env": {WORKER_FLAG: "1"}}}
+    return SpecCluster(workers=dict(enumerate(workers)), worker=workers[0], scheduler=scheduler, silence_logs=quiet)
+
+
+def _cpu_workers(n, host, quiet):
+    from distributed import Nanny
+    options = {"nthreads": 1, "host": host, "silence_logs": quiet, "env": {WORKER_FLAG: "1", **_worker_env(n)}}
+    return [{"cls": Nanny, "options": options}] * n
+
+
+def _gpu_workers(gpus, n_visible, host, quiet):
+    """One Nanny per GPU, pinned with CUDA_VISIBLE_DEVICES; no host memory limit, since device
+    arrays would count against it and be spilled."""
+    from distributed import Nanny
+    specs = []
     for i in range(gpus):
         env = {"CUDA_VISIBLE_DEVICES": str(i % n_visible), "GTNUMBA_DEVICE": "cuda", WORKER_FLAG: "1",
                **_worker_env(gpus)}
         options = {"nthreads": 1, "env": env, "memory_limit": 0, "resources": {"GPU": 1}, "host": host,
                    "silence_logs": quiet}
-        specs[f"gpu-{i}"] = {"cls": Nanny, "options": options}
-    scheduler = {"cls": Scheduler, "options": {"dashboard_address": dashboard, "host": host}}
-    return SpecCluster(workers=specs, scheduler=scheduler, silence_logs=quiet)
+        specs.append({"cls": Nanny, "options": options})
+    return specs
 
 
 def client():
@@ -252,8 +262,6 @@ def shutdown(bring_home=True):
             c.close()
         if cl is not None:
             cl.close()
-            from .sched.dask_scheduler import materialize_small_graphs_inline
-            materialize_small_graphs_inline(False)
         if _STATE.pop("frozen", False):
             gc.unfreeze()          # the cluster's objects may be collected again
         if cl is not None:

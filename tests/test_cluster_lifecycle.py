@@ -191,6 +191,32 @@ def test_training_command_ctrl_c_prints_one_line(tmp_path, reap):
     assert pids and _gone(pids), f"worker processes outlived the program: {pids}"
 
 
+KILLED = textwrap.dedent("""
+    import os, psutil
+    import gtnumba as gt
+    client = gt.init(workers=1, dashboard=":0")
+    print("scheduler", client.run_on_scheduler(os.getpid), flush=True)
+    print("pids", *[p.pid for p in psutil.Process().children(recursive=True)], flush=True)
+    input()
+""")
+
+
+def test_the_scheduler_has_a_process_of_its_own_that_ends_with_the_program(reap):
+    """Even when the program is killed outright (SIGKILL: no exit hook runs)."""
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    for k in ("GT_AUTO_SHARD", "GT_SCHEDULER", "GT_VERBOSE"):
+        env.pop(k, None)
+    proc = subprocess.Popen([sys.executable, "-c", KILLED], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    reap(proc)
+    lines = _lines_until(proc, "pids")
+    scheduler, pids = int(_value(lines, "scheduler")), [int(p) for p in _value(lines, "pids").split()]
+    assert scheduler != proc.pid and scheduler in pids
+    proc.kill()
+    proc.wait(30)
+    assert _gone([scheduler]), "the scheduler process outlived the program"
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -1,5 +1,6 @@
 """The scheduler side of the Dask runner: small graphs are materialized on the scheduler's loop,
-and its messages to the workers go out at once.
+and its messages to the workers go out at once (`prepare`, run by the scheduler process of a
+cluster gtnumba starts: gtnumba/scheduler_process.py).
 
 Dask's scheduler hands every submitted graph to its offload thread to materialize, and waits for
 it there: a thread hop each way, on the step's critical path, for a graph of one task per worker.
@@ -23,9 +24,10 @@ async def _offload_unless_small(fn, *args, **kwargs):
     return await _DASK_OFFLOAD(fn, *args, **kwargs)
 
 
-def materialize_small_graphs_inline(on=True):
-    """For the schedulers of this process (a cluster gtnumba started runs its scheduler here)."""
-    _scheduler.offload = _offload_unless_small if on else _DASK_OFFLOAD
+def prepare(scheduler):
+    """For a scheduler that has its process to itself (the offload hook is the whole process's)."""
+    _scheduler.offload = _offload_unless_small
+    scheduler.add_plugin(PromptWorkerStreams(scheduler))
 
 
 class PromptWorkerStreams(SchedulerPlugin):
