@@ -103,29 +103,51 @@ def test_layernorm_and_cross_entropy_gradients():
     _check(gpu_grad, cx.grad.numpy(), tol=1e-4)
 
 
-def test_gt_style_training_step_matches_cpu():
+def _gt_style_steps(device, n=3):
     from gt_style_model import C, E, gt_forward, init_params
     import gt_style_model as m
+    gt.set_device(device)
+    p = init_params(0)
+    rng = np.random.default_rng(1)
+    x, y = rng.standard_normal((m.B, m.S, E)), np.eye(C)[rng.integers(0, C, m.B)]
+    params = {k: gt.tensor(v.astype(np.float32), requires_grad=True) for k, v in p.items()}
+    losses = []
+    for _ in range(n):
+        loss = gt_forward(params, gt.tensor(x.astype(np.float32)), gt.tensor(y.astype(np.float32)))
+        loss.backward()
+        with gt.no_grad():
+            for t in params.values():
+                t -= 0.05 * t.grad
+                t.grad.zero_()
+        losses.append(loss.item())
+    return losses, {k: v.numpy() for k, v in params.items()}
 
-    def steps(device):
-        gt.set_device(device)
-        p = init_params(0)
-        rng = np.random.default_rng(1)
-        x, y = rng.standard_normal((m.B, m.S, E)), np.eye(C)[rng.integers(0, C, m.B)]
-        params = {k: gt.tensor(v.astype(np.float32), requires_grad=True) for k, v in p.items()}
-        losses = []
-        for _ in range(3):
-            loss = gt_forward(params, gt.tensor(x.astype(np.float32)), gt.tensor(y.astype(np.float32)))
-            loss.backward()
-            with gt.no_grad():
-                for t in params.values():
-                    t -= 0.05 * t.grad
-                    t.grad.zero_()
-            losses.append(loss.item())
-        return losses, {k: v.numpy() for k, v in params.items()}
 
-    gpu_losses, gpu_params = steps("cuda")
-    cpu_losses, cpu_params = steps("cpu")
-    np.testing.assert_allclose(gpu_losses, cpu_losses, rtol=1e-4)
-    for k in cpu_params:
-        np.testing.assert_allclose(gpu_params[k], cpu_params[k], rtol=1e-3, atol=1e-5, err_msg=k)
+def _same_training(got, want):
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-4)
+    for k in want[1]:
+        np.testing.assert_allclose(got[1][k], want[1][k], rtol=1e-3, atol=1e-5, err_msg=k)
+
+
+def test_gt_style_training_step_matches_cpu():
+    _same_training(_gt_style_steps("cuda"), _gt_style_steps("cpu"))
+
+
+def _worker_backend():
+    from gtnumba.kernels import backend
+    return backend.current()
+
+
+def test_a_gpu_cluster_trains_like_the_cpu():
+    """gt.init(gpus=1): a Dask worker pinned to the GPU (and the scheduler's own process) runs the
+    steps on its CUDA backend; the dry run, with no GPU to pin, starts a CPU worker instead."""
+    want = _gt_style_steps("cpu")
+    gt.set_device("cuda")
+    client = gt.init(**({"workers": 1} if gpu_dryrun() else {"gpus": 1}), dashboard=":0")
+    try:
+        got = _gt_style_steps("cuda")
+        backends = set(client.run(_worker_backend).values())
+    finally:
+        gt.shutdown()
+    _same_training(got, want)
+    assert backends == ({"cpu"} if gpu_dryrun() else {"cuda"}), backends
