@@ -217,8 +217,10 @@ def _cluster(workers, dashboard, host, quiet):
     from distributed import SpecCluster
     from .scheduler_process import SchedulerProcess
     options = {"host": host, "dashboard_address": dashboard}
+    # the scheduler never imports gtnumba to train (WORKER_FLAG) nor touches a GPU
+    env = {WORKER_FLAG: "1", "GTNUMBA_DEVICE": "cpu", "CUDA_VISIBLE_DEVICES": ""}
     scheduler = {"cls": SchedulerProcess, "options": {"options": options, "config": housekeeping(), "quiet": quiet,
-                                                      "env": {WORKER_FLAG: "1"}}}
+                                                      "env": env}}
     return SpecCluster(workers=dict(enumerate(workers)), worker=workers[0], scheduler=scheduler, silence_logs=quiet)
 
 
