@@ -45,11 +45,12 @@ class SchedulerProcess(ProcessInterface):
         try:
             line = await asyncio.wait_for(self.process.stdout.readline(), START_SECONDS)
         except asyncio.TimeoutError:
-            line = b""
-        if not line.startswith(b"tcp://"):
+            line = None
+        if line is None or not line.startswith(b"tcp://"):
             await self._stop()
-            raise RuntimeError(f"gt.init: the Dask scheduler process did not start (exit status "
-                               f"{self.process.returncode}); run with GT_VERBOSE=1 to see its log")
+            why = f"no address within {START_SECONDS} s" if line is None else \
+                f"it exited with status {self.process.returncode}; its error is above"
+            raise RuntimeError(f"gt.init: the Dask scheduler process did not start ({why})")
         self.address = line.decode().strip()
         await super().start()
 
