@@ -220,7 +220,7 @@ def test_the_scheduler_has_a_process_of_its_own_that_ends_with_the_program(reap)
 def test_a_scheduler_that_cannot_start_fails_init_saying_so(capfd):
     with pytest.raises(RuntimeError, match="the Dask scheduler process did not start .it exited with status 1"):
         gt.init(workers=1, host="10.255.255.1", dashboard=":0")        # no such address on this machine
-    assert "Cannot assign requested address" in capfd.readouterr().err
+    assert "OSError" in capfd.readouterr().err                          # the scheduler's own error
     assert gt.client() is None
 
 
