@@ -14,10 +14,15 @@ step until the last one finished and only then send it (a task-finished message 
 compute-task message on the critical path, ~10 ms a step here).  The next step's task waits on
 its worker, in the store, until the previous one is done there (dask_worker.run_levels), and a
 worker runs its tasks in the order they were submitted (Dask's priorities).
+
+In a training loop the next step is submitted before the client records it (sched.speculate): its
+tasks wait on their workers until `_confirmed` sends its data, or until `_cancel` calls it off.
 """
 import asyncio
 import itertools
 import os
+import sys
+import threading
 import time
 import uuid
 import weakref
@@ -30,8 +35,9 @@ from dask._task_spec import Task, TaskRef
 
 from ..kernels import backend
 from .distribute import Collective
-from .dask_worker import SENT, StorePlugin, counters, drop_store, pack, run_levels, store_get, unpack
+from .dask_worker import SENT, SWITCH_INTERVAL, StorePlugin, counters, drop_store, pack, run_levels, store_get, unpack
 from .cost import nbytes, slot_specs
+from . import speculate
 from .mesh import Flat, WorkerLost
 
 
@@ -47,6 +53,10 @@ SMALL_READ, RIDE_STEPS = 4096, 2
 # task: the scheduler would unpickle it from the graph and pickle it again to the worker
 DIRECT_BYTES = 64 << 10
 _SPAN = {"collections": [{"type": "low-level-graph"}]}
+# GT_SPECULATE=0: no step is submitted before it is recorded (sched.speculate)
+SPECULATE = os.environ.get("GT_SPECULATE") != "0"
+_GO_VALUE, _STOP_VALUE = np.zeros(0, np.int8), np.zeros(1, np.int8)     # a predicted step's go-ahead or not
+PUT_WAIT = 0.1          # seconds a read waits for the batches before it submits the next step anyway
 
 
 class Part:
@@ -125,6 +135,9 @@ class DaskRunner:
     name = "dask"
 
     def __init__(self, client, addresses):
+        # the client's loop thread sends batches and reads while this thread records the next step:
+        # at Python's 5 ms a batch waited up to that long for the GIL (as on the workers, dask_worker)
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
         self.client = client
         self.addresses = list(addresses)
         self.workers = len(self.addresses)
@@ -143,9 +156,15 @@ class DaskRunner:
         self._outbox = []                             # this step's batches for the workers' stores
         self._keyrefs = {}
         self.log = []                                 # (futures, replay) of steps not known finished
+        self._prev = None                             # (plan, leaf parts, kept parts) of the last step
+        self._prediction = None                       # the next step, submitted ahead (sched.speculate)
+        self._deferred = None                         # ... or to be submitted at the next read
+        self._stopping = []                           # futures of predicted steps called off
+        self._sent_all = threading.Event()            # set when the last step's batches have arrived
         self.on_lost = None                           # recovery, installed by the mesh step
         self.stats = {"steps": 0, "tasks": 0, "reads": 0, "read_rpcs": 0, "riders": 0, "ahead_rpcs": 0,
-                      "direct_bytes": 0, "submit_seconds": 0.0, "wait_seconds": 0.0}
+                      "direct_bytes": 0, "submit_seconds": 0.0, "wait_seconds": 0.0, "predictions_taken": 0,
+                      "predictions_missed": 0}
         self._where = _Where(self.addresses)
         self._plugin = False      # registered at the first step: gt.init may run inside `import gtnumba`,
         #                           and pickling the plugin there would wait for that import
@@ -165,14 +184,14 @@ class DaskRunner:
         return part.shipped(ship)
 
     def track(self, value):
-        """When `value` (a DistValue) dies, its store entries are freed with the next step."""
-        keys = [(w, p.key) for w, p in enumerate(value.parts)]
-        for k in keys:
-            self._keyrefs[k] = self._keyrefs.get(k, 0) + 1
-        weakref.finalize(value, self._release, keys)
+        """When `value` (a DistValue) dies, its store entries are freed with the next step (under
+        their keys then: a placed part may take another, _rekey)."""
+        for w, p in enumerate(value.parts):
+            self._keyrefs[(w, p.key)] = self._keyrefs.get((w, p.key), 0) + 1
+        weakref.finalize(value, self._release, list(value.parts))
 
-    def _release(self, keys):
-        for k in keys:
+    def _release(self, parts):
+        for k in [(w, p.key) for w, p in enumerate(parts)]:
             n = self._keyrefs.get(k, 0) - 1
             if n <= 0:
                 self._keyrefs.pop(k, None)
@@ -202,7 +221,12 @@ class DaskRunner:
         self.stats["read_rpcs"] += len(by_worker)
         self.stats["riders"] += sum(map(len, riders.values()))
         try:
-            replies = self.client.sync(self._pull, parts, by_worker, riders, list(ahead.values()))
+            pulling = asyncio.run_coroutine_threadsafe(self._pull(parts, by_worker, riders, list(ahead.values())),
+                                                       self.client.loop.asyncio_loop)
+            # while this thread would only wait, once the batches are out (it holds the GIL meanwhile)
+            if self._deferred is not None and self._sent_all.wait(PUT_WAIT):
+                self._predict()
+            replies = pulling.result()
         except Exception:
             dead = self.dead_workers()
             if dead:
@@ -361,38 +385,133 @@ class DaskRunner:
         info = getattr(plan, "dask_info", None)
         if info is None or info.fused != FUSED:
             info = plan.dask_info = _PlanInfo(plan, FUSED)
-        token = f"{self.rid[:8]}-{next(self._steps)}"
         self.last_plan = plan
+        learned = speculate.sources(self._prev, plan, leaf_parts) if SPECULATE else None
+        kept = self._confirmed(plan, leaf_parts, replay)
+        if kept is None:
+            kept = self._submitted(plan, info, leaf_parts, replay)
+        self._prev = (plan, leaf_parts, kept)
+        # submitted at the next read: now, this thread would hold the GIL while the client's loop
+        # sends this step's batch (a worker then started its step 10 ms late, medians, 2 workers)
+        self._deferred = (info, speculate.Prediction(plan, learned, kept, leaf_parts)) if learned else None
+        self.stats["steps"] += 1
+        self.stats["submit_seconds"] += time.perf_counter() - t0
+        return kept
+
+    def _submitted(self, plan, info, leaf_parts, replay):
+        """The step submitted now, its new host data inside its tasks or sent straight to the stores."""
+        token = f"{self.rid[:8]}-{next(self._steps)}"
         leafkeys = {slot: parts[0].key for slot, parts in enumerate(leaf_parts)}
         self._outbox = []
-        dsk, last_keys, early = self._graph(plan, info, token, leaf_parts, leafkeys)
-        futures = self._submit(dsk, token)
-        if self._outbox:          # all the step's batches in one hop to the client's loop, after the graph
-            self.client.loop.add_callback(self._put_all, self._outbox)
-        # the client's loop thread now waits for the GIL to send the graph, while this thread would
-        # hold it for its bookkeeping until the next read blocks: handed over now, the graph reached
-        # the scheduler 2.9 ms after the submit instead of 4.2 ms (GT-style small step, medians)
-        time.sleep(0)
-        by_key = dict(zip(dsk, futures))
-        for w, k in enumerate(last_keys):
-            self._last[w] = by_key[k]
+        inlines = [self._inline(w, leaf_parts, leafkeys) for w in range(self.workers)]
+        futures, by_key, early = self._issue(plan, info, token, inlines, leafkeys)
+        self._send_outbox()
         for slot, parts in enumerate(leaf_parts):
             for w, p in enumerate(parts):
                 if p.pending is not None:
                     p.future, p.slot = by_key[(info.tasks[0][0], token, 0, w)], None
+        kept = self._kept(plan, info, token, by_key, early)
+        self._done_submitting(plan, info, kept, futures, replay)
+        return kept
+
+    def _issue(self, plan, info, token, inlines, leafkeys):
+        dsk, last_keys, early = self._graph(plan, info, token, inlines, leafkeys)
+        futures = self._submit(dsk, token)
+        by_key = dict(zip(dsk, futures))
+        for w, k in enumerate(last_keys):
+            self._last[w] = by_key[k]
+        return futures, by_key, early
+
+    def _send_outbox(self):
+        self._sent_all = threading.Event()
+        if self._outbox:          # all the step's batches in one hop to the client's loop, after the graph
+            self.client.loop.add_callback(self._put_all, self._outbox, self._sent_all)
+        else:
+            self._sent_all.set()
+        # the client's loop thread now waits for the GIL to send the graph, while this thread would
+        # hold it for its bookkeeping until the next read blocks: handed over now, the graph reached
+        # the scheduler 2.9 ms after the submit instead of 4.2 ms (GT-style small step, medians)
+        time.sleep(0)
+
+    def _kept(self, plan, info, token, by_key, early):
         kept = {}
         for slot in plan.keep:
             t = info.kept_task[slot]
             kept[slot] = [Part(w, f"{token}:{slot}", by_key[(info.tasks[t][0], token, t, w)], slot, uid=info.uid,
                                early=slot in early[w]) for w in range(self.workers)]
+        return kept
+
+    def _done_submitting(self, plan, info, kept, futures, replay):
         small = info.small_slots(plan, replay[1] if replay is not None else None)
         self._small.append([kept[slot] for slot in small])
         del self._small[:-RIDE_STEPS]
         self._log(futures, replay)
-        self.stats["steps"] += 1
         self.stats["tasks"] += len(futures)
-        self.stats["submit_seconds"] += time.perf_counter() - t0
+
+    # ---- the next step submitted before it is recorded (sched.speculate) ----------------------
+    def _predict(self):
+        """Step N+1 submitted right behind step N: its tasks wait on their workers for the
+        confirmation (and new data) that `_confirmed` sends."""
+        if self._deferred is None:
+            return
+        (info, pred), self._deferred = self._deferred, None
+        plan = pred.plan
+        pred.reserve(lambda: f"p{next(self._placed)}")
+        pred.token = f"{self.rid[:8]}-{next(self._steps)}"
+        inlines = [{slot: SENT for slot in pred.reserved} for _ in range(self.workers)]
+        futures, by_key, early = self._issue(plan, info, pred.token, inlines, pred.leafkeys)
+        pred.issued = (futures, by_key, self._kept(plan, info, pred.token, by_key, early))
+        self._prediction = pred
+
+    def _confirmed(self, plan, leaf_parts, replay):
+        """The kept parts of the predicted step, when this step is it: its new data go straight to
+        the reserved keys in the workers' stores, where its tasks wait.  None (and the prediction
+        cancelled) otherwise."""
+        pred, self._prediction, self._deferred = self._prediction, None, None
+        if pred is None:
+            return None
+        if not pred.matches(plan, leaf_parts):
+            self.stats["predictions_missed"] += 1
+            self._cancel(pred)
+            return None
+        futures, by_key, kept = pred.issued
+        slots = list(pred.reserved)
+        keys = [pred.reserved[s] for s in slots] + [pred.leafkeys[speculate.GO]]
+        self._outbox = []
+        for w in range(self.workers):
+            data = pack([leaf_parts[s][w].pending for s in slots] + [_GO_VALUE])
+            self.stats["direct_bytes"] += data["buf"].data.nbytes
+            self._outbox.append((self.addresses[w], keys, data))
+        self._send_outbox()
+        first = plan.dask_info.tasks[0][0]
+        for s in slots:
+            for w, p in enumerate(leaf_parts[s]):
+                self._rekey(p, w, pred.reserved[s])
+                p.future, p.slot = by_key[(first, pred.token, 0, w)], None
+        self._done_submitting(plan, plan.dask_info, kept, futures, replay)
+        self.stats["predictions_taken"] += 1
         return kept
+
+    def _cancel(self, pred):
+        """The predicted step's tasks, told to stop where they wait, end having run nothing.  Their
+        futures are held until then: Dask would forget a released task that has not started (the
+        second level's, with one task per level), and the next step waits for it to end."""
+        self._stopping = [fs for fs in self._stopping if not all(f.done() for f in fs)] + [pred.issued[0]]
+        self.client.loop.add_callback(self._call_off, [pred.leafkeys[speculate.GO]], pack([_STOP_VALUE]))
+
+    async def _call_off(self, keys, data):
+        for address in self.addresses:
+            try:
+                await self.client.rpc(address).gtnumba_put(rid=self.rid, keys=keys, data=data)
+            except Exception:         # a dead worker: its tasks are gone with it
+                pass
+
+    def _rekey(self, part, w, key):
+        """A placed part takes the key its predicted step reads it under (before any step used it)."""
+        n = self._keyrefs.pop((w, part.key), None)
+        if n is not None:
+            self._keyrefs[(w, key)] = n
+        part.key = key
 
     def _submit(self, dsk, token):
         """The step's graph in one message, its futures in key order."""
@@ -419,8 +538,11 @@ class DaskRunner:
         self.stats["direct_bytes"] += data["buf"].data.nbytes
         self._outbox.append((self.addresses[w], keys, data))
 
-    async def _put_all(self, puts):
-        await asyncio.gather(*[self._put(*p) for p in puts])
+    async def _put_all(self, puts, sent):
+        try:
+            await asyncio.gather(*[self._put(*p) for p in puts])
+        finally:
+            sent.set()
 
     async def _put(self, address, keys, data):
         try:
@@ -454,12 +576,16 @@ class DaskRunner:
             self.log.pop(0)
         self.log.append((futures, replay))
 
-    def _graph(self, plan, info, token, leaf_parts, leafkeys):
+    def _inline(self, w, leaf_parts, leafkeys):
+        """Worker w's new host data of a step: small ones ride in its task, big ones go straight."""
+        inline = {slot: parts[w].pending for slot, parts in enumerate(leaf_parts) if parts[w].pending is not None}
+        self._send_direct(w, inline, leafkeys)
+        return inline
+
+    def _graph(self, plan, info, token, inlines, leafkeys):
         dsk, last_keys, earlies = {}, [], []
         for w in range(self.workers):
-            inline = {slot: parts[w].pending for slot, parts in enumerate(leaf_parts)
-                      if parts[w].pending is not None}
-            self._send_direct(w, inline, leafkeys)
+            inline = inlines[w]
             frees, self._frees[w] = self._frees[w], []
             previous = self._last[w] and self._last[w].key[1]
             if getattr(self._last[w], "status", None) == "error":

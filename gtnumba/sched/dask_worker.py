@@ -29,10 +29,13 @@ from .distribute import Collective
 from .mesh import Flat
 from .block import run_steps
 from .executor import spare
+from .speculate import GO
 from .spmd import concat, flat, reduce_sum
 
 PULL_TIMEOUT = 120.0
 SECEDE_AFTER = 0.02              # seconds a task waits for its peers' pieces before it secedes
+# ... and a predicted step for its go-ahead (sched.speculate): the client records the step meanwhile
+GO_SECEDE_AFTER = 0.25
 FREED_MEMORY = 4096              # freed keys remembered, so a late read fails at once
 # a worker's event loop (peers' pulls, the client's reads) waits up to this long for the GIL while
 # its task thread runs Python: at Python's 5 ms a read's reply left ~5 ms after its value was made
@@ -48,6 +51,7 @@ class Store:
         self.freed = {}                       # recently freed keys (insertion-ordered, capped)
         self.failed = {}                      # failed step token (or leaf key) -> its error
         self.programs, self.steps, self.sources = {}, {}, {}
+        self.called_off = {}                  # tokens of predicted steps the client did not run
         self.variants = {}                    # (plan uid, slots read early) -> program
         self.closed = None                    # the error of every wait once the client's store is dropped
         self.counters = {"tasks": 0, "bytes_in": 0, "backup_bytes": 0, "pull_seconds": 0.0,
@@ -442,20 +446,20 @@ def _backed_up(st, wanted, j):
     return out
 
 
-def _waiting_for_peers(worker, pull, st):
+def _waiting_for_peers(worker, pull, st, secede_after=SECEDE_AFTER):
     """Run `pull` on the worker's loop and wait for it (see _waited)."""
-    return _waited(asyncio.run_coroutine_threadsafe(pull(), worker.loop.asyncio_loop), st)
+    return _waited(asyncio.run_coroutine_threadsafe(pull(), worker.loop.asyncio_loop), st, secede_after)
 
 
-def _waited(done, st):
+def _waited(done, st, secede_after=SECEDE_AFTER):
     """The result of `done` (running on the worker's loop).  If it has not finished within
-    SECEDE_AFTER, wait with this task's thread handed back to the worker (secede): on a cluster
+    `secede_after`, wait with this task's thread handed back to the worker (secede): on a cluster
     shared by several clients the step a peer runs now may wait for this worker in turn, and a
     thread held while waiting would deadlock them.  Seceding costs a scheduler message and two
     worker transitions, so the pulls that peers answer at once (most of them: workers run a step's
     levels in step) skip it."""
     try:
-        return done.result(SECEDE_AFTER)
+        return done.result(secede_after)
     except concurrent.futures.TimeoutError:
         st.counters["secedes"] += 1
     secede()
@@ -494,7 +498,7 @@ def _sent():
 SENT = Sent()
 
 
-def _await(worker, keys, st):
+def _await(worker, keys, st, secede_after=SECEDE_AFTER):
     """Wait until these keys are in the store (a batch the client sends straight here may arrive
     after its task; the previous step may not be done yet), or raise the error of the step that
     was to make them."""
@@ -505,7 +509,7 @@ def _await(worker, keys, st):
     async def arrive():
         for k in missing:
             await st.wait_for(k)
-    _waiting_for_peers(worker, arrive, st)
+    _waiting_for_peers(worker, arrive, st, secede_after)
 
 
 def _arrived(value, st):
@@ -538,6 +542,8 @@ def run_levels(rid, uid, plan, carrier, order, levels, w, token, peers, leafkeys
         if previous is not None:
             _await(get_worker(), [f"{previous}:done"], st)
             st.values.pop(f"{previous}:done")
+        if token in st.called_off or leafkeys and GO in leafkeys and not _go_ahead(get_worker(), st, leafkeys[GO]):
+            return _called_off(st, token, frees, closes)
         if plan is not None:
             _keep_plan(st, uid, plan, token)
         elif uid not in st.programs:
@@ -553,6 +559,23 @@ def run_levels(rid, uid, plan, carrier, order, levels, w, token, peers, leafkeys
     if closes:
         st.put(f"{token}:done", True)
     return len(levels)
+
+
+def _go_ahead(worker, st, key):
+    """Whether the client ran the step it predicted (an empty go-ahead) or another (sched.speculate)."""
+    _await(worker, [key], st, GO_SECEDE_AFTER)
+    return st.values.pop(key).size == 0
+
+
+def _called_off(st, token, frees, closes):
+    """A predicted step the client did not run: its tasks end having run nothing."""
+    st.called_off[token] = None
+    while len(st.called_off) > FREED_MEMORY:
+        st.called_off.pop(next(iter(st.called_off)))
+    st.free(frees)
+    if closes:
+        st.put(f"{token}:done", True)
+    return 0
 
 
 def _keep_plan(st, uid, plan, token):
@@ -586,7 +609,7 @@ def run_level(rid, uid, level, w, token, peers, leafkeys, inline, frees, early, 
         for slot, value in inline.items():
             if value is not SENT:
                 st.put(leafkeys[slot], _arrived(value, st))
-        _await(worker, leafkeys.values(), st)
+        _await(worker, [k for slot, k in leafkeys.items() if slot != GO], st)
         st.steps[token] = leafkeys
     leafkeys = st.steps[token]
     st.counters["tasks"] += 1

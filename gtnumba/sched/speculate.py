@@ -1,0 +1,69 @@
+"""The next step, predicted: a training loop runs one plan step after step, each step's leaves taken
+from the step before in the same way (parameters from its outputs, constants as they were, a new
+batch).  Learned from steps N-1 and N, that mapping names step N+1's leaves before the client has
+recorded it, so the Dask runner can submit N+1 right behind N (dask_runner); N+1's new data get
+keys reserved now.  When the client then runs N+1, `matches` checks it is the predicted step:
+the same plan object, the same parts where a leaf was predicted to be an output or a constant, and
+fresh host arrays where it was predicted to be new.
+"""
+import numpy as np
+
+GO = -1     # the leafkeys entry a predicted step waits for on its workers: sent when it is confirmed
+
+
+class Prediction:
+    """Step N+1 as predicted after step N: its plan, where each leaf comes from, and the parts of
+    step N those sources name (parts only, never values: dropping a value still frees it)."""
+    __slots__ = ("plan", "sources", "kept", "leaf_parts", "leafkeys", "reserved", "token", "issued")
+
+    def __init__(self, plan, sources, kept, leaf_parts):
+        self.plan, self.sources, self.kept, self.leaf_parts = plan, sources, kept, leaf_parts
+        self.leafkeys, self.reserved, self.token, self.issued = {}, {}, None, None
+
+    def reserve(self, new_key):
+        """N+1's key of every leaf: step N's output or constant, or a new key for new data."""
+        for slot, (kind, k) in enumerate(self.sources):
+            if kind == "kept":
+                self.leafkeys[slot] = self.kept[k][0].key
+            elif kind == "same":
+                self.leafkeys[slot] = self.leaf_parts[slot][0].key
+            else:
+                self.leafkeys[slot] = self.reserved[slot] = new_key()
+        self.leafkeys[GO] = new_key()
+
+    def matches(self, plan, leaf_parts):
+        if plan is not self.plan or len(leaf_parts) != len(self.sources):
+            return False
+        for slot, ((kind, k), parts) in enumerate(zip(self.sources, leaf_parts)):
+            if kind == "kept" and parts[0] is not self.kept[k][0]:
+                return False
+            if kind == "same" and parts[0] is not self.leaf_parts[slot][0]:
+                return False
+            if kind == "new" and not fresh(parts):
+                return False
+        return True
+
+
+def fresh(parts):
+    """Parts of a host array placed for this step, not sent anywhere yet."""
+    return all(p.future is None and isinstance(p.pending, np.ndarray) for p in parts)
+
+
+def sources(prev, plan, leaf_parts):
+    """Where each leaf of this step (plan, leaf_parts) comes from in step `prev` (plan, leaf_parts,
+    kept): ("kept", slot) an output of it, ("same", slot) the same parts, ("new", None) fresh host
+    data.  None when the steps' plans differ or a leaf is none of these."""
+    if prev is None or prev[0] is not plan or len(prev[1]) != len(leaf_parts):
+        return None
+    kept_of = {id(parts[0]): k for k, parts in prev[2].items()}
+    out = []
+    for slot, parts in enumerate(leaf_parts):
+        if id(parts[0]) in kept_of:
+            out.append(("kept", kept_of[id(parts[0])]))
+        elif parts[0] is prev[1][slot][0]:
+            out.append(("same", slot))
+        elif fresh(parts):
+            out.append(("new", None))
+        else:
+            return None
+    return out
