@@ -253,6 +253,8 @@ def shutdown(bring_home=True):
     """Leave the cluster (and stop it if gtnumba started it); later steps run in-process."""
     mesh = current_mesh()
     set_mesh(None)
+    if mesh is not None and hasattr(mesh.runner, "leaving"):
+        mesh.runner.leaving()     # the reads that bring values home submit no predicted step
     if mesh is not None and bring_home:
         _bring_home()
     if mesh is not None and _STATE["cluster"] is None and hasattr(mesh.runner, "close"):

@@ -161,3 +161,23 @@ def test_the_batch_of_a_predicted_step_goes_straight_to_the_workers(cluster):
     assert after["predictions_taken"] == before["predictions_taken"] + 1
     batch = 5 * 6 * 4 + 5 * 8                   # x float32, y int64
     assert after["direct_bytes"] - before["direct_bytes"] >= 2 * batch * 0.5
+
+
+def test_leaving_the_cluster_submits_no_predicted_step(cluster):
+    """gt.shutdown() brings values home through reads, which may run the last, unread step; they
+    submit no step ahead of it (last test: it leaves the module's cluster)."""
+    def train():
+        net = small_mlp.model()
+        opt = gt.optim.SGD(net.parameters(), lr=0.1)
+        rng = np.random.default_rng(2)
+        for i in range(5):
+            loss = small_mlp.step(net, opt, rng)
+            if i < 4:
+                loss.item()
+        return net
+    want = _in_process(train)[0].weight.numpy()
+    net = train()
+    runner = current_mesh().runner
+    gt.shutdown()
+    assert runner._prediction is None and runner._deferred is None
+    np.testing.assert_allclose(net[0].weight.numpy(), want, rtol=1e-5, atol=1e-6)

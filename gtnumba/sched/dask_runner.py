@@ -160,6 +160,7 @@ class DaskRunner:
         self._prediction = None                       # the next step, submitted ahead (sched.speculate)
         self._deferred = None                         # ... or to be submitted at the next read
         self._stopping = []                           # futures of predicted steps called off
+        self._leaving = False
         self._sent_all = threading.Event()            # set when the last step's batches have arrived
         self.on_lost = None                           # recovery, installed by the mesh step
         self.stats = {"steps": 0, "tasks": 0, "reads": 0, "read_rpcs": 0, "riders": 0, "ahead_rpcs": 0,
@@ -393,7 +394,8 @@ class DaskRunner:
         self._prev = (plan, leaf_parts, kept)
         # submitted at the next read: now, this thread would hold the GIL while the client's loop
         # sends this step's batch (a worker then started its step 10 ms late, medians, 2 workers)
-        self._deferred = (info, speculate.Prediction(plan, learned, kept, leaf_parts)) if learned else None
+        self._deferred = (info, speculate.Prediction(plan, learned, kept, leaf_parts)) \
+            if learned and not self._leaving else None
         self.stats["steps"] += 1
         self.stats["submit_seconds"] += time.perf_counter() - t0
         return kept
@@ -449,6 +451,11 @@ class DaskRunner:
         self.stats["tasks"] += len(futures)
 
     # ---- the next step submitted before it is recorded (sched.speculate) ----------------------
+    def leaving(self):
+        """The client leaves the cluster: the reads that bring values home may still run steps,
+        but submit none ahead."""
+        self._leaving, self._deferred = True, None
+
     def _predict(self):
         """Step N+1 submitted right behind step N: its tasks wait on their workers for the
         confirmation (and new data) that `_confirmed` sends."""
