@@ -388,7 +388,7 @@ class DaskRunner:
             info = plan.dask_info = _PlanInfo(plan, FUSED)
         self.last_plan = plan
         learned = speculate.sources(self._prev, plan, leaf_parts) if SPECULATE else None
-        kept = self._confirmed(plan, leaf_parts, replay)
+        kept = self._confirmed(plan, leaf_parts, learned, replay)
         if kept is None:
             kept = self._submitted(plan, info, leaf_parts, replay)
         self._prev = (plan, leaf_parts, kept)
@@ -470,14 +470,15 @@ class DaskRunner:
         pred.issued = (futures, by_key, self._kept(plan, info, pred.token, by_key, early))
         self._prediction = pred
 
-    def _confirmed(self, plan, leaf_parts, replay):
-        """The kept parts of the predicted step, when this step is it: its new data go straight to
-        the reserved keys in the workers' stores, where its tasks wait.  None (and the prediction
-        cancelled) otherwise."""
+    def _confirmed(self, plan, leaf_parts, learned, replay):
+        """The kept parts of the predicted step, when this step is it (it takes its leaves from the
+        last step as `learned` now, and as predicted then): its new data go straight to the reserved
+        keys in the workers' stores, where its tasks wait.  None (and the prediction cancelled)
+        otherwise."""
         pred, self._prediction, self._deferred = self._prediction, None, None
         if pred is None:
             return None
-        if not pred.matches(plan, leaf_parts):
+        if learned is None or learned != pred.sources:
             self.stats["predictions_missed"] += 1
             self._cancel(pred)
             return None

@@ -2,9 +2,9 @@
 from the step before in the same way (parameters from its outputs, constants as they were, a new
 batch).  Learned from steps N-1 and N, that mapping names step N+1's leaves before the client has
 recorded it, so the Dask runner can submit N+1 right behind N (dask_runner); N+1's new data get
-keys reserved now.  When the client then runs N+1, `matches` checks it is the predicted step:
-the same plan object, the same parts where a leaf was predicted to be an output or a constant, and
-fresh host arrays where it was predicted to be new.
+keys reserved now.  When the client then runs N+1, it is the predicted step if the mapping learned
+from N and N+1 is the predicted one: the same plan object, the same parts where a leaf was
+predicted to be an output or a constant, and fresh host arrays where it was predicted to be new.
 """
 import numpy as np
 
@@ -30,18 +30,6 @@ class Prediction:
             else:
                 self.leafkeys[slot] = self.reserved[slot] = new_key()
         self.leafkeys[GO] = new_key()
-
-    def matches(self, plan, leaf_parts):
-        if plan is not self.plan or len(leaf_parts) != len(self.sources):
-            return False
-        for slot, ((kind, k), parts) in enumerate(zip(self.sources, leaf_parts)):
-            if kind == "kept" and parts[0] is not self.kept[k][0]:
-                return False
-            if kind == "same" and parts[0] is not self.leaf_parts[slot][0]:
-                return False
-            if kind == "new" and not fresh(parts):
-                return False
-        return True
 
 
 def fresh(parts):
