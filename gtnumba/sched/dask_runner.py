@@ -21,7 +21,6 @@ tasks wait on their workers until `_confirmed` sends its data, or until `_cancel
 import asyncio
 import itertools
 import os
-import sys
 import threading
 import time
 import uuid
@@ -35,7 +34,7 @@ from dask._task_spec import Task, TaskRef
 
 from ..kernels import backend
 from .distribute import Collective
-from .dask_worker import SENT, SWITCH_INTERVAL, StorePlugin, counters, drop_store, pack, run_levels, store_get, unpack
+from .dask_worker import SENT, StorePlugin, counters, drop_store, pack, run_levels, store_get, unpack
 from .cost import nbytes, slot_specs
 from . import speculate
 from .mesh import Flat, WorkerLost
@@ -135,9 +134,6 @@ class DaskRunner:
     name = "dask"
 
     def __init__(self, client, addresses):
-        # the client's loop thread sends batches and reads while this thread records the next step:
-        # at Python's 5 ms a batch waited up to that long for the GIL (as on the workers, dask_worker)
-        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
         self.client = client
         self.addresses = list(addresses)
         self.workers = len(self.addresses)
