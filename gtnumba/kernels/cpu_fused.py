@@ -21,9 +21,17 @@ Conventions
 This module imports only numpy and numba on purpose: it must stay importable by
 worker processes that know nothing about the rest of gtnumba.
 """
+import os
+
 import numpy as np
 import numba
 from numba import prange
+
+# Numba's parallel kernels run on the OpenMP runtime, whose threads spin for a while after each
+# parallel loop, as OpenBLAS's do after a GEMM: on 2 cores the two pools took turns stalling each
+# other (first user's in-process step, 2026-12-02: 32-33 ms spinning, 17-23 ms passive).  Read by
+# the runtime when Numba first launches threads; a user's own setting stays.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __all__ = [
     "softmax_rows", "softmax_rows_backward",
