@@ -163,6 +163,25 @@ def test_the_batch_of_a_predicted_step_goes_straight_to_the_workers(cluster):
     assert after["direct_bytes"] - before["direct_bytes"] >= 2 * batch * 0.5
 
 
+def test_a_confirmation_that_fails_calls_its_prediction_off_and_training_goes_on(cluster, monkeypatch):
+    """The client fails to build the message confirming a predicted step (here: out of memory, once).
+    The prediction is called off, not left waiting for a go-ahead that would hold up every later
+    step: the step runs again as recorded, later steps are predicted again, and the loop ends with
+    the in-process results."""
+    failed, pack = [], dask_runner.pack
+
+    def pack_failing_once(arrays):
+        if not failed and len(arrays) and arrays[-1] is dask_runner._GO_VALUE:
+            failed.append(True)
+            raise MemoryError("no memory for the batch")
+        return pack(arrays)
+    want = _in_process(lambda: _loop([5] * 9))
+    monkeypatch.setattr(dask_runner, "pack", pack_failing_once)
+    before = _stats()
+    _same(_loop([5] * 9), want)
+    assert failed and _stats()["predictions_taken"] > before["predictions_taken"]
+
+
 def test_leaving_the_cluster_submits_no_predicted_step(cluster):
     """gt.shutdown() brings values home through reads, which may run the last, unread step; they
     submit no step ahead of it (last test: it leaves the module's cluster)."""

@@ -481,11 +481,13 @@ class DaskRunner:
         futures, by_key, kept = pred.issued
         slots = list(pred.reserved)
         keys = [pred.reserved[s] for s in slots] + [pred.leafkeys[speculate.GO]]
-        self._outbox = []
-        for w in range(self.workers):
-            data = pack([leaf_parts[s][w].pending for s in slots] + [_GO_VALUE])
-            self.stats["direct_bytes"] += data["buf"].data.nbytes
-            self._outbox.append((self.addresses[w], keys, data))
+        try:
+            self._outbox = [(self.addresses[w], keys, pack([leaf_parts[s][w].pending for s in slots] + [_GO_VALUE]))
+                            for w in range(self.workers)]
+        except Exception:         # its tasks would wait for a go-ahead for good, and hold up every later step
+            self._cancel(pred)
+            raise
+        self.stats["direct_bytes"] += sum(data["buf"].data.nbytes for _, _, data in self._outbox)
         self._send_outbox()
         first = plan.dask_info.tasks[0][0]
         for s in slots:
