@@ -15,7 +15,8 @@ split into record / plan / submit / wait.  Part 2, side by side in the same run:
 Part 2 runs in rounds (in-process with no cluster alive, then a fresh cluster) and reports the
 median of the rounds' ratios: this machine's speed drifts by tens of percent within minutes.
 (c') measures (c) again within each minute: short blocks alternate in-process and on the cluster;
-(c'') the same cluster blocks with no step submitted ahead (GT_SPECULATE=0).
+(c'') the same cluster blocks with no step submitted ahead (GT_SPECULATE=0); (c1) the (c') blocks on a
+1-worker cluster (the Dask path's own cost, without the split's).
 
     python benchmarks/bench_dask.py [--quick] [--out benchmarks/RESULTS.md]
 """
@@ -193,12 +194,12 @@ def main_job_epoch(steps, budget=0):
     return res.samples / res.seconds
 
 
-def interleaved(pairs, steps=7):
+def interleaved(pairs, ahead=(True, False), steps=7):
     """(c) within one minute: blocks of `steps` steps alternate in-process (the cluster idles, ~2% of
     a core) and on the cluster, each in-process block against the Dask blocks after it: the machine's
-    speed, which drifts over minutes, is the same for both.  The cluster runs each block twice, as
-    it does and with no step submitted ahead (sched.speculate; which first alternates).  The ratios
-    of the pairs: (as it does, without speculation)."""
+    speed, which drifts over minutes, is the same for both.  The cluster runs a block per setting of
+    `ahead`: as it does, and with no step submitted ahead (sched.speculate; which first alternates).
+    The ratios of the pairs, one per setting."""
     from gtnumba.sched import dask_runner
     from gtnumba.sched.mesh import current_mesh, set_mesh
     mesh, ratios, setting = current_mesh(), [], dask_runner.SPECULATE
@@ -214,10 +215,10 @@ def interleaved(pairs, steps=7):
             alone = timed_steps(*local, steps, read_logits=True)[0]
             set_mesh(mesh)
             got = {}
-            for ahead in ((True, False) if n % 2 == 0 else (False, True)):
-                dask_runner.SPECULATE = ahead
-                got[ahead] = timed_steps(*remote, steps, read_logits=True)[0] / alone
-            ratios.append((got[True], got[False]))
+            for setting in (ahead if n % 2 == 0 else ahead[::-1]):
+                dask_runner.SPECULATE = setting
+                got[setting] = timed_steps(*remote, steps, read_logits=True)[0] / alone
+            ratios.append(tuple(got[setting] for setting in ahead))
     finally:
         set_mesh(mesh)
         dask_runner.SPECULATE = setting
@@ -244,6 +245,11 @@ def part2(steps, rounds):
         finally:
             gt.shutdown()
         print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]}" for k, v in out.items() if v), flush=True)
+    gt.init(workers=1, dashboard=":0")           # no split: the Dask path's own cost (its worker has both cores)
+    try:
+        out["c_one"] = [r[0] for r in interleaved(2 * rounds, ahead=(True,))]
+    finally:
+        gt.shutdown()
     os.environ["GT_STATE_BACKUP"] = "0"          # the same without the fault-tolerance copies
     client = start(2)
     try:
@@ -312,7 +318,10 @@ def report(rows, cmp, steps):
               f"{min(mixed):.2f}-{max(mixed):.2f}) | <= 1.5x: {'met' if med(mixed) <= 1.5 else 'not met'} |",
               f"| (c'') the same blocks on the cluster with no step submitted ahead (GT_SPECULATE=0), each "
               f"block next to the (c') one | | | {med(unahead):.2f}x (median of {len(unahead)} pairs; "
-              f"{min(unahead):.2f}-{max(unahead):.2f}) | |"]
+              f"{min(unahead):.2f}-{max(unahead):.2f}) | |",
+              f"| (c1) the (c') blocks on a 1-worker cluster: the whole step on one worker (2 threads), no split "
+              f"and no exchange (what the Dask path costs by itself) | | | {med(cmp['c_one']):.2f}x (median of "
+              f"{len(cmp['c_one'])} pairs; {min(cmp['c_one']):.2f}-{max(cmp['c_one']):.2f}) | |"]
     return "\n".join(lines) + "\n"
 
 
