@@ -202,7 +202,7 @@ def interleaved(pairs, ahead=(True, False), steps=7):
     The ratios of the pairs, one per setting."""
     from gtnumba.sched import dask_runner
     from gtnumba.sched.mesh import current_mesh, set_mesh
-    mesh, ratios, setting = current_mesh(), [], dask_runner.SPECULATE
+    mesh, ratios, saved = current_mesh(), [], dask_runner.SPECULATE
     try:
         set_mesh(None)
         local = pixel_model(200, 4, 4, "sgd")
@@ -221,7 +221,7 @@ def interleaved(pairs, ahead=(True, False), steps=7):
             ratios.append(tuple(got[setting] for setting in ahead))
     finally:
         set_mesh(mesh)
-        dask_runner.SPECULATE = setting
+        dask_runner.SPECULATE = saved
     return ratios
 
 

@@ -485,6 +485,7 @@ class DaskRunner:
             self._outbox = [(self.addresses[w], keys, pack([leaf_parts[s][w].pending for s in slots] + [_GO_VALUE]))
                             for w in range(self.workers)]
         except Exception:         # its tasks would wait for a go-ahead for good, and hold up every later step
+            self.stats["predictions_missed"] += 1
             self._cancel(pred)
             raise
         self.stats["direct_bytes"] += sum(data["buf"].data.nbytes for _, _, data in self._outbox)
