@@ -407,6 +407,6 @@ def _cores_busy_between_parallel_updates(**env):
 
 def test_parallel_kernel_threads_sleep_between_launches_unless_the_user_asks_otherwise():
     """Spinning OpenMP threads took turns with OpenBLAS's on 2 cores (the in-process first user's step
-    at 32 ms, 17-23 ms with them asleep): gtnumba makes them passive, a user's own setting stays."""
+    at 21-24 ms, 15 ms with them asleep): gtnumba makes them passive, a user's own setting stays."""
     assert _cores_busy_between_parallel_updates() < 0.4
     assert _cores_busy_between_parallel_updates(OMP_WAIT_POLICY="ACTIVE") > 0.7

@@ -29,7 +29,7 @@ from numba import prange
 
 # Numba's parallel kernels run on the OpenMP runtime, whose threads spin for a while after each
 # parallel loop, as OpenBLAS's do after a GEMM: on 2 cores the two pools took turns stalling each
-# other (first user's in-process step, 2026-12-02: 32-33 ms spinning, 17-23 ms passive).  Read by
+# other (first user's in-process step, 2026-12-02: 21-24 ms spinning, 15 ms passive).  Read by
 # the runtime when Numba first launches threads; a user's own setting stays.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
