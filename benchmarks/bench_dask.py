@@ -267,7 +267,8 @@ def report(rows, cmp, steps):
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = ["", f"## Dask step: counts and comparisons ({when})", "",
              f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average at the "
-             f"end of the run {os.getloadavg()[0]:.1f} (this run's own processes included). dask/distributed {dask.__version__}, "
+             f"end of the run {os.getloadavg()[0]:.1f} (this run's own processes included). "
+             f"dask/distributed {dask.__version__}, "
              f"numpy {np.__version__}, numba {numba.__version__}, Python {platform.python_version()}. "
              f"Medians of {steps} steady-state steps.", "",
              "Part 1: Pixel Transformer img 32 seq 4 E 128 L 2, Adam, batch 16, loss and accuracy read every step.",
