@@ -2,7 +2,7 @@
 layout chosen by cost (sched.cost) for parameters and data nobody placed."""
 from ..layout import REPLICATE, Shard, even_sizes
 from . import cost
-from .mesh import DistValue, Flat
+from .mesh import DistValue, Flat, unsliced
 
 
 def leaf_layouts(key, leaves, workers):
@@ -15,8 +15,7 @@ def leaf_layouts(key, leaves, workers):
         return layouts
     # a parameter the last step's update left sliced (ZeRO-1) is a replicated parameter: choosing the
     # data's layouts around its slices made the next update whole, the step after sliced, and so on
-    replicated = tuple(REPLICATE if isinstance(l, Flat) else l for l in layouts)
-    chosen = cost.choose(key, replicated, free, workers, small)[0]
+    chosen = cost.choose(key, unsliced(layouts), free, workers, small)[0]
     return tuple(l if isinstance(l, Flat) else c for l, c in zip(layouts, chosen))
 
 

@@ -5,7 +5,7 @@ its layout plus one part per worker (an array in-process, a Dask future on a clu
 """
 from dataclasses import dataclass
 
-from ..layout import Partial, Replicate, Shard, offsets
+from ..layout import REPLICATE, Partial, Replicate, Shard, offsets
 
 _CURRENT = [None]
 
@@ -38,6 +38,12 @@ class Flat:
 
     def offsets(self):
         return offsets(self.sizes)
+
+
+def unsliced(layouts):
+    """The layouts with each Flat one (a replicated value stored sliced, ZeRO-1) as Replicate: what
+    the planner and the cost model plan with."""
+    return tuple(REPLICATE if isinstance(l, Flat) else l for l in layouts)
 
 
 class DistValue:

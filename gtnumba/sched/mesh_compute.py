@@ -10,8 +10,7 @@ import time
 from ..kernels import backend
 from .distribute import build_dist_plan
 from .leaf_layout import leaf_layouts
-from ..layout import REPLICATE
-from .mesh import DistValue, Flat, Mesh, WorkerLost, current_mesh, set_mesh, split
+from .mesh import DistValue, Mesh, WorkerLost, current_mesh, set_mesh, split, unsliced
 from .zero1 import shard_updates
 from .plan_cache import STATS, cached
 
@@ -85,7 +84,7 @@ def _plan(key, layouts, workers):
 
 def _build(key, layouts, workers):
     """The generic plan (sliced leaves planned as replicated), then its update sharded (ZeRO-1)."""
-    planning = tuple(REPLICATE if isinstance(l, Flat) else l for l in layouts)
+    planning = unsliced(layouts)
     return shard_updates(build_dist_plan(key, planning, workers), layouts)
 
 
