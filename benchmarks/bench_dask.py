@@ -113,6 +113,15 @@ def timed_steps(model, opt, batches, steps, read_logits=False):
     return split.median()
 
 
+def stream_writes(client):
+    """Writes so far on the scheduler's streams (client -> scheduler, scheduler -> workers and clients,
+    workers -> scheduler): each a send and a wake-up of its reader, carrying one message or several."""
+    def on_scheduler(dask_scheduler):
+        return sum(b.batch_count for b in [*dask_scheduler.stream_comms.values(), *dask_scheduler.client_comms.values()])
+    workers = client.run(lambda dask_worker: dask_worker.batched_stream.batch_count)
+    return client.scheduler_comm.batch_count + client.run_on_scheduler(on_scheduler) + sum(workers.values())
+
+
 def part1(W, steps):
     """Counts and the step split on W workers (small pixel model, Adam, batch 16)."""
     import gtnumba as gt
@@ -125,15 +134,18 @@ def part1(W, steps):
         drain = lambda: [p.numpy() for p in model.parameters()]    # waits for the pipelined update
         drain()
         c0, m0, t0 = runner.byte_counters(), client.scheduler_comm.message_count, runner.stats["tasks"]
+        w0 = stream_writes(client)
         med = timed_steps(model, opt, batches, steps)
         drain()
+        w1 = stream_writes(client)
         c1, m1, t1 = runner.byte_counters(), client.scheduler_comm.message_count, runner.stats["tasks"]
         moved = max((c1[a]["bytes_in"] - c0[a]["bytes_in"]) / steps for a in c1)
         backup = max((c1[a]["backup_bytes"] - c0[a]["backup_bytes"]) / steps for a in c1)
         grad = sum(p.numpy().nbytes for p in model.parameters())
         formula = max(step_bytes_per_worker(runner.last_plan))
         return dict(formula=formula, W=W, tasks=(t1 - t0) / steps, moved=moved, backup=backup, grad=grad,
-                    bound=2 * (W - 1) / W * grad, msgs=(m1 - m0) / steps, split=med)
+                    bound=2 * (W - 1) / W * grad, msgs=(m1 - m0) / steps, writes=(w1 - w0) / steps,
+                    split=med)
     finally:
         gt.shutdown()
 
@@ -275,17 +287,17 @@ def report(rows, cmp, steps):
              "bytes in = what a worker pulls from its peers per step (reduce-scatter + gather of the parameters);",
              "bound = 2(W-1)/W x gradient bytes; backup = copies of the new parameter and state slices sent to",
              "the next worker (fault tolerance, outside the collective bound). msgs = client->scheduler messages",
-             "per step.",
+             "per step; writes = sends per step on the scheduler's streams, both ways (one may carry several messages).",
              "",
              "plan = ordering + structure key (core) + the mesh side (in brackets: leaf layouts, cached DistPlan).",
              "",
-             "| W | tasks/step | bytes in/worker (formula) | bound | backup bytes | msgs | step ms | record "
-             "| plan [mesh] | submit | wait |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| W | tasks/step | bytes in/worker (formula) | bound | backup bytes | msgs | writes | step ms "
+             "| record | plan [mesh] | submit | wait |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         wall, rec, plan, sub, wait, mesh_plan = r["split"]
         lines.append(f"| {r['W']} | {r['tasks']:.0f} | {r['moved']:.0f} ({r['formula']}) | {r['bound']:.0f} | "
-                     f"{r['backup']:.0f} | {r['msgs']:.1f} | {ms(wall)} | {ms(rec)} | "
+                     f"{r['backup']:.0f} | {r['msgs']:.1f} | {r['writes']:.1f} | {ms(wall)} | {ms(rec)} | "
                      f"{ms(plan)} [{1e3 * mesh_plan:.2f}] | {ms(sub)} | {ms(wait)} |")
     med = statistics.median
     a = [d / p for p, d in cmp["a"]]

@@ -1,5 +1,6 @@
 """The same training code on a real Dask cluster: local worker processes, the dashboard over
 HTTP, tasks per step, and an external scheduler joined through GT_SCHEDULER."""
+import collections
 import os
 import socket
 import subprocess
@@ -14,6 +15,7 @@ from distributed import get_task_stream
 
 import gtnumba as gt
 from gtnumba import nn
+from gtnumba.sched.mesh import current_mesh
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -96,6 +98,28 @@ def test_tasks_per_step_do_not_grow_with_layers(cluster, fused, monkeypatch):
     assert prefixes == want, prefixes
 
 
+def test_a_training_loop_lets_go_of_its_step_tasks_in_batches(cluster, monkeypatch):
+    """A step's task futures are released RELEASE_STEPS steps at a time, together (one message to the
+    scheduler, one from it to each worker, one back), not each at its own step; the scheduler still
+    forgets old steps' tasks."""
+    from gtnumba.sched.dask_runner import RELEASE_AFTER, RELEASE_STEPS
+    model = _mlp(1)
+    _train(model, 3)
+    runner, released_at = current_mesh().runner, []
+    real = cluster._dec_ref
+
+    def dec_ref(key):
+        released_at.append(runner.stats["steps"])
+        real(key)
+    monkeypatch.setattr(cluster, "_dec_ref", dec_ref)
+    steps = 4 * RELEASE_STEPS
+    _train(model, steps)
+    held = cluster.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks))
+    assert len(released_at) >= 2 * (steps - RELEASE_STEPS - RELEASE_AFTER), released_at
+    assert len(set(released_at)) <= steps // RELEASE_STEPS + 2, sorted(collections.Counter(released_at).items())
+    assert held <= 2 * (RELEASE_STEPS + RELEASE_AFTER + 3), held
+
+
 def test_dashboard_answers_and_names_blocks(cluster):
     _train(_mlp(1), 2)
     url = cluster.dashboard_link
@@ -164,3 +188,5 @@ def test_external_scheduler_and_workers_through_gt_scheduler(tmp_path):
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait(timeout=15)
+
+

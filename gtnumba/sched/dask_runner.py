@@ -56,6 +56,10 @@ _SPAN = {"collections": [{"type": "low-level-graph"}]}
 SPECULATE = os.environ.get("GT_SPECULATE") != "0"
 _GO_VALUE, _STOP_VALUE = np.zeros(0, np.int8), np.zeros(1, np.int8)     # a predicted step's go-ahead or not
 PUT_WAIT = 0.1          # seconds a read waits for the batches before it submits the next step anyway
+# A task future's release is three messages (client -> scheduler -> worker -> scheduler), six a step.  Held
+# here, a step's futures go RELEASE_STEPS steps at a time, RELEASE_AFTER steps after their submission (when
+# the parts that also hold them are mostly gone): released together, they travel in one message of each kind.
+RELEASE_STEPS, RELEASE_AFTER = 8, 4
 
 
 class Part:
@@ -156,6 +160,7 @@ class DaskRunner:
         self._prediction = None                       # the next step, submitted ahead (sched.speculate)
         self._deferred = None                         # ... or to be submitted at the next read
         self._stopping = []                           # futures of predicted steps called off
+        self._held = []                               # per recent step: its futures (see RELEASE_STEPS)
         self._leaving = False
         self._sent_all = threading.Event()            # set when the last step's batches have arrived
         self.on_lost = None                           # recovery, installed by the mesh step
@@ -415,10 +420,18 @@ class DaskRunner:
     def _issue(self, plan, info, token, inlines, leafkeys):
         dsk, last_keys, early = self._graph(plan, info, token, inlines, leafkeys)
         futures = self._submit(dsk, token)
+        self._hold(futures)
         by_key = dict(zip(dsk, futures))
         for w, k in enumerate(last_keys):
             self._last[w] = by_key[k]
         return futures, by_key, early
+
+    def _hold(self, futures):
+        self._held.append(futures)
+        if len(self._held) >= RELEASE_STEPS + RELEASE_AFTER:
+            batch = self._held[:RELEASE_STEPS]
+            del self._held[:RELEASE_STEPS]
+            self.client.loop.add_callback(batch.clear)      # dropped there: no wake-up of the loop per future
 
     def _send_outbox(self):
         self._sent_all = threading.Event()
