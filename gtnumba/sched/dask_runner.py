@@ -566,7 +566,7 @@ class DaskRunner:
 
     async def _put(self, address, keys, data):
         try:
-            await self.client.rpc(address).gtnumba_put(rid=self.rid, keys=keys, data=data)
+            await self.client.rpc(address).gtnumba_put(rid=self.rid, keys=keys, data=data, reply=False)
         except Exception as exc:          # raised by the next read (a dead worker: WorkerLost there)
             self._put_failed.append((address, exc))
             self._put_event().set()

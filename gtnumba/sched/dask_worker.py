@@ -214,11 +214,20 @@ async def _pull(rid, items, ready=()):
     return reply
 
 
-async def _put(rid, keys, data):
-    """Handler: new host data of a step, sent by the client straight to this worker (a batch
-    inside the task would be pickled into the graph and pass through the scheduler)."""
+async def _put(rid, keys, data, address=None):
+    """Handler, sent without a reply (two messages fewer a step): new host data of a step, sent by the
+    client straight to this worker (a batch inside the task would be pickled into the graph and pass
+    through the scheduler).  Data that cannot be stored fail the step waiting for them, at once: the
+    client's next read raises the cause."""
+    try:
+        _store_batch(rid, keys, data)
+    except Exception as exc:
+        store(rid).fail_step(keys[0], RuntimeError(f"gtnumba: a batch for worker {address} could not be stored: "
+                                                   f"{exc!r}"), keys)
+
+
+def _store_batch(rid, keys, data):
     store(rid).put_many([(key, backend.to_backend(value), None) for key, value in zip(keys, unpack(data))])
-    return {"ok": True}
 
 
 async def _fail(rid, keys, message):
@@ -262,7 +271,7 @@ class StorePlugin(WorkerPlugin):
         self.worker = worker
         worker.handlers["gtnumba_pull"] = _pull
         worker.handlers["gtnumba_put_backup"] = _put_backup
-        worker.handlers["gtnumba_put"] = _put
+        worker.handlers["gtnumba_put"] = lambda rid, keys, data: _put(rid, keys, data, worker.address)
         worker.handlers["gtnumba_fail"] = _fail
         keep_freed_memory()
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
