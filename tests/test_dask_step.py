@@ -336,6 +336,10 @@ def test_packed_pieces_keep_their_shapes_and_dtypes_over_the_wire():
         np.testing.assert_array_equal(a, b)
         assert a.flags.writeable
     assert unpack(loads(dumps(pack([])))) == []
+    for one in (np.arange(6.0).reshape(2, 3).T, np.float32(1.5), np.arange(4)):          # one piece: no copy if it can
+        (got,) = unpack(loads(dumps(pack([one]))))
+        assert got.shape == np.shape(one) and got.dtype == np.asarray(one).dtype
+        np.testing.assert_array_equal(got, one)
 
 
 def test_a_value_stored_as_its_wait_starts_wakes_the_waiter(monkeypatch):

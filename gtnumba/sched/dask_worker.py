@@ -176,9 +176,13 @@ def pack(arrays):
     (~0.1 ms apiece), so a level's dozens of parameter-sized pieces travel as one byte buffer."""
     arrays = [np.asarray(a) for a in arrays]
     meta = [(a.dtype.str, a.shape) for a in arrays]
-    # (np.ascontiguousarray would make a 0-d array 1-d: its shape is taken before)
-    bytes_ = [np.ascontiguousarray(a).reshape(-1).view(np.uint8) for a in arrays]
-    buf = bytes_[0] if len(bytes_) == 1 else np.concatenate(bytes_) if arrays else np.empty(0, np.uint8)
+    if len(arrays) == 1 and arrays[0].flags.c_contiguous:
+        return {"meta": meta, "buf": to_serialize(arrays[0].reshape(-1).view(np.uint8))}
+    # each piece copied once, into its place (a strided batch half is not copied to a contiguous one first)
+    buf, at = np.empty(sum(a.nbytes for a in arrays), np.uint8), 0
+    for a in arrays:
+        buf[at:at + a.nbytes].view(a.dtype).reshape(a.shape)[...] = a
+        at += a.nbytes
     return {"meta": meta, "buf": to_serialize(buf)}
 
 
