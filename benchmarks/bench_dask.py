@@ -117,7 +117,8 @@ def stream_writes(client):
     """Writes so far on the scheduler's streams (client -> scheduler, scheduler -> workers and clients,
     workers -> scheduler): each a send and a wake-up of its reader, carrying one message or several."""
     def on_scheduler(dask_scheduler):
-        return sum(b.batch_count for b in [*dask_scheduler.stream_comms.values(), *dask_scheduler.client_comms.values()])
+        streams = [*dask_scheduler.stream_comms.values(), *dask_scheduler.client_comms.values()]
+        return sum(b.batch_count for b in streams)
     workers = client.run(lambda dask_worker: dask_worker.batched_stream.batch_count)
     return client.scheduler_comm.batch_count + client.run_on_scheduler(on_scheduler) + sum(workers.values())
 
@@ -287,7 +288,8 @@ def report(rows, cmp, steps):
              "bytes in = what a worker pulls from its peers per step (reduce-scatter + gather of the parameters);",
              "bound = 2(W-1)/W x gradient bytes; backup = copies of the new parameter and state slices sent to",
              "the next worker (fault tolerance, outside the collective bound). msgs = client->scheduler messages",
-             "per step; writes = sends per step on the scheduler's streams, both ways (one may carry several messages).",
+             "per step; writes = sends per step on the scheduler's streams, both ways (one may carry several",
+             "messages).",
              "",
              "plan = ordering + structure key (core) + the mesh side (in brackets: leaf layouts, cached DistPlan).",
              "",
