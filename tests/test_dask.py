@@ -188,5 +188,3 @@ def test_external_scheduler_and_workers_through_gt_scheduler(tmp_path):
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait(timeout=15)
-
-

@@ -522,7 +522,7 @@ class DaskRunner:
     async def _call_off(self, keys, data):
         for address in self.addresses:
             try:
-                await self.client.rpc(address).gtnumba_put(rid=self.rid, keys=keys, data=data)
+                await self.client.rpc(address).gtnumba_put(rid=self.rid, keys=keys, data=data, reply=False)
             except Exception:         # a dead worker: its tasks are gone with it
                 pass
 

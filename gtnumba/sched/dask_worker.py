@@ -226,8 +226,7 @@ async def _put(rid, keys, data, address=None):
     try:
         _store_batch(rid, keys, data)
     except Exception as exc:
-        store(rid).fail_step(keys[0], RuntimeError(f"gtnumba: a batch for worker {address} could not be stored: "
-                                                   f"{exc!r}"), keys)
+        await _fail(rid, keys, f"gtnumba: a batch for worker {address} could not be stored: {exc!r}")
 
 
 def _store_batch(rid, keys, data):
