@@ -101,8 +101,10 @@ def test_tasks_per_step_do_not_grow_with_layers(cluster, fused, monkeypatch):
 def test_a_training_loop_lets_go_of_its_step_tasks_in_batches(cluster, monkeypatch):
     """A step's task futures are released RELEASE_STEPS steps at a time, together (one message to the
     scheduler, one from it to each worker, one back), not each at its own step; the scheduler still
-    forgets old steps' tasks."""
+    forgets old steps' tasks.  Each step its own tasks here (chains of one step: a chain's tasks serve many)."""
+    from gtnumba.sched import dask_runner
     from gtnumba.sched.dask_runner import RELEASE_AFTER, RELEASE_STEPS
+    monkeypatch.setattr(dask_runner, "CHAIN_STEPS", 1)
     model = _mlp(1)
     _train(model, 3)
     runner, released_at = current_mesh().runner, []

@@ -115,9 +115,12 @@ def test_bytes_per_worker_within_a_ring_all_reduce(cluster):
         assert (after[address]["tasks"] - before[address]["tasks"]) / steps == 2
 
 
-def test_two_workers_gather_the_new_parameters_from_their_backups_without_a_pull(cluster):
+def test_two_workers_gather_the_new_parameters_from_their_backups_without_a_pull(cluster, monkeypatch):
     """Each worker's new parameter slices are backed up on the other one, so the next step's first
-    level finds its peer's slice in its own store: only the reduce-scatter pulls."""
+    level finds its peer's slice in its own store: only the reduce-scatter pulls.  (Each step its own
+    tasks, so that a step's end can be waited for.)"""
+    from gtnumba.sched import dask_runner
+    monkeypatch.setattr(dask_runner, "CHAIN_STEPS", 1)
     model = _model()
     opt = OPTIMIZERS["adam"](model.parameters())
     rng = np.random.default_rng(5)
@@ -168,7 +171,7 @@ def test_workers_run_their_levels_as_planned_code_that_reuses_its_buffers(cluste
         # the count below does not depend on when Python's cycle collector last ran
         gc.collect()
         return loss.item()
-    for _ in range(8):                             # pipelined steps: a few buffers are in flight
+    for _ in range(16):                            # pipelined steps (chains): a few buffers are in flight
         step()
     w.numpy()                                      # the update has run
     cluster.run(_forget_largest_buffer)
@@ -413,9 +416,11 @@ def test_values_stored_together_wake_their_reader_together(monkeypatch):
 
 def _step_on_worker(token, dask_worker):
     """Whether a task of step `token` is on this worker, ready or running (the scheduler sent
-    it), and whether step `token` stored anything here yet."""
+    it, or the task of the chain that runs it: step `c.i` of chain `c`), and whether step `token` stored
+    anything here yet."""
     from gtnumba.sched import dask_worker as dw
-    sent = any(isinstance(k, tuple) and k[1] == token and ts.state in ("ready", "executing", "long-running")
+    task = token.partition(".")[0]
+    sent = any(isinstance(k, tuple) and k[1] == task and ts.state in ("ready", "executing", "long-running")
                for k, ts in dask_worker.state.tasks.items())
     return sent, any(k.startswith(token + ":") for st in dw._STORES.values() for k in st.values)
 

@@ -34,7 +34,7 @@ from dask._task_spec import Task, TaskRef
 
 from ..kernels import backend
 from .distribute import Collective
-from .dask_worker import SENT, StorePlugin, counters, drop_store, pack, run_levels, store_get, unpack
+from .dask_worker import SENT, StorePlugin, counters, drop_store, pack, run_chain, run_levels, store_get, unpack
 from .cost import nbytes, slot_specs
 from . import speculate
 from .mesh import Flat, WorkerLost
@@ -60,6 +60,13 @@ PUT_WAIT = 0.1          # seconds a read waits for the batches before it submits
 # here, a step's futures go RELEASE_STEPS steps at a time, RELEASE_AFTER steps after their submission (when
 # the parts that also hold them are mostly gone): released together, they travel in one message of each kind.
 RELEASE_STEPS, RELEASE_AFTER = 8, 4
+# A worker no read reaches is asked for its progress once the client has not heard of it for this many steps: a
+# step stays in the log (its values alive, for a replay after a worker loss) until every worker finished it
+ASK_AFTER = 2
+# Predicted steps run in chains (speculate.Chain) of up to this many: a chain is one task per worker, submitted
+# once, so its later steps cost no scheduler round (update-graph, compute-task, task-finished, key-in-memory:
+# ~2.5 ms of CPU a task on the development machine), only their go-aheads.  1: each predicted step its own tasks.
+CHAIN_STEPS = max(1, int(os.environ.get("GT_CHAIN_STEPS", "8")))
 
 
 class Part:
@@ -156,8 +163,14 @@ class DaskRunner:
         self._outbox = []                             # this step's batches for the workers' stores
         self._keyrefs = {}
         self.log = []                                 # (futures, replay) of steps not known finished
+        self._logged = []                             # (place in the run order, token) of each log entry
+        self._order = itertools.count()
+        self._place = {}                              # token of a logged step -> its place
+        self._finished = [-1] * self.workers          # per worker: the last step (place) it reported finished
+        self._asking = set()                          # workers asked for that, not answered yet
         self._prev = None                             # (plan, leaf parts, kept parts) of the last step
         self._prediction = None                       # the next step, submitted ahead (sched.speculate)
+        self._chain = None                            # the chain of predicted steps it belongs to
         self._deferred = None                         # ... or to be submitted at the next read
         self._stopping = []                           # futures of predicted steps called off
         self._held = []                               # per recent step: its futures (see RELEASE_STEPS)
@@ -220,11 +233,15 @@ class DaskRunner:
         for w, idx in by_worker.items():
             self._read_of.update((parts[i].uid, parts[i].slot, w) for i in idx)
         riders = {w: self._riders(w, [parts[i] for i in idx]) for w, idx in by_worker.items()}
+        behind = self._logged[-1][0] - ASK_AFTER if self._logged else -1
+        asks = [w for w in range(self.workers) if w not in by_worker and w not in self._asking
+                and self._finished[w] < behind]
+        self._asking.update(asks)
         self.stats["read_rpcs"] += len(by_worker)
         self.stats["riders"] += sum(map(len, riders.values()))
         try:
-            pulling = asyncio.run_coroutine_threadsafe(self._pull(parts, by_worker, riders, list(ahead.values())),
-                                                       self.client.loop.asyncio_loop)
+            pulling = asyncio.run_coroutine_threadsafe(self._pull(parts, by_worker, riders, list(ahead.values()),
+                                                                  asks), self.client.loop.asyncio_loop)
             # while this thread would only wait, once the batches are out (it holds the GIL meanwhile)
             if self._deferred is not None and self._sent_all.wait(PUT_WAIT):
                 self._predict()
@@ -235,6 +252,7 @@ class DaskRunner:
                 raise WorkerLost(dead) from None
             raise
         for (w, idx), reply in zip(by_worker.items(), replies):
+            self._heard(w, reply)
             values = unpack(reply)
             for i, value in zip(idx, values):
                 out[i] = value
@@ -257,10 +275,12 @@ class DaskRunner:
                 if (parts[w].uid, parts[w].slot, w) in self._read_of and parts[w].host is None
                 and id(parts[w]) not in asked]
 
-    async def _pull(self, parts, by_worker, riders, ahead=()):
+    async def _pull(self, parts, by_worker, riders, ahead=(), asks=()):
         """The pulls (and the pulls ahead of some parts), unless a task making one of the parts
         fails first (a step the scheduler could not even unpickle never reaches a store): then
-        that task's error, at once."""
+        that task's error, at once.  `asks`: workers asked for their progress on the side."""
+        for w in asks:
+            asyncio.ensure_future(self._progress_of(w))
         if by_worker:
             self._pull_ahead(set(by_worker))
         calls = asyncio.gather(*[self.client.rpc(self.addresses[w]).gtnumba_pull(
@@ -303,10 +323,25 @@ class DaskRunner:
                     p.ahead = task
                 self.stats["ahead_rpcs"] += 1
 
+    async def _progress_of(self, w):
+        try:
+            self._heard(w, await self.client.rpc(self.addresses[w]).gtnumba_pull(rid=self.rid, items=[], ready=[]))
+        except Exception:         # a dead worker: the next read finds out
+            pass
+        finally:
+            self._asking.discard(w)
+
+    def _heard(self, w, reply):
+        """Worker w's reply says which step it finished last (dask_worker._pull)."""
+        place = self._place.get(reply.get("finished"))
+        if place is not None and place > self._finished[w]:
+            self._finished[w] = place
+
     async def _ahead(self, w, wanted):
         try:
             reply = await self.client.rpc(self.addresses[w]).gtnumba_pull(
                 rid=self.rid, items=[(p.key, None, None, False) for p in wanted], ready=[])
+            self._heard(w, reply)
             for p, value in zip(wanted, unpack(reply)):
                 p.host = value
         except Exception:         # not this read's to raise: the read of such a part pulls it again, and raises
@@ -414,13 +449,14 @@ class DaskRunner:
                 if p.pending is not None:
                     p.future, p.slot = by_key[(info.tasks[0][0], token, 0, w)], None
         kept = self._kept(plan, info, token, by_key, early)
-        self._done_submitting(plan, info, kept, futures, replay)
+        self._done_submitting(plan, info, token, kept, futures, replay)
         return kept
 
     def _issue(self, plan, info, token, inlines, leafkeys):
         dsk, last_keys, early = self._graph(plan, info, token, inlines, leafkeys)
         futures = self._submit(dsk, token)
         self._hold(futures)
+        self.stats["tasks"] += len(futures)
         by_key = dict(zip(dsk, futures))
         for w, k in enumerate(last_keys):
             self._last[w] = by_key[k]
@@ -452,12 +488,11 @@ class DaskRunner:
                                early=slot in early[w]) for w in range(self.workers)]
         return kept
 
-    def _done_submitting(self, plan, info, kept, futures, replay):
+    def _done_submitting(self, plan, info, token, kept, futures, replay):
         small = info.small_slots(plan, replay[1] if replay is not None else None)
         self._small.append([kept[slot] for slot in small])
         del self._small[:-RIDE_STEPS]
-        self._log(futures, replay)
-        self.stats["tasks"] += len(futures)
+        self._log(futures, replay, token)
 
     # ---- the next step submitted before it is recorded (sched.speculate) ----------------------
     def leaving(self):
@@ -471,44 +506,99 @@ class DaskRunner:
         if self._deferred is None:
             return
         (info, pred), self._deferred = self._deferred, None
-        plan = pred.plan
-        pred.reserve(lambda: f"p{next(self._placed)}")
-        pred.token = f"{self.rid[:8]}-{next(self._steps)}"
-        inlines = [{slot: SENT for slot in pred.reserved} for _ in range(self.workers)]
-        futures, by_key, early = self._issue(plan, info, pred.token, inlines, pred.leafkeys)
-        pred.issued = (futures, by_key, self._kept(plan, info, pred.token, by_key, early))
+        if info.fused:
+            self._chained(info, pred)
+        else:
+            plan = pred.plan
+            pred.reserve(self._new_key)
+            pred.token = f"{self.rid[:8]}-{next(self._steps)}"
+            inlines = [{slot: SENT for slot in pred.reserved} for _ in range(self.workers)]
+            futures, by_key, early = self._issue(plan, info, pred.token, inlines, pred.leafkeys)
+            firsts = [by_key[(info.tasks[0][0], pred.token, 0, w)] for w in range(self.workers)]
+            pred.issued = (futures, firsts, self._kept(plan, info, pred.token, by_key, early))
         self._prediction = pred
+
+    def _new_key(self):
+        return f"p{next(self._placed)}"
+
+    def _chained(self, info, pred):
+        """`pred` as the next step of the running chain, or the first of a new one."""
+        chain = self._chain
+        if chain is None or not chain.continues(pred):
+            self._end_chain()
+            chain = self._chain = speculate.Chain(pred, f"{self.rid[:8]}-{next(self._steps)}", CHAIN_STEPS,
+                                                  self._new_key, "{}:{}".format)
+            self._submit_chain(info, chain)
+        i = chain.take(pred)
+        futures, early = chain.task
+        kept = {}
+        for slot in pred.plan.keep:
+            kept[slot] = [Part(w, f"{pred.token}:{slot}", futures[w], slot, uid=info.uid, early=slot in early[w])
+                          for w in range(self.workers)]
+        assert all(pred.kept[k][0].key == pred.leafkeys[s] for s, (kind, k) in enumerate(pred.sources)
+                   if kind == "kept"), f"chain step {i} does not take the outputs of the step before"
+        pred.issued = (futures, futures, kept)
+
+    def _submit_chain(self, info, chain):
+        plan, (name, levels) = chain.plan, info.tasks[0]
+        inline, dsk, earlies = {slot: SENT for slot in chain.reserved[0]}, {}, []
+        steps = list(zip(chain.tokens, chain.leafkeys))
+        for w in range(self.workers):
+            previous, frees, send, carrier, early = self._context(plan, info, chain.tokens[0], w)
+            earlies.append(early)
+            key = (name, chain.token, 0, w)
+            dsk[key] = Task(key, run_chain, self.rid, info.uid, send, carrier, previous, levels, w, chain.token,
+                            self.addresses, steps, inline, frees, early)
+        futures = self._submit(dsk, chain.token)
+        self._hold(futures)
+        self._last = list(futures)
+        self.stats["tasks"] += len(futures)
+        chain.task = (futures, earlies)
+
+    def _end_chain(self):
+        """The running chain's tasks, waiting for a step the client will not take, end."""
+        chain, self._chain = self._chain, None
+        key = chain.waiting() if chain is not None else None
+        if key is not None:
+            self._stopping = [fs for fs in self._stopping if not all(f.done() for f in fs)] + [chain.task[0]]
+            self.client.loop.add_callback(self._call_off, [key], pack([_STOP_VALUE]))
 
     def _confirmed(self, plan, leaf_parts, learned, replay):
         """The kept parts of the predicted step, when this step is it (it takes its leaves from the
         last step as `learned` now, and as predicted then): its new data go straight to the reserved
         keys in the workers' stores, where its tasks wait.  None (and the prediction cancelled)
         otherwise."""
+        if self._prediction is None and self._deferred is not None and self._chain is not None \
+                and self._chain.continues(self._deferred[1]):
+            self._predict()           # no read came between the steps: the chain's next step, taken now
         pred, self._prediction, self._deferred = self._prediction, None, None
         if pred is None:
+            self._end_chain()
             return None
         if learned is None or learned != pred.sources:
             self.stats["predictions_missed"] += 1
             self._cancel(pred)
             return None
-        futures, by_key, kept = pred.issued
+        futures, firsts, kept = pred.issued
         slots = list(pred.reserved)
         keys = [pred.reserved[s] for s in slots] + [pred.leafkeys[speculate.GO]]
         try:
-            self._outbox = [(self.addresses[w], keys, pack([leaf_parts[s][w].pending for s in slots] + [_GO_VALUE]))
-                            for w in range(self.workers)]
+            self._outbox = [(self.addresses[w], keys, pack([leaf_parts[s][w].pending for s in slots] + [_GO_VALUE]),
+                             self._frees[w]) for w in range(self.workers)]
         except Exception:         # its tasks would wait for a go-ahead for good, and hold up every later step
             self.stats["predictions_missed"] += 1
             self._cancel(pred)
             raise
-        self.stats["direct_bytes"] += sum(data["buf"].data.nbytes for _, _, data in self._outbox)
+        self._frees = [[] for _ in self.addresses]
+        self.stats["direct_bytes"] += sum(data["buf"].data.nbytes for _, _, data, _ in self._outbox)
         self._send_outbox()
-        first = plan.dask_info.tasks[0][0]
+        if self._chain is not None and pred.token in self._chain.tokens:
+            self._chain.confirmed += 1
         for s in slots:
             for w, p in enumerate(leaf_parts[s]):
                 self._rekey(p, w, pred.reserved[s])
-                p.future, p.slot = by_key[(first, pred.token, 0, w)], None
-        self._done_submitting(plan, plan.dask_info, kept, futures, replay)
+                p.future, p.slot = firsts[w], None
+        self._done_submitting(plan, plan.dask_info, pred.token, kept, futures, replay)
         self.stats["predictions_taken"] += 1
         return kept
 
@@ -518,6 +608,8 @@ class DaskRunner:
         second level's, with one task per level), and the next step waits for it to end."""
         self._stopping = [fs for fs in self._stopping if not all(f.done() for f in fs)] + [pred.issued[0]]
         self.client.loop.add_callback(self._call_off, [pred.leafkeys[speculate.GO]], pack([_STOP_VALUE]))
+        if self._chain is not None and pred.token in self._chain.tokens:
+            self._chain = None            # its tasks end at this step
 
     async def _call_off(self, keys, data):
         for address in self.addresses:
@@ -556,7 +648,7 @@ class DaskRunner:
         for slot in direct:
             inline[slot] = SENT
         self.stats["direct_bytes"] += data["buf"].data.nbytes
-        self._outbox.append((self.addresses[w], keys, data))
+        self._outbox.append((self.addresses[w], keys, data, ()))
 
     async def _put_all(self, puts, sent):
         try:
@@ -564,9 +656,9 @@ class DaskRunner:
         finally:
             sent.set()
 
-    async def _put(self, address, keys, data):
+    async def _put(self, address, keys, data, frees=()):
         try:
-            await self.client.rpc(address).gtnumba_put(rid=self.rid, keys=keys, data=data, reply=False)
+            await self.client.rpc(address).gtnumba_put(rid=self.rid, keys=keys, data=data, frees=frees, reply=False)
         except Exception as exc:          # raised by the next read (a dead worker: WorkerLost there)
             self._put_failed.append((address, exc))
             self._put_event().set()
@@ -589,12 +681,19 @@ class DaskRunner:
             self._put_failure.clear()
         return RuntimeError(f"gtnumba: sending a batch to worker {address} failed: {exc!r}")
 
-    def _log(self, futures, replay):
+    def _log(self, futures, replay, token):
         # a failed step stays until a read has failed it on its workers (_step_failure): dropped before,
-        # the next step's task, sent while the failure was not known yet, would wait there for it for good
-        while self.log and all(f.status == "finished" or f.key in self._failed for f in self.log[0][0]):
+        # the next step's task, sent while the failure was not known yet, would wait there for it for good.
+        # A step of a chain is done when every worker reported it finished (its task ends many steps later).
+        done = min(self._finished)
+        while self.log and (self._logged[0][0] <= done or
+                            all(f.status == "finished" or f.key in self._failed for f in self.log[0][0])):
             self.log.pop(0)
+            self._place.pop(self._logged.pop(0)[1], None)
+        place = next(self._order)
+        self._place[token] = place
         self.log.append((futures, replay))
+        self._logged.append((place, token))
 
     def _inline(self, w, leaf_parts, leafkeys):
         """Worker w's new host data of a step: small ones ride in its task, big ones go straight."""
@@ -602,20 +701,26 @@ class DaskRunner:
         self._send_direct(w, inline, leafkeys)
         return inline
 
+    def _context(self, plan, info, token, w):
+        """What worker w's first task of step `token` needs from the runner: the step it follows there, the keys
+        to free, the plan if w has not got it and the step that carried it, the slots the client reads early."""
+        frees, self._frees[w] = self._frees[w], []
+        previous = self._last[w] and self._last[w].key[1]
+        if getattr(self._last[w], "status", None) == "error":
+            # its graph failed before reaching the worker: no plan arrived with it, and it
+            # will not be done there
+            self._sent, previous = {s: t for s, t in self._sent.items() if s[1] != w}, None
+        send = None if (info.uid, w) in self._sent else plan
+        carrier = self._sent.setdefault((info.uid, w), token)
+        early = frozenset(slot for slot in plan.keep if (info.uid, slot, w) in self._read_of)
+        return previous, frees, send, carrier, early
+
     def _graph(self, plan, info, token, inlines, leafkeys):
         dsk, last_keys, earlies = {}, [], []
         for w in range(self.workers):
             inline = inlines[w]
-            frees, self._frees[w] = self._frees[w], []
-            previous = self._last[w] and self._last[w].key[1]
-            if getattr(self._last[w], "status", None) == "error":
-                # its graph failed before reaching the worker: no plan arrived with it, and it
-                # will not be done there
-                self._sent, previous = {s: t for s, t in self._sent.items() if s[1] != w}, None
+            previous, frees, send, carrier, early = self._context(plan, info, token, w)
             prev = None               # no Dask dependency on the previous step (see the module doc)
-            send = None if (info.uid, w) in self._sent else plan
-            carrier = self._sent.setdefault((info.uid, w), token)
-            early = frozenset(slot for slot in plan.keep if (info.uid, slot, w) in self._read_of)
             earlies.append(early)
             for t, (name, levels) in enumerate(info.tasks):
                 key = (name, token, t, w)

@@ -52,6 +52,8 @@ class Store:
         self.failed = {}                      # failed step token (or leaf key) -> its error
         self.programs, self.steps, self.sources = {}, {}, {}
         self.called_off = {}                  # tokens of predicted steps the client did not run
+        self.late_frees = {}                  # go-ahead key -> keys to free when that predicted step ends
+        self.finished = None                  # the last step that ended here (reported with every read)
         self.variants = {}                    # (plan uid, slots read early) -> program
         self.closed = None                    # the error of every wait once the client's store is dropped
         self.counters = {"tasks": 0, "bytes_in": 0, "backup_bytes": 0, "pull_seconds": 0.0,
@@ -113,8 +115,10 @@ class Store:
         _on_loop(lambda: [ev.set() for ev in events.values()])
 
     def failure(self, key):
-        """The error of the failed step that was to make `key`, or None."""
-        return self.closed or self.failed.get(key) or self.failed.get(key.rpartition(":")[0])
+        """The error of the failed step that was to make `key`, or None (a chain's step `c.i` fails with
+        its chain `c`: dask_runner)."""
+        token = key.rpartition(":")[0]
+        return self.closed or self.failed.get(key) or self.failed.get(token) or self.failed.get(token.partition(".")[0])
 
     def close(self, exc):
         """Nothing will be stored here any more: every wait raises exc."""
@@ -214,16 +218,19 @@ async def _pull(rid, items, ready=()):
         return error_message(exc, status="uncaught-error")
     have = [key in st.values for key in ready]
     reply = pack(out + [backend.to_host(st.values[key]) for key, h in zip(ready, have) if h])
-    reply["have"] = have
+    reply["have"], reply["finished"] = have, st.finished
     return reply
 
 
-async def _put(rid, keys, data, address=None):
+async def _put(rid, keys, data, address=None, frees=()):
     """Handler, sent without a reply (two messages fewer a step): new host data of a step, sent by the
     client straight to this worker (a batch inside the task would be pickled into the graph and pass
     through the scheduler).  Data that cannot be stored fail the step waiting for them, at once: the
-    client's next read raises the cause."""
+    client's next read raises the cause.  `frees`: keys the step whose go-ahead is keys[-1] frees when
+    it ends (a predicted step was submitted before the client dropped them)."""
     try:
+        if frees:
+            store(rid).late_frees[keys[-1]] = frees
         _store_batch(rid, keys, data)
     except Exception as exc:
         await _fail(rid, keys, f"gtnumba: a batch for worker {address} could not be stored: {exc!r}")
@@ -274,7 +281,7 @@ class StorePlugin(WorkerPlugin):
         self.worker = worker
         worker.handlers["gtnumba_pull"] = _pull
         worker.handlers["gtnumba_put_backup"] = _put_backup
-        worker.handlers["gtnumba_put"] = lambda rid, keys, data: _put(rid, keys, data, worker.address)
+        worker.handlers["gtnumba_put"] = lambda rid, keys, data, frees=(): _put(rid, keys, data, worker.address, frees)
         worker.handlers["gtnumba_fail"] = _fail
         keep_freed_memory()
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
@@ -554,8 +561,11 @@ def run_levels(rid, uid, plan, carrier, order, levels, w, token, peers, leafkeys
         if previous is not None:
             _await(get_worker(), [f"{previous}:done"], st)
             st.values.pop(f"{previous}:done")
-        if token in st.called_off or leafkeys and GO in leafkeys and not _go_ahead(get_worker(), st, leafkeys[GO]):
+        go = leafkeys.get(GO) if leafkeys else None
+        if token in st.called_off or go is not None and not _go_ahead(get_worker(), st, go):
             return _called_off(st, token, frees, closes)
+        if go is not None:
+            frees = [*frees, *st.late_frees.pop(go, ())]
         if plan is not None:
             _keep_plan(st, uid, plan, token)
         elif uid not in st.programs:
@@ -571,6 +581,19 @@ def run_levels(rid, uid, plan, carrier, order, levels, w, token, peers, leafkeys
     if closes:
         st.put(f"{token}:done", True)
     return len(levels)
+
+
+def run_chain(rid, uid, plan, carrier, previous, levels, w, chain, peers, steps, inline, frees, early):
+    """The steps of a chain (speculate.Chain) in a row, each run by run_levels when its go-ahead comes,
+    until one is called off.  Its steps do not close themselves: the chain is done when it ends."""
+    n = 0
+    for token, leafkeys in steps:
+        n += 1
+        if not run_levels(rid, uid, plan if n == 1 else None, carrier, (previous if n == 1 else None, False), levels,
+                          w, token, peers, leafkeys, inline, frees if n == 1 else [], early):
+            break
+    store(rid).put(f"{chain}:done", True)
+    return n
 
 
 def _go_ahead(worker, st, key):
@@ -648,6 +671,7 @@ def run_level(rid, uid, level, w, token, peers, leafkeys, inline, frees, early, 
     if level == plan.n_levels - 1:
         st.steps.pop(token, None)
         st.free(frees)
+        st.finished = token
     return ahead
 
 

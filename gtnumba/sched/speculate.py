@@ -55,3 +55,47 @@ def sources(prev, plan, leaf_parts):
         else:
             return None
     return out
+
+
+class Chain:
+    """Predicted steps in a row, submitted once as one task per worker (dask_worker.run_chain) that runs
+    each when its go-ahead comes.  The first step's keys are its prediction's; each next step takes the
+    outputs of the step before (`output_key(token, slot)`), the same constants and new keys for new data.
+    Steps are taken in order, one per confirmed step; one called off ends the chain on its workers."""
+    __slots__ = ("plan", "sources", "token", "tokens", "leafkeys", "reserved", "taken", "confirmed", "task")
+
+    def __init__(self, first, token, length, new_key, output_key):
+        first.reserve(new_key)
+        self.plan, self.sources, self.token = first.plan, first.sources, token
+        self.tokens = [f"{token}.{i}" for i in range(length)]
+        self.leafkeys, self.reserved = [first.leafkeys], [first.reserved]
+        for before in self.tokens[:-1]:
+            keys, reserved = {}, {}
+            for slot, (kind, k) in enumerate(self.sources):
+                if kind == "kept":
+                    keys[slot] = output_key(before, k)
+                elif kind == "same":
+                    keys[slot] = first.leafkeys[slot]
+                else:
+                    keys[slot] = reserved[slot] = new_key()
+            keys[GO] = new_key()
+            self.leafkeys.append(keys)
+            self.reserved.append(reserved)
+        self.taken = self.confirmed = 0
+        self.task = None          # what the runner keeps of its submission
+
+    def continues(self, pred):
+        """Whether `pred` is this chain's next step: every step taken so far ran, and it follows them alike."""
+        return self.confirmed == self.taken < len(self.tokens) and pred.plan is self.plan \
+            and pred.sources == self.sources
+
+    def take(self, pred):
+        """`pred` becomes the chain's next step (its token and keys); returns its index."""
+        i = self.taken
+        pred.token, pred.leafkeys, pred.reserved = self.tokens[i], self.leafkeys[i], self.reserved[i]
+        self.taken += 1
+        return i
+
+    def waiting(self):
+        """The go-ahead key of the next step not taken, which the chain's tasks wait for; None at its end."""
+        return self.leafkeys[self.taken][GO] if self.taken < len(self.tokens) else None
