@@ -233,15 +233,11 @@ class DaskRunner:
         for w, idx in by_worker.items():
             self._read_of.update((parts[i].uid, parts[i].slot, w) for i in idx)
         riders = {w: self._riders(w, [parts[i] for i in idx]) for w, idx in by_worker.items()}
-        behind = self._logged[-1][0] - ASK_AFTER if self._logged else -1
-        asks = [w for w in range(self.workers) if w not in by_worker and w not in self._asking
-                and self._finished[w] < behind]
-        self._asking.update(asks)
         self.stats["read_rpcs"] += len(by_worker)
         self.stats["riders"] += sum(map(len, riders.values()))
         try:
-            pulling = asyncio.run_coroutine_threadsafe(self._pull(parts, by_worker, riders, list(ahead.values()),
-                                                                  asks), self.client.loop.asyncio_loop)
+            pulling = asyncio.run_coroutine_threadsafe(self._pull(parts, by_worker, riders, list(ahead.values())),
+                                                       self.client.loop.asyncio_loop)
             # while this thread would only wait, once the batches are out (it holds the GIL meanwhile)
             if self._deferred is not None and self._sent_all.wait(PUT_WAIT):
                 self._predict()
@@ -275,12 +271,10 @@ class DaskRunner:
                 if (parts[w].uid, parts[w].slot, w) in self._read_of and parts[w].host is None
                 and id(parts[w]) not in asked]
 
-    async def _pull(self, parts, by_worker, riders, ahead=(), asks=()):
+    async def _pull(self, parts, by_worker, riders, ahead=()):
         """The pulls (and the pulls ahead of some parts), unless a task making one of the parts
         fails first (a step the scheduler could not even unpickle never reaches a store): then
-        that task's error, at once.  `asks`: workers asked for their progress on the side."""
-        for w in asks:
-            asyncio.ensure_future(self._progress_of(w))
+        that task's error, at once."""
         if by_worker:
             self._pull_ahead(set(by_worker))
         calls = asyncio.gather(*[self.client.rpc(self.addresses[w]).gtnumba_pull(
@@ -471,8 +465,9 @@ class DaskRunner:
 
     def _send_outbox(self):
         self._sent_all = threading.Event()
-        if self._outbox:          # all the step's batches in one hop to the client's loop, after the graph
-            self.client.loop.add_callback(self._put_all, self._outbox, self._sent_all)
+        asks = self._behind()
+        if self._outbox or asks:  # all the step's batches in one hop to the client's loop, after the graph
+            self.client.loop.add_callback(self._put_all, self._outbox, self._sent_all, asks)
         else:
             self._sent_all.set()
         # the client's loop thread now waits for the GIL to send the graph, while this thread would
@@ -568,9 +563,9 @@ class DaskRunner:
         last step as `learned` now, and as predicted then): its new data go straight to the reserved
         keys in the workers' stores, where its tasks wait.  None (and the prediction cancelled)
         otherwise."""
-        if self._prediction is None and self._deferred is not None and self._chain is not None \
-                and self._chain.continues(self._deferred[1]):
-            self._predict()           # no read came between the steps: the chain's next step, taken now
+        if self._prediction is None and self._deferred is not None and learned == self._deferred[1].sources \
+                and self._deferred[0].fused:
+            self._predict()           # no read came between the steps: this one runs in a chain all the same
         pred, self._prediction, self._deferred = self._prediction, None, None
         if pred is None:
             self._end_chain()
@@ -650,7 +645,16 @@ class DaskRunner:
         self.stats["direct_bytes"] += data["buf"].data.nbytes
         self._outbox.append((self.addresses[w], keys, data, ()))
 
-    async def _put_all(self, puts, sent):
+    def _behind(self):
+        """Workers not heard of (dask_worker._pull's `finished`) for ASK_AFTER steps, now asked."""
+        last = self._logged[-1][0] + 1 if self._logged else 0
+        asks = [w for w in range(self.workers) if w not in self._asking and self._finished[w] < last - ASK_AFTER]
+        self._asking.update(asks)
+        return asks
+
+    async def _put_all(self, puts, sent, asks=()):
+        for w in asks:
+            asyncio.ensure_future(self._progress_of(w))
         try:
             await asyncio.gather(*[self._put(*p) for p in puts])
         finally:

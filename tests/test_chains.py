@@ -1,0 +1,121 @@
+"""Predicted steps run in chains (speculate.Chain): one task per worker serves up to CHAIN_STEPS steps, each
+started by its go-ahead.  On real Dask workers: chains train as in-process whether or not the loop reads
+between steps; a chain ends where the loop leaves it, and the next starts; steps leave the client's replay log
+once every worker reported them finished, and the values the loop drops are freed while a chain runs."""
+import numpy as np
+import pytest
+
+import gtnumba as gt
+import small_mlp
+from gtnumba.sched import dask_runner, dask_worker
+from gtnumba.sched.mesh import current_mesh, set_mesh
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    client = gt.init(workers=2, dashboard=":0")
+    yield client
+    gt.shutdown()
+
+
+@pytest.fixture
+def chains_of_4(monkeypatch):
+    monkeypatch.setattr(dask_runner, "CHAIN_STEPS", 4)
+
+
+def _stats():
+    return dict(current_mesh().runner.stats)
+
+
+def _in_process(fn):
+    mesh = current_mesh()
+    set_mesh(None)
+    try:
+        return fn()
+    finally:
+        set_mesh(mesh)
+
+
+def _train(steps, read_every=1, between=None):
+    """SGD with momentum for `steps` steps, reading the loss every `read_every` steps (0: never); the
+    losses read and the parameters."""
+    net = small_mlp.model()
+    opt = gt.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    rng = np.random.default_rng(3)
+    losses = []
+    for i in range(steps):
+        loss = small_mlp.step(net, opt, rng)
+        if read_every and i % read_every == 0:
+            losses.append(loss.item())
+        if between is not None:
+            between(i, net)
+    return losses, [p.numpy() for p in net.parameters()]
+
+
+def _same(got, want):
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+    for a, b in zip(got[1], want[1]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("read_every", [1, 3, 0])
+def test_chains_train_as_in_process_however_often_the_loop_reads(cluster, chains_of_4, read_every):
+    """Reading every step, every third step or never: the steps after the first two run in chains of 4
+    (a chain is 2 tasks here), with the in-process losses and parameters."""
+    want = _in_process(lambda: _train(14, read_every))
+    before = _stats()
+    got = _train(14, read_every)
+    after = _stats()
+    _same(got, want)
+    taken = after["predictions_taken"] - before["predictions_taken"]
+    assert taken >= 10, taken
+    assert after["tasks"] - before["tasks"] <= 2 * ((14 - taken) + -(-taken // 4)), after["tasks"] - before["tasks"]
+
+
+def test_a_chain_left_mid_way_ends_on_its_workers_and_the_next_starts(cluster, chains_of_4):
+    """An evaluation pass (another plan) in the middle of a chain calls off the chain's next step: its tasks
+    end, having stored nothing of it; training then starts a new chain, with the in-process results."""
+    def evaluate(i, net):
+        if i == 5:
+            with gt.no_grad():
+                small_mlp.model()(gt.tensor(np.ones((2, 6)), dtype=gt.float32)).numpy()
+    want = _in_process(lambda: _train(12, between=evaluate))
+    before = _stats()
+    got = _train(12, between=evaluate)
+    _same(got, want)
+    assert _stats()["predictions_missed"] > before["predictions_missed"]
+    off = [t for ts in cluster.run(lambda: [t for st in dask_worker._STORES.values()
+                                            for t in st.called_off]).values() for t in ts]
+    assert any("." in t for t in off), off          # a chain's step (`c.i`) was called off
+    left = cluster.run(lambda: [k for st in dask_worker._STORES.values() for k in st.values
+                                if k.split(":")[0] in set(off)])
+    assert not any(left.values()), left
+
+
+def test_steps_leave_the_replay_log_while_their_chain_runs(cluster):
+    """A chain's task ends only after many steps; its steps leave the log as soon as both workers reported
+    them finished (the worker the loop reads from, with each read; the other, asked on the side)."""
+    runner = current_mesh().runner
+    lengths = []
+    _train(3 * dask_runner.CHAIN_STEPS, between=lambda i, net: lengths.append(len(runner.log)))
+    assert max(lengths[4:]) <= dask_runner.ASK_AFTER + 2, lengths
+    assert min(runner._finished) >= 0
+
+
+def test_a_parameter_the_loop_replaces_is_freed_on_the_workers_while_its_chain_runs(cluster, monkeypatch):
+    """The replaced parameter's key goes with a later go-ahead and is freed when that step ends, not when
+    the chain's task ends (a chain of 16 steps here: one chain from step 3 to the end)."""
+    monkeypatch.setattr(dask_runner, "CHAIN_STEPS", 16)
+    seen = {}
+
+    def stored(key):
+        return any(cluster.run(lambda: any(key in st.values for st in dask_worker._STORES.values())).values())
+
+    def watch(i, net):
+        if i == 4:
+            seen["key"], seen["tasks"] = net[0].weight._node.value.parts[0].key, _stats()["tasks"]
+            assert stored(seen["key"])
+        if i == 15:
+            seen["freed"], seen["same chain"] = not stored(seen["key"]), _stats()["tasks"] == seen["tasks"]
+    _train(17, between=watch)
+    assert seen["same chain"] and seen["freed"], seen
