@@ -34,3 +34,19 @@ def big_batch_step(net, opt, rng):
     loss.backward()
     opt.step()
     return loss
+
+
+def in_process(fn):
+    """fn() run with no mesh (in this process), the current mesh restored after."""
+    from gtnumba.sched.mesh import current_mesh, set_mesh
+    mesh = current_mesh()
+    set_mesh(None)
+    try:
+        return fn()
+    finally:
+        set_mesh(mesh)
+
+
+def runner_stats():
+    from gtnumba.sched.mesh import current_mesh
+    return dict(current_mesh().runner.stats)

@@ -8,7 +8,7 @@ import pytest
 import gtnumba as gt
 import small_mlp
 from gtnumba.sched import dask_runner, dask_worker
-from gtnumba.sched.mesh import current_mesh, set_mesh
+from gtnumba.sched.mesh import current_mesh
 
 
 @pytest.fixture(scope="module")
@@ -21,19 +21,6 @@ def cluster():
 @pytest.fixture
 def chains_of_4(monkeypatch):
     monkeypatch.setattr(dask_runner, "CHAIN_STEPS", 4)
-
-
-def _stats():
-    return dict(current_mesh().runner.stats)
-
-
-def _in_process(fn):
-    mesh = current_mesh()
-    set_mesh(None)
-    try:
-        return fn()
-    finally:
-        set_mesh(mesh)
 
 
 def _train(steps, read_every=1, between=None):
@@ -62,10 +49,10 @@ def _same(got, want):
 def test_chains_train_as_in_process_however_often_the_loop_reads(cluster, chains_of_4, read_every):
     """Reading every step, every third step or never: the steps after the first two run in chains of 4
     (a chain is 2 tasks here), with the in-process losses and parameters."""
-    want = _in_process(lambda: _train(14, read_every))
-    before = _stats()
+    want = small_mlp.in_process(lambda: _train(14, read_every))
+    before = small_mlp.runner_stats()
     got = _train(14, read_every)
-    after = _stats()
+    after = small_mlp.runner_stats()
     _same(got, want)
     taken = after["predictions_taken"] - before["predictions_taken"]
     assert taken >= 10, taken
@@ -79,11 +66,11 @@ def test_a_chain_left_mid_way_ends_on_its_workers_and_the_next_starts(cluster, c
         if i == 5:
             with gt.no_grad():
                 small_mlp.model()(gt.tensor(np.ones((2, 6)), dtype=gt.float32)).numpy()
-    want = _in_process(lambda: _train(12, between=evaluate))
-    before = _stats()
+    want = small_mlp.in_process(lambda: _train(12, between=evaluate))
+    before = small_mlp.runner_stats()
     got = _train(12, between=evaluate)
     _same(got, want)
-    assert _stats()["predictions_missed"] > before["predictions_missed"]
+    assert small_mlp.runner_stats()["predictions_missed"] > before["predictions_missed"]
     off = [t for ts in cluster.run(lambda: [t for st in dask_worker._STORES.values()
                                             for t in st.called_off]).values() for t in ts]
     assert any("." in t for t in off), off          # a chain's step (`c.i`) was called off
@@ -113,9 +100,10 @@ def test_a_parameter_the_loop_replaces_is_freed_on_the_workers_while_its_chain_r
 
     def watch(i, net):
         if i == 4:
-            seen["key"], seen["tasks"] = net[0].weight._node.value.parts[0].key, _stats()["tasks"]
+            seen["key"], seen["tasks"] = net[0].weight._node.value.parts[0].key, small_mlp.runner_stats()["tasks"]
             assert stored(seen["key"])
         if i == 15:
-            seen["freed"], seen["same chain"] = not stored(seen["key"]), _stats()["tasks"] == seen["tasks"]
+            seen["freed"] = not stored(seen["key"])
+            seen["same chain"] = small_mlp.runner_stats()["tasks"] == seen["tasks"]
     _train(17, between=watch)
     assert seen["same chain"] and seen["freed"], seen

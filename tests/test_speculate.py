@@ -8,7 +8,7 @@ import gtnumba as gt
 import small_mlp
 from gtnumba import nn
 from gtnumba.sched import dask_runner
-from gtnumba.sched.mesh import current_mesh, set_mesh
+from gtnumba.sched.mesh import current_mesh
 
 
 @pytest.fixture(scope="module")
@@ -16,19 +16,6 @@ def cluster():
     client = gt.init(workers=2, dashboard=":0")
     yield client
     gt.shutdown()
-
-
-def _stats():
-    return dict(current_mesh().runner.stats)
-
-
-def _in_process(fn):
-    mesh = current_mesh()
-    set_mesh(None)
-    try:
-        return fn()
-    finally:
-        set_mesh(mesh)
 
 
 def _loop(batches, between=None):
@@ -65,10 +52,10 @@ def _called_off():
 
 
 def test_a_training_loop_runs_its_steps_from_predictions_with_in_process_results(cluster):
-    want = _in_process(lambda: _loop([5] * 8))
-    before = _stats()
+    want = small_mlp.in_process(lambda: _loop([5] * 8))
+    before = small_mlp.runner_stats()
     got = _loop([5] * 8)
-    after = _stats()
+    after = small_mlp.runner_stats()
     _same(got, want)
     # steps 1 and 2 teach the runner how step 3 follows step 2 (momentum buffers appear in step 2)
     assert after["predictions_taken"] - before["predictions_taken"] >= 5
@@ -90,10 +77,10 @@ def test_a_step_unlike_the_prediction_calls_it_off_and_it_runs_nothing(cluster, 
             with gt.no_grad():
                 net(gt.tensor(np.ones((2, 6)), dtype=gt.float32)).numpy()
     batches = [5] * 6 + [3] + [5] * 6
-    want = _in_process(lambda: _loop(batches, evaluate))
-    before = _stats()
+    want = small_mlp.in_process(lambda: _loop(batches, evaluate))
+    before = small_mlp.runner_stats()
     got = _loop(batches, evaluate)
-    after = _stats()
+    after = small_mlp.runner_stats()
     _same(got, want)
     assert after["predictions_missed"] - before["predictions_missed"] >= 1
     assert after["predictions_taken"] - before["predictions_taken"] >= 3
@@ -109,11 +96,11 @@ def test_a_parameter_set_by_hand_between_steps_is_read_by_the_next_step(cluster)
             w = net[0].weight
             with gt.no_grad():
                 w.data = w.numpy() * 0.5
-    want = _in_process(lambda: _loop([5] * 7, halve))
-    before = _stats()
+    want = small_mlp.in_process(lambda: _loop([5] * 7, halve))
+    before = small_mlp.runner_stats()
     got = _loop([5] * 7, halve)
     _same(got, want)
-    assert _stats()["predictions_missed"] > before["predictions_missed"]
+    assert small_mlp.runner_stats()["predictions_missed"] > before["predictions_missed"]
 
 
 def test_a_kernel_error_in_a_predicted_step_surfaces_at_its_read(cluster):
@@ -133,22 +120,22 @@ def test_a_kernel_error_in_a_predicted_step_surfaces_at_its_read(cluster):
         return loss
     for _ in range(4):
         assert np.isfinite(step(1).item())
-    taken = _stats()["predictions_taken"]
+    taken = small_mlp.runner_stats()["predictions_taken"]
     loss = step(3)                                            # labels 3 and 6 of 3 classes
     with pytest.raises(ValueError, match="cross_entropy.*label 3 is out of range"):
         loss.item()
-    assert _stats()["predictions_taken"] == taken + 1
+    assert small_mlp.runner_stats()["predictions_taken"] == taken + 1
     with pytest.raises(ValueError, match="out of range"):
         net[0].weight.numpy()                                 # its update read the failed step
-    _same(_loop([5] * 4), _in_process(lambda: _loop([5] * 4)))
+    _same(_loop([5] * 4), small_mlp.in_process(lambda: _loop([5] * 4)))
 
 
 def test_gt_speculate_0_submits_each_step_when_it_is_recorded(cluster, monkeypatch):
     monkeypatch.setattr(dask_runner, "SPECULATE", False)
-    want = _in_process(lambda: _loop([5] * 5))
-    before = _stats()
+    want = small_mlp.in_process(lambda: _loop([5] * 5))
+    before = small_mlp.runner_stats()
     _same(_loop([5] * 5), want)
-    assert _stats()["predictions_taken"] == before["predictions_taken"]
+    assert small_mlp.runner_stats()["predictions_taken"] == before["predictions_taken"]
 
 
 def test_the_batch_of_a_predicted_step_goes_straight_to_the_workers(cluster):
@@ -158,9 +145,9 @@ def test_the_batch_of_a_predicted_step_goes_straight_to_the_workers(cluster):
     rng = np.random.default_rng(1)
     for _ in range(4):
         small_mlp.step(net, opt, rng).item()
-    before = _stats()
+    before = small_mlp.runner_stats()
     small_mlp.step(net, opt, rng).item()
-    after = _stats()
+    after = small_mlp.runner_stats()
     assert after["predictions_taken"] == before["predictions_taken"] + 1
     batch = 5 * 6 * 4 + 5 * 8                   # x float32, y int64
     assert after["direct_bytes"] - before["direct_bytes"] >= 2 * batch * 0.5
@@ -178,11 +165,11 @@ def test_a_confirmation_that_fails_calls_its_prediction_off_and_training_goes_on
             failed.append(True)
             raise MemoryError("no memory for the batch")
         return pack(arrays)
-    want = _in_process(lambda: _loop([5] * 9))
+    want = small_mlp.in_process(lambda: _loop([5] * 9))
     monkeypatch.setattr(dask_runner, "pack", pack_failing_once)
-    before = _stats()
+    before = small_mlp.runner_stats()
     _same(_loop([5] * 9), want)
-    assert failed and _stats()["predictions_taken"] > before["predictions_taken"]
+    assert failed and small_mlp.runner_stats()["predictions_taken"] > before["predictions_taken"]
 
 
 def test_leaving_the_cluster_submits_no_predicted_step(cluster):
@@ -197,7 +184,7 @@ def test_leaving_the_cluster_submits_no_predicted_step(cluster):
             if i < 4:
                 loss.item()
         return net
-    want = _in_process(train)[0].weight.numpy()
+    want = small_mlp.in_process(train)[0].weight.numpy()
     net = train()
     runner = current_mesh().runner
     gt.shutdown()
