@@ -5,6 +5,7 @@ import os
 import warnings
 
 import numpy as np
+import pytest
 
 import gtnumba as gt
 from gtnumba import nn
@@ -35,7 +36,9 @@ def _run(kill_after=None):
         _steps(model, opt, rng, 6)
     else:
         _steps(model, opt, rng, kill_after)
-        victim = current_mesh().runner.addresses[1]
+        runner = current_mesh().runner
+        chained = runner._chain is not None and runner._chain.confirmed
+        victim = runner.addresses[1]
         try:
             gt.client().run(os._exit, 1, workers=[victim])
         except Exception:
@@ -45,15 +48,19 @@ def _run(kill_after=None):
             _steps(model, opt, rng, 6 - kill_after)
         assert any("lost worker" in str(w.message) for w in caught)
         assert current_mesh().workers == 2
+        assert chained or kill_after < 5, "the worker was to die while a chain of steps ran"
     return dict(model.state_dict())
 
 
-def test_killed_worker_training_carries_on_with_the_same_result():
+@pytest.mark.parametrize("kill_after", [3, 5])
+def test_killed_worker_training_carries_on_with_the_same_result(kill_after):
+    """Killed after 3 steps (the first predicted step is submitted, not run) or after 5 (a chain of steps
+    runs on the workers)."""
     set_mesh(None)
     want = _run()
     gt.init(workers=3, dashboard=":0")
     try:
-        got = _run(kill_after=3)
+        got = _run(kill_after=kill_after)
     finally:
         gt.shutdown()
     for k in want:

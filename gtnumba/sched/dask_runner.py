@@ -63,6 +63,7 @@ RELEASE_STEPS, RELEASE_AFTER = 8, 4
 # A worker no read reaches is asked for its progress once the client has not heard of it for this many steps: a
 # step stays in the log (its values alive, for a replay after a worker loss) until every worker finished it
 ASK_AFTER = 2
+LIVENESS_AFTER = 1.0
 # Predicted steps run in chains (speculate.Chain) of up to this many: a chain is one task per worker, submitted
 # once, so its later steps cost no scheduler round (update-graph, compute-task, task-finished, key-in-memory:
 # ~2.5 ms of CPU a task on the development machine), only their go-aheads.  1: each predicted step its own tasks.
@@ -286,7 +287,7 @@ class DaskRunner:
         watch = [asyncio.ensure_future(self._step_failure(f, True)) for f in makers.values() if f.status != "finished"]
         watch += [asyncio.ensure_future(self._step_failure(f, False)) for f in earlier.values()]
         undelivered = asyncio.ensure_future(self._put_event().wait())
-        watch.append(undelivered)
+        watch += [undelivered, asyncio.ensure_future(self._all_alive())]
         try:
             while True:
                 done, _ = await asyncio.wait([calls, *watch], return_when=asyncio.FIRST_COMPLETED)
@@ -301,6 +302,17 @@ class DaskRunner:
             for t in (calls, *watch):
                 if t.cancel():
                     t.add_done_callback(_retrieved)
+
+    async def _all_alive(self):
+        """Raises WorkerLost once the scheduler no longer knows one of the workers, checked every LIVENESS_AFTER
+        seconds of a read's wait (a read takes milliseconds; a peer's pull from a dead worker waits out the
+        connect timeout, 30 s, before it fails)."""
+        while True:
+            await asyncio.sleep(LIVENESS_AFTER)
+            known = (await self.client.scheduler.identity(n_workers=-1))["workers"]
+            dead = [a for a in self.addresses if a not in known]
+            if dead:
+                raise WorkerLost(dead)
 
     def _pull_ahead(self, asked):
         """A read reaching some workers also asks the others, without waiting for them, for the small
@@ -398,8 +410,9 @@ class DaskRunner:
 
     def close(self):
         """Drop this client's stores on the workers (they outlive the client otherwise)."""
-        try:
-            self.client.run(drop_store, self.rid, workers=self.addresses)
+        try:                       # the live ones: a dead one's address would be tried until the connect timeout
+            alive = set(self.client.scheduler_info(n_workers=-1)["workers"])
+            self.client.run(drop_store, self.rid, workers=[a for a in self.addresses if a in alive])
         except Exception:          # workers already gone
             pass
 
