@@ -286,6 +286,7 @@ def part2(steps, rounds):
 def report(rows, cmp, steps):
     import dask
     import numba
+    from gtnumba.sched import dask_runner
     ms = lambda s: f"{1e3 * s:.1f}"
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = ["", f"## Dask step: counts and comparisons ({when})", "",
@@ -295,6 +296,8 @@ def report(rows, cmp, steps):
              f"numpy {np.__version__}, numba {numba.__version__}, Python {platform.python_version()}. "
              f"Medians of {steps} steady-state steps.", "",
              "Part 1: Pixel Transformer img 32 seq 4 E 128 L 2, Adam, batch 16, loss and accuracy read every step.",
+             f"tasks/step = Dask tasks submitted per step: a chain of up to {dask_runner.CHAIN_STEPS} predicted steps "
+             "is one task per worker (a fractional count: the measured steps share a chain's tasks).",
              "bytes in = what a worker pulls from its peers per step (reduce-scatter + gather of the parameters);",
              "bound = 2(W-1)/W x gradient bytes; backup = copies of the new parameter and state slices sent to",
              "the next worker (fault tolerance, outside the collective bound). msgs = client->scheduler messages",
@@ -308,7 +311,7 @@ def report(rows, cmp, steps):
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         wall, rec, plan, sub, wait, mesh_plan = r["split"]
-        lines.append(f"| {r['W']} | {r['tasks']:.0f} | {r['moved']:.0f} ({r['formula']}) | {r['bound']:.0f} | "
+        lines.append(f"| {r['W']} | {r['tasks']:.2f} | {r['moved']:.0f} ({r['formula']}) | {r['bound']:.0f} | "
                      f"{r['backup']:.0f} | {r['msgs']:.1f} | {r['writes']:.1f} | {ms(wall)} | {ms(rec)} | "
                      f"{ms(plan)} [{1e3 * mesh_plan:.2f}] | {ms(sub)} | {ms(wait)} |")
     med = statistics.median
