@@ -81,7 +81,7 @@ def test_a_chain_left_mid_way_ends_on_its_workers_and_the_next_starts(cluster, c
 
 def test_steps_leave_the_replay_log_while_their_chain_runs(cluster):
     """A chain's task ends only after many steps; its steps leave the log as soon as both workers reported
-    them finished (the worker the loop reads from, with each read; the other, asked on the side)."""
+    them finished (each read brings back what its worker finished last)."""
     runner = current_mesh().runner
     lengths = []
     _train(3 * dask_runner.CHAIN_STEPS, between=lambda i, net: lengths.append(len(runner.log)))
@@ -107,3 +107,33 @@ def test_a_parameter_the_loop_replaces_is_freed_on_the_workers_while_its_chain_r
             seen["same chain"] = small_mlp.runner_stats()["tasks"] == seen["tasks"]
     _train(17, between=watch)
     assert seen["same chain"] and seen["freed"], seen
+
+
+def test_a_worker_no_read_reaches_reports_its_progress_through_its_peer(cluster):
+    """A tensor-parallel embedding (what the planner picks for 1600 input pixels a token): the loss and
+    logits are read from one worker; the other is heard of through the replies to its peer's pulls, so
+    no worker is asked on the side and the log stays short."""
+    from models.pixel_transformer import PixelTransformer
+    from gtnumba import nn
+    gt.manual_seed(0)
+    model = PixelTransformer(img_size=40, seq_len=4)
+    opt = gt.optim.SGD(model.parameters(), lr=0.01)
+    rng = np.random.default_rng(0)
+    runner, lengths = current_mesh().runner, []
+    for i in range(20):
+        if i == 4:
+            before = small_mlp.runner_stats()
+        x = gt.from_numpy(rng.standard_normal((4, 4, 1600)).astype(np.float32))
+        logits = model(x)
+        loss = nn.cross_entropy(logits, gt.tensor(rng.integers(0, 10, 4)))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        loss.item()
+        logits.numpy()
+        lengths.append(len(runner.log))
+    after = small_mlp.runner_stats()
+    assert after["read_rpcs"] - before["read_rpcs"] == after["reads"] - before["reads"]     # one worker a read
+    assert after["predictions_taken"] - before["predictions_taken"] == 16
+    assert after["progress_asks"] == before["progress_asks"], after["progress_asks"] - before["progress_asks"]
+    assert max(lengths[4:]) <= dask_runner.ASK_AFTER + 2, lengths

@@ -180,7 +180,7 @@ class DaskRunner:
         self.on_lost = None                           # recovery, installed by the mesh step
         self.stats = {"steps": 0, "tasks": 0, "reads": 0, "read_rpcs": 0, "riders": 0, "ahead_rpcs": 0,
                       "direct_bytes": 0, "submit_seconds": 0.0, "wait_seconds": 0.0, "predictions_taken": 0,
-                      "predictions_missed": 0}
+                      "predictions_missed": 0, "progress_asks": 0}
         self._where = _Where(self.addresses)
         self._plugin = False      # registered at the first step: gt.init may run inside `import gtnumba`,
         #                           and pickling the plugin there would wait for that import
@@ -338,10 +338,12 @@ class DaskRunner:
             self._asking.discard(w)
 
     def _heard(self, w, reply):
-        """Worker w's reply says which step it finished last (dask_worker._pull)."""
-        place = self._place.get(reply.get("finished"))
-        if place is not None and place > self._finished[w]:
-            self._finished[w] = place
+        """Worker w's reply says which step it finished last, and its peers as it heard from them
+        (dask_worker._pull, _collectives)."""
+        for j, token in reply.get("finished", {}).items():
+            place = self._place.get(token)
+            if place is not None and place > self._finished[j]:
+                self._finished[j] = place
 
     async def _ahead(self, w, wanted):
         try:
@@ -663,6 +665,7 @@ class DaskRunner:
         last = self._logged[-1][0] + 1 if self._logged else 0
         asks = [w for w in range(self.workers) if w not in self._asking and self._finished[w] < last - ASK_AFTER]
         self._asking.update(asks)
+        self.stats["progress_asks"] += len(asks)
         return asks
 
     async def _put_all(self, puts, sent, asks=()):

@@ -53,7 +53,7 @@ class Store:
         self.programs, self.steps, self.sources = {}, {}, {}
         self.called_off = {}                  # tokens of predicted steps the client did not run
         self.late_frees = {}                  # go-ahead key -> keys to free when that predicted step ends
-        self.finished = None                  # the last step that ended here (reported with every read)
+        self.finished = {}                    # worker index -> the last step that ended there, as last heard
         self.variants = {}                    # (plan uid, slots read early) -> program
         self.closed = None                    # the error of every wait once the client's store is dropped
         self.counters = {"tasks": 0, "bytes_in": 0, "backup_bytes": 0, "pull_seconds": 0.0,
@@ -218,7 +218,7 @@ async def _pull(rid, items, ready=()):
         return error_message(exc, status="uncaught-error")
     have = [key in st.values for key in ready]
     reply = pack(out + [backend.to_host(st.values[key]) for key, h in zip(ready, have) if h])
-    reply["have"], reply["finished"] = have, st.finished
+    reply["have"], reply["finished"] = have, dict(st.finished)
     return reply
 
 
@@ -446,6 +446,8 @@ def _collectives(worker, rid, peers, plan, L, w, token, leafkeys, env, st, poste
     replies = _waited(p.done, st) if p.done is not None else []
     for j, reply in zip(p.asked, replies):
         p.pieces[j].update(zip(p.asked[j], unpack(reply)))
+        if reply["finished"].get(j) is not None:          # a peer's progress reaches the client with our replies
+            st.finished[j] = reply["finished"][j]
     st.counters["bytes_in"] += sum(a.nbytes for r in p.pieces.values() for a in r.values())
     for n, (c, (key, start, stop, _)) in enumerate(zip(L.collectives, p.wanted)):
         own = st.get(key)
@@ -671,7 +673,7 @@ def run_level(rid, uid, level, w, token, peers, leafkeys, inline, frees, early, 
     if level == plan.n_levels - 1:
         st.steps.pop(token, None)
         st.free(frees)
-        st.finished = token
+        st.finished[w] = token
     return ahead
 
 
