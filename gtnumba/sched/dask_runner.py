@@ -309,7 +309,10 @@ class DaskRunner:
         connect timeout, 30 s, before it fails)."""
         while True:
             await asyncio.sleep(LIVENESS_AFTER)
-            known = (await self.client.scheduler.identity(n_workers=-1))["workers"]
+            try:
+                known = (await self.client.scheduler.identity(n_workers=-1))["workers"]
+            except Exception:     # the read's own outcome decides then
+                continue
             dead = [a for a in self.addresses if a not in known]
             if dead:
                 raise WorkerLost(dead)

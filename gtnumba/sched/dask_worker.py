@@ -559,15 +559,14 @@ def run_levels(rid, uid, plan, carrier, order, levels, w, token, peers, leafkeys
     per level).  `early`: the kept slots the client reads from this worker, stored as soon as
     they are made (_segments)."""
     st, (previous, closes) = store(rid), order
+    go = leafkeys.get(GO) if leafkeys else None
     try:
         if previous is not None:
             _await(get_worker(), [f"{previous}:done"], st)
             st.values.pop(f"{previous}:done")
-        go = leafkeys.get(GO) if leafkeys else None
         if token in st.called_off or go is not None and not _go_ahead(get_worker(), st, go):
             return _called_off(st, token, frees, closes)
-        if go is not None:
-            frees = [*frees, *st.late_frees.pop(go, ())]
+        frees = [*frees, *st.late_frees.pop(go, ())]
         if plan is not None:
             _keep_plan(st, uid, plan, token)
         elif uid not in st.programs:
@@ -578,7 +577,7 @@ def run_levels(rid, uid, plan, carrier, order, levels, w, token, peers, leafkeys
             posted = run_level(rid, uid, level, w, token, peers, leafkeys if first else None, inline if first else {},
                                frees if last else [], early, posted, None if last else levels[n + 1])
     except Exception as exc:
-        _step_failed(rid, uid, plan, token, leafkeys, inline, frees, exc, closes)
+        _step_failed(rid, uid, plan, token, leafkeys, inline, [*frees, *st.late_frees.pop(go, ())], exc, closes)
         return -1
     if closes:
         st.put(f"{token}:done", True)
