@@ -138,3 +138,75 @@ def test_a_worker_no_read_reaches_reports_its_progress_through_its_peer(cluster)
     # asked when a read found all it wanted here already (no reply, no news): ~one in 16 steps; 8 otherwise
     assert after["progress_asks"] - before["progress_asks"] <= 3, after["progress_asks"] - before["progress_asks"]
     assert max(lengths[4:]) <= dask_runner.ASK_AFTER + 2, lengths
+
+
+def _worker_setting(name, value):
+    def put():
+        old = getattr(dask_worker, name)
+        setattr(dask_worker, name, value)
+        return old
+    return put
+
+
+def test_a_pause_between_steps_longer_than_the_pull_timeout_does_not_fail_the_waiting_step(cluster):
+    """The chain's next step waits for its go-ahead while the client does something else for a while (an
+    evaluation, a checkpoint): that wait has no timeout, only checks that the client still keeps the task
+    (here the pull timeout is 1 s, and the pause 2.5 s)."""
+    import time
+    old = cluster.run(_worker_setting("PULL_TIMEOUT", 1.0))
+    cluster.run(_worker_setting("WANTED_EVERY", 0.3))
+    try:
+        def pause(i, net):
+            if i == 5:
+                time.sleep(2.5)
+        want = small_mlp.in_process(lambda: _train(9))
+        before = small_mlp.runner_stats()
+        _same(_train(9, between=pause), want)
+        assert small_mlp.runner_stats()["predictions_taken"] - before["predictions_taken"] >= 6
+    finally:
+        cluster.run(_worker_setting("PULL_TIMEOUT", next(iter(old.values()))))
+        cluster.run(_worker_setting("WANTED_EVERY", 5.0))
+
+
+LEAVING_CLIENT = """
+import os, sys
+import numpy as np
+sys.path.insert(0, {tests!r})
+import gtnumba as gt
+import small_mlp
+net = small_mlp.model()
+opt = gt.optim.SGD(net.parameters(), lr=0.1)
+rng = np.random.default_rng(0)
+for _ in range(6):
+    small_mlp.step(net, opt, rng).item()
+os._exit(0)               # gone, its chain waiting on the workers for the next step
+"""
+
+
+def test_a_chain_whose_client_is_gone_ends_on_its_workers(cluster, tmp_path):
+    """A client that dies without a word leaves its chain waiting for a go-ahead: the scheduler releases the
+    client's tasks, and the chain's tasks notice within WANTED_EVERY and end."""
+    import os
+    import subprocess
+    import sys
+    import time
+    cluster.run(_worker_setting("WANTED_EVERY", 0.3))
+    try:
+        script = tmp_path / "leaving.py"
+        script.write_text(LEAVING_CLIENT.format(tests=os.path.dirname(__file__)))
+        env = dict(os.environ, GT_SCHEDULER=cluster.scheduler.address)
+        subprocess.run([sys.executable, str(script)], env=env, timeout=120, check=True, capture_output=True)
+
+        def others_running(mine, dask_worker):
+            return [k for k, ts in dask_worker.state.tasks.items() if isinstance(k, tuple) and len(k) == 4
+                    and not k[1].startswith(mine) and ts.state in ("executing", "long-running", "cancelled")]
+        mine = current_mesh().runner.rid[:8]
+        assert any(cluster.run(others_running, mine).values())       # the leaving client's chain waits
+        for _ in range(100):
+            left = [k for ks in cluster.run(others_running, mine).values() for k in ks]
+            if not left:
+                break
+            time.sleep(0.1)
+        assert not left, left
+    finally:
+        cluster.run(_worker_setting("WANTED_EVERY", 5.0))

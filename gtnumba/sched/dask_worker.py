@@ -14,6 +14,7 @@ import concurrent.futures
 import math
 import os
 import sys
+import threading
 import time
 
 import numpy as np
@@ -33,6 +34,7 @@ from .speculate import GO
 from .spmd import concat, flat, reduce_sum
 
 PULL_TIMEOUT = 120.0
+WANTED_EVERY = 5.0               # seconds between checks that a task waiting for its go-ahead is still wanted
 SECEDE_AFTER = 0.02              # seconds a task waits for its peers' pieces before it secedes
 # ... and a predicted step for its go-ahead (sched.speculate): the client records the step meanwhile
 GO_SECEDE_AFTER = 0.25
@@ -135,7 +137,9 @@ class Store:
             raise KeyError(f"gtnumba: value {key} is not on this worker")
         return value
 
-    async def wait_for(self, key):
+    async def wait_for(self, key, wanted=None):
+        """`wanted`: without it the wait times out after PULL_TIMEOUT; with it, it lasts while wanted()
+        says so, asked every WANTED_EVERY seconds (then Unwanted)."""
         # The event is registered before the value is looked up: `put` runs on a task's thread and
         # stores the value before it pops the event, so a put between the lookup and the wait
         # still finds the event (looked up first, a put in between would wake no one).
@@ -150,7 +154,17 @@ class Store:
             exc = self.failure(key)
             if exc is not None:
                 raise exc
-            await asyncio.wait_for(ev.wait(), PULL_TIMEOUT)
+            try:
+                await asyncio.wait_for(ev.wait(), PULL_TIMEOUT if wanted is None else WANTED_EVERY)
+            except asyncio.TimeoutError:
+                if wanted is None:
+                    raise
+                if not wanted():
+                    raise Unwanted(key) from None
+
+
+class Unwanted(Exception):
+    """The task waiting for this key was released by its client (which left)."""
 
 
 def _on_loop(fn):
@@ -519,17 +533,17 @@ def _sent():
 SENT = Sent()
 
 
-def _await(worker, keys, st, secede_after=SECEDE_AFTER):
+def _await(worker, keys, st, secede_after=SECEDE_AFTER, wanted=None):
     """Wait until these keys are in the store (a batch the client sends straight here may arrive
     after its task; the previous step may not be done yet), or raise the error of the step that
-    was to make them."""
+    was to make them (Store.wait_for: `wanted`)."""
     missing = [k for k in keys if k not in st.values]
     if not missing:
         return
 
     async def arrive():
         for k in missing:
-            await st.wait_for(k)
+            await st.wait_for(k, wanted)
     _waiting_for_peers(worker, arrive, st, secede_after)
 
 
@@ -598,9 +612,20 @@ def run_chain(rid, uid, plan, carrier, previous, levels, w, chain, peers, steps,
 
 
 def _go_ahead(worker, st, key):
-    """Whether the client ran the step it predicted (an empty go-ahead) or another (sched.speculate)."""
-    _await(worker, [key], st, GO_SECEDE_AFTER)
+    """Whether the client ran the step it predicted (an empty go-ahead) or another (sched.speculate).
+    The client may take any time to record it (an evaluation or a checkpoint between steps), so the
+    wait lasts as long as the client keeps this task: released, its client left, and the step is off."""
+    task = worker.active_threads.get(threading.get_ident())
+    try:
+        _await(worker, [key], st, GO_SECEDE_AFTER, None if task is None else lambda: _kept_by_client(worker, task))
+    except Unwanted:
+        return False
     return st.values.pop(key).size == 0
+
+
+def _kept_by_client(worker, task):
+    ts = worker.state.tasks.get(task)
+    return ts is not None and ts.state != "cancelled"
 
 
 def _called_off(st, token, frees, closes):
