@@ -34,7 +34,8 @@ from dask._task_spec import Task, TaskRef
 
 from ..kernels import backend
 from .distribute import Collective
-from .dask_worker import SENT, StorePlugin, counters, drop_store, pack, run_chain, run_levels, store_get, unpack
+from .dask_worker import (SENT, StorePlugin, counters, drop_store, install_handlers, pack, run_chain, run_levels,
+                          store_get, unpack)
 from .cost import nbytes, slot_specs
 from . import speculate
 from .mesh import Flat, WorkerLost
@@ -429,6 +430,9 @@ class DaskRunner:
     def run(self, plan, leaf_parts, replay=None):
         if not self._plugin:
             self.client.register_plugin(StorePlugin())
+            # registered already by another client, the plugin may still be on its way to a worker: the
+            # first read there found no handler (a None reply); the handlers are installed here for sure
+            self.client.run(install_handlers, workers=self.addresses)
             self._plugin = True
         t0 = time.perf_counter()
         info = getattr(plan, "dask_info", None)

@@ -318,6 +318,10 @@ class StorePlugin(WorkerPlugin):
                 st.fail_step(key[1], exc)
 
 
+def install_handlers(dask_worker):
+    StorePlugin().setup(dask_worker)
+
+
 def store_get(rid, key, owner=None):
     """A kept value (or, with `owner`, the backup of worker `owner`'s slice) as a host array."""
     st = store(rid)
