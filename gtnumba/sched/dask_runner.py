@@ -34,8 +34,7 @@ from dask._task_spec import Task, TaskRef
 
 from ..kernels import backend
 from .distribute import Collective
-from .dask_worker import (SENT, StorePlugin, counters, drop_store, install_handlers, pack, run_chain, run_levels,
-                          store_get, unpack)
+from .dask_worker import SENT, StorePlugin, counters, drop_store, pack, run_chain, run_levels, store_get, unpack
 from .cost import nbytes, slot_specs
 from . import speculate
 from .mesh import Flat, WorkerLost
@@ -430,9 +429,6 @@ class DaskRunner:
     def run(self, plan, leaf_parts, replay=None):
         if not self._plugin:
             self.client.register_plugin(StorePlugin())
-            # registered already by another client, the plugin may still be on its way to a worker: the
-            # first read there found no handler (a None reply); the handlers are installed here for sure
-            self.client.run(install_handlers, workers=self.addresses)
             self._plugin = True
         t0 = time.perf_counter()
         info = getattr(plan, "dask_info", None)
@@ -548,10 +544,9 @@ class DaskRunner:
             self._submit_chain(info, chain)
         i = chain.take(pred)
         futures, early = chain.task
-        kept = {}
-        for slot in pred.plan.keep:
-            kept[slot] = [Part(w, f"{pred.token}:{slot}", futures[w], slot, uid=info.uid, early=slot in early[w])
-                          for w in range(self.workers)]
+        # the chain's task (one, all levels) makes every kept value of each of its steps
+        kept = self._kept(pred.plan, info, pred.token, {(info.tasks[0][0], pred.token, 0, w): f
+                                                        for w, f in enumerate(futures)}, early)
         assert all(pred.kept[k][0].key == pred.leafkeys[s] for s, (kind, k) in enumerate(pred.sources)
                    if kind == "kept"), f"chain step {i} does not take the outputs of the step before"
         pred.issued = (futures, futures, kept)

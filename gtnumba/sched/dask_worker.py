@@ -289,7 +289,10 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8      # glibc's mall
 class StorePlugin(WorkerPlugin):
     """Installs the handlers on every worker (also workers that join later)."""
     name = "gtnumba-store"
-    idempotent = True
+    # not idempotent: registering it again (another client's first step) waits until every worker has set it
+    # up; an idempotent plugin registered already returns at once, while it may still be on its way to a
+    # worker, and that client's first read there found no handler (a None reply)
+    idempotent = False
 
     def setup(self, worker):
         self.worker = worker
@@ -316,10 +319,6 @@ class StorePlugin(WorkerPlugin):
         for rid, st in list(_STORES.items()):
             if key[1].startswith(rid[:8] + "-"):
                 st.fail_step(key[1], exc)
-
-
-def install_handlers(dask_worker):
-    StorePlugin().setup(dask_worker)
 
 
 def store_get(rid, key, owner=None):
