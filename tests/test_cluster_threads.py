@@ -25,18 +25,24 @@ def _reuses_freed_arrays():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before < 1000
 
 
-def test_each_local_worker_gets_its_share_of_the_cores():
+def test_each_local_worker_gets_its_share_of_the_cores(monkeypatch):
+    """5 cores (as the client sees them) and 2 workers: one core stays with the client, 2 threads a worker,
+    in BLAS too (its count is read when the worker imports numpy, before a Nanny's `env` applies); the
+    client's own environment is left as it was (a Nanny writes its pre-spawn environment into it)."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 5)
+    before = dict(os.environ)
     client = gt.init(workers=2, dashboard=":0")
     try:
-        share = max(1, (os.cpu_count() or 1) // 2)
+        after = dict(os.environ)
         (gt.ones(4) * 2.0).numpy()        # a first step: gtnumba's worker plugin is set up
         pools = client.run(_pools)
     finally:
         gt.shutdown()
+    assert after == before
     assert len(pools) == 2
     for numba_threads, blas_threads, reuses in pools.values():
-        assert numba_threads == share
-        assert all(n <= share for n in blas_threads), blas_threads
+        assert numba_threads == 2
+        assert blas_threads == [2], blas_threads
         assert reuses                     # freed parameter-sized arrays are kept for reuse
 
 

@@ -8,6 +8,7 @@ from the worker's event loop.  The client reads values from the stores the same 
 number, so the Dask dependencies that order a worker's tasks move no data.
 """
 import asyncio
+import collections
 import ctypes
 import ctypes.util
 import concurrent.futures
@@ -50,10 +51,12 @@ class Store:
     def __init__(self):
         self.values, self.refs, self.events = {}, {}, {}
         self.backups = {}                     # key -> {owner worker index: slice}
-        self.freed = {}                       # recently freed keys (insertion-ordered, capped)
-        self.failed = {}                      # failed step token (or leaf key) -> its error
+        # capped by dropping the oldest: a dict's next(iter()) after many pops from its front walks their
+        # dead slots (4096 kept keys: ~10x slower than OrderedDict.popitem)
+        self.freed = collections.OrderedDict()          # recently freed keys
+        self.failed = collections.OrderedDict()         # failed step token (or leaf key) -> its error
         self.programs, self.steps, self.sources = {}, {}, {}
-        self.called_off = {}                  # tokens of predicted steps the client did not run
+        self.called_off = collections.OrderedDict()     # tokens of predicted steps the client did not run
         self.late_frees = {}                  # go-ahead key -> keys to free when that predicted step ends
         self.finished = {}                    # worker index -> the last step that ended there, as last heard
         self.variants = {}                    # (plan uid, slots read early) -> program
@@ -98,8 +101,7 @@ class Store:
                 spare(value)
             self.backups.pop(key, None)
             self.freed[key] = None
-        while len(self.freed) > FREED_MEMORY:
-            self.freed.pop(next(iter(self.freed)))
+        _cap(self.freed)
 
     def fail_step(self, token, exc, keys=()):
         """Step `token` failed here: reads of its values (and of `keys`, the leaves it was to place
@@ -108,8 +110,7 @@ class Store:
         read, as in-process, and later independent steps and reads still work)."""
         for k in (token, *keys):
             self.failed.setdefault(k, exc)         # the first cause stays
-        while len(self.failed) > FREED_MEMORY:
-            self.failed.pop(next(iter(self.failed)))
+        _cap(self.failed)
         self._wake_all()
 
     def _wake_all(self):
@@ -161,6 +162,11 @@ class Store:
                     raise
                 if not wanted():
                     raise Unwanted(key) from None
+
+
+def _cap(recent):
+    while len(recent) > FREED_MEMORY:
+        recent.popitem(last=False)
 
 
 class Unwanted(Exception):
@@ -634,8 +640,7 @@ def _kept_by_client(worker, task):
 def _called_off(st, token, frees, closes):
     """A predicted step the client did not run: its tasks end having run nothing."""
     st.called_off[token] = None
-    while len(st.called_off) > FREED_MEMORY:
-        st.called_off.pop(next(iter(st.called_off)))
+    _cap(st.called_off)
     st.free(frees)
     if closes:
         st.put(f"{token}:done", True)
