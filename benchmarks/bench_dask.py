@@ -268,7 +268,7 @@ def part2(steps, rounds):
         finally:
             gt.shutdown()
         print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]}" for k, v in out.items() if v), flush=True)
-    gt.init(workers=1, dashboard=":0")           # no split: the Dask path's own cost (its worker has both cores)
+    gt.init(workers=1, dashboard=":0")           # no split: the Dask path's own cost
     try:
         out["c_one"] = [r[0] for r in interleaved(2 * rounds, ahead=(True,))]
     finally:
@@ -348,7 +348,8 @@ def report(rows, cmp, steps):
               f"| (c'') the same blocks on the cluster with no step submitted ahead (GT_SPECULATE=0), each "
               f"block next to the (c') one | | | {med(unahead):.2f}x (median of {len(unahead)} pairs; "
               f"{min(unahead):.2f}-{max(unahead):.2f}) | |",
-              f"| (c1) the (c') blocks on a 1-worker cluster: the whole step on one worker (2 threads), no split "
+              f"| (c1) the (c') blocks on a 1-worker cluster: the whole step on one worker (its "
+              f"kernels get the cores less the client's one: {max(1, (os.cpu_count() or 1) - 1)} thread(s)), no split "
               f"and no exchange (what the Dask path costs by itself) | | | {med(cmp['c_one']):.2f}x (median of "
               f"{len(cmp['c_one'])} pairs; {min(cmp['c_one']):.2f}-{max(cmp['c_one']):.2f}) | |"]
     return "\n".join(lines) + "\n"
