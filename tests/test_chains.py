@@ -194,7 +194,7 @@ os._exit(0)               # gone, its chain waiting on the workers for the next 
 
 def test_a_chain_whose_client_is_gone_ends_on_its_workers(cluster, tmp_path):
     """A client that dies without a word leaves its chain waiting for a go-ahead: the scheduler releases the
-    client's tasks, and the chain's tasks notice within WANTED_EVERY and end."""
+    client's tasks, and the chain's tasks notice within WANTED_EVERY and end; its store is dropped."""
     import os
     import subprocess
     import sys
@@ -217,5 +217,11 @@ def test_a_chain_whose_client_is_gone_ends_on_its_workers(cluster, tmp_path):
                 break
             time.sleep(0.1)
         assert not left, left
+        for _ in range(100):           # and its store goes with it (dask_scheduler.DropStoreOnLeave)
+            stores = [r for rs in cluster.run(lambda: list(dask_worker._STORES)).values() for r in rs]
+            if all(r == current_mesh().runner.rid for r in stores):
+                break
+            time.sleep(0.1)
+        assert all(r == current_mesh().runner.rid for r in stores), stores
     finally:
         cluster.run(_worker_setting("WANTED_EVERY", 5.0))

@@ -30,6 +30,8 @@ def test_each_local_worker_gets_its_share_of_the_cores(monkeypatch):
     in BLAS too (its count is read when the worker imports numpy, before a Nanny's `env` applies); the
     client's own environment is left as it was (a Nanny writes its pre-spawn environment into it)."""
     monkeypatch.setattr(os, "cpu_count", lambda: 5)
+    for name in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)   # set by the user (or a cluster Dask started in this process): kept
     before = dict(os.environ)
     client = gt.init(workers=2, dashboard=":0")
     try:

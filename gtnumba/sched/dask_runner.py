@@ -34,6 +34,7 @@ from dask._task_spec import Task, TaskRef
 
 from ..kernels import backend
 from .distribute import Collective
+from .dask_scheduler import DropStoreOnLeave
 from .dask_worker import SENT, StorePlugin, counters, drop_store, pack, run_chain, run_levels, store_get, unpack
 from .cost import nbytes, slot_specs
 from . import speculate
@@ -421,6 +422,12 @@ class DaskRunner:
         except Exception:          # workers already gone
             pass
 
+    def _drop_store_on_leave(self):
+        try:
+            self.client.register_plugin(DropStoreOnLeave(self.rid, self.client.id))
+        except Exception:          # a scheduler without gtnumba cannot load it: the stores outlive a dead client
+            self.stats["store_outlives_client"] = True
+
     def byte_counters(self):
         """Per worker: tasks run, bytes pulled from peers, bytes sent as backups (this client)."""
         return self.client.run(counters, self.rid, workers=self.addresses)
@@ -429,6 +436,7 @@ class DaskRunner:
     def run(self, plan, leaf_parts, replay=None):
         if not self._plugin:
             self.client.register_plugin(StorePlugin())
+            self._drop_store_on_leave()
             self._plugin = True
         t0 = time.perf_counter()
         info = getattr(plan, "dask_info", None)

@@ -43,3 +43,19 @@ class PromptWorkerStreams(SchedulerPlugin):
 
     def add_worker(self, scheduler, worker):
         scheduler.stream_comms[worker].interval = 0
+
+
+class DropStoreOnLeave(SchedulerPlugin):
+    """A client's values on the workers go when it leaves, closed or dead (its connection dropped): on
+    a cluster that others go on using, a dead client's store outlived it (a chain's tasks end by
+    themselves: dask_worker._go_ahead).  One per client, removed with it."""
+
+    def __init__(self, rid, client):
+        self.rid, self.client, self.name = rid, client, f"gtnumba-store-{rid}"
+
+    def remove_client(self, scheduler, client):
+        if client != self.client:
+            return
+        for stream in scheduler.stream_comms.values():          # the workers' handler: dask_worker.drop_store
+            stream.send({"op": "gtnumba_drop_store", "rid": self.rid})
+        scheduler.remove_plugin(self.name)

@@ -184,10 +184,22 @@ def _on_loop(fn):
 
 
 _STORES = {}
+_DROPPED = collections.OrderedDict()          # rid -> why its store went (its client closed or left)
 
 
 def store(rid):
-    return _STORES.setdefault(rid, Store())
+    st = _STORES.get(rid)
+    if st is None:
+        # a task of a dropped client still running finds a closed store, kept nowhere (recreated, it would
+        # outlive the client with whatever the task stored last)
+        st = _closed(_DROPPED[rid]) if rid in _DROPPED else _STORES.setdefault(rid, Store())
+    return st
+
+
+def _closed(exc):
+    st = Store()
+    st.closed = exc
+    return st
 
 
 def _piece(value, start, stop):
@@ -306,6 +318,7 @@ class StorePlugin(WorkerPlugin):
         worker.handlers["gtnumba_put_backup"] = _put_backup
         worker.handlers["gtnumba_put"] = lambda rid, keys, data, frees=(): _put(rid, keys, data, worker.address, frees)
         worker.handlers["gtnumba_fail"] = _fail
+        worker.stream_handlers["gtnumba_drop_store"] = drop_store
         keep_freed_memory()
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
 
@@ -335,9 +348,12 @@ def store_get(rid, key, owner=None):
 
 
 def drop_store(rid):
+    """Also a stream handler: the scheduler sends it when the client leaves (dask_scheduler.DropStoreOnLeave)."""
+    _DROPPED[rid] = RuntimeError("gtnumba: this client's values were dropped from the worker")
+    _cap(_DROPPED)
     st = _STORES.pop(rid, None)
     if st is not None:          # a task still waiting in it (for a dead peer's slice) fails now
-        st.close(RuntimeError("gtnumba: this client's values were dropped from the worker"))
+        st.close(_DROPPED[rid])
 
 
 def counters(rid):
