@@ -188,9 +188,12 @@ def _thread_shares(workers):
     """The shares as Dask's pre-spawn environment, set in the parent before a worker starts (its default
     is 1 thread each): a Nanny's `env` applies only after the worker imported numpy, whose BLAS read
     its thread count then (a lone worker on 2 cores ran its GEMMs on 1 thread, 1.5-2x slower)."""
+    # NUMBA_NUM_THREADS stays out: Numba reads it when it first launches its threads, after the `env` applied,
+    # and a Nanny that restarts a worker later writes its pre-spawn environment into the client again, where
+    # Numba, rereading its environment at each compile, raised on a thread count that changed under it
     import dask
-    return {"distributed.nanny.pre-spawn-environ": {**dask.config.get("distributed.nanny.pre-spawn-environ"),
-                                                    **_worker_env(workers)}}
+    blas = {k: v for k, v in _worker_env(workers).items() if k != "NUMBA_NUM_THREADS"}
+    return {"distributed.nanny.pre-spawn-environ": {**dask.config.get("distributed.nanny.pre-spawn-environ"), **blas}}
 
 
 @contextlib.contextmanager
