@@ -100,7 +100,6 @@ def test_a_parameter_the_loop_replaces_is_freed_on_the_workers_while_its_chain_r
     def stored(key):
         return any(cluster.run(lambda: any(key in st.values for st in dask_worker._STORES.values())).values())
 
-
     def watch(i, net):
         if i == 4:
             seen["key"], seen["tasks"] = net[0].weight._node.value.parts[0].key, small_mlp.runner_stats()["tasks"]

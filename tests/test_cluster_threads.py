@@ -48,6 +48,19 @@ def test_each_local_worker_gets_its_share_of_the_cores(monkeypatch):
         assert reuses                     # freed parameter-sized arrays are kept for reuse
 
 
+def test_a_restarted_worker_leaves_numbas_thread_count_in_the_client_alone(monkeypatch):
+    """A Nanny writes its pre-spawn environment into the client each time it starts a worker, also a
+    restarted one, after gt.init put the client's environment back: Numba, which rereads NUMBA_* at each
+    compile, raised there on a thread count changed under its running threads."""
+    monkeypatch.delenv("NUMBA_NUM_THREADS", raising=False)
+    client = gt.init(workers=1, dashboard=":0")
+    try:
+        client.restart_workers(list(client.scheduler_info(n_workers=-1)["workers"]))
+    finally:
+        gt.shutdown()
+    assert "NUMBA_NUM_THREADS" not in os.environ
+
+
 def _housekeeping_rates(dask_worker):
     return {k: v.callback_time for k, v in dask_worker.periodic_callbacks.items()}
 

@@ -47,8 +47,8 @@ class PromptWorkerStreams(SchedulerPlugin):
 
 class DropStoreOnLeave(SchedulerPlugin):
     """A client's values on the workers go when it leaves, closed or dead (its connection dropped): on
-    a cluster that others go on using, a dead client's store outlived it (a chain's tasks end by
-    themselves: dask_worker._go_ahead).  One per client, removed with it."""
+    a cluster that others go on using, a dead client's store outlived it.  Dropped, the store also ends
+    that client's waiting chains at once.  One per client, removed with it."""
 
     def __init__(self, rid, client):
         self.rid, self.client, self.name = rid, client, f"gtnumba-store-{rid}"

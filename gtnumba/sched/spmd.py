@@ -20,7 +20,7 @@ def reduce_sum(values):
 
 
 def concat(values, dim):
-    if len(values) == 1:       # one worker: its part is the whole (a view, never recycled as a buffer: executor)
+    if len(values) == 1:       # one worker: its part is the whole (not recycled as a buffer: its holder keeps it)
         return values[0]
     return OPS["concat"].kernels[backend.current()](*values, axis=dim)
 
