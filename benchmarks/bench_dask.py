@@ -43,6 +43,11 @@ def _one_thread():
         pass
 
 
+def _lone_worker_threads():
+    from gtnumba.cluster import _worker_env
+    return _worker_env(1)["NUMBA_NUM_THREADS"]
+
+
 def start(workers):
     import gtnumba as gt
     client = gt.init(workers=workers, dashboard=":0")
@@ -349,7 +354,7 @@ def report(rows, cmp, steps):
               f"block next to the (c') one | | | {med(unahead):.2f}x (median of {len(unahead)} pairs; "
               f"{min(unahead):.2f}-{max(unahead):.2f}) | |",
               f"| (c1) the (c') blocks on a 1-worker cluster: the whole step on one worker (its "
-              f"kernels get the cores less the client's one: {max(1, (os.cpu_count() or 1) - 1)} thread(s)), no split "
+              f"kernels get the cores less the client's one: {_lone_worker_threads()} thread(s)), no split "
               f"and no exchange (what the Dask path costs by itself) | | | {med(cmp['c_one']):.2f}x (median of "
               f"{len(cmp['c_one'])} pairs; {min(cmp['c_one']):.2f}-{max(cmp['c_one']):.2f}) | |"]
     return "\n".join(lines) + "\n"

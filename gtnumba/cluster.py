@@ -180,8 +180,10 @@ def _worker_env(workers):
     stays with the client, which records the next step while the workers run this one (a lone worker on
     2 cores with 2 BLAS threads: 30-38 ms a step, with 1: 25-27 ms)."""
     share = str(max(1, ((os.cpu_count() or 1) - 1) // workers))
-    return {name: share for name in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                                     "MKL_NUM_THREADS")}
+    return {name: share for name in ("NUMBA_NUM_THREADS", *BLAS_THREADS)}
+
+
+BLAS_THREADS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def _thread_shares(workers):
@@ -192,8 +194,9 @@ def _thread_shares(workers):
     # and a Nanny that restarts a worker later writes its pre-spawn environment into the client again, where
     # Numba, rereading its environment at each compile, raised on a thread count that changed under it
     import dask
-    blas = {k: v for k, v in _worker_env(workers).items() if k != "NUMBA_NUM_THREADS"}
-    return {"distributed.nanny.pre-spawn-environ": {**dask.config.get("distributed.nanny.pre-spawn-environ"), **blas}}
+    shares = _worker_env(workers)
+    return {"distributed.nanny.pre-spawn-environ": {**dask.config.get("distributed.nanny.pre-spawn-environ"),
+                                                    **{name: shares[name] for name in BLAS_THREADS}}}
 
 
 @contextlib.contextmanager
